@@ -1,0 +1,56 @@
+"""Message contracts between services: events named as facts, commands as orders; routing key = type."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# \u0000 is refused everywhere: PostgreSQL text and jsonb cannot store it.
+SafeText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+ZipCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{5}$")]
+EmailAddress = Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
+
+
+class Message(BaseModel):
+    """Base of every message: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    message_type: ClassVar[str]
+
+
+class Contact(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: SafeText
+    email: EmailAddress
+    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()\-]{7,20}$")]
+
+
+class LeadSubmitted(Message):
+    message_type: ClassVar[str] = "lead.submitted"
+    lead_id: UUID
+    external_id: SafeText
+    category: SafeText
+    zip: ZipCode
+
+
+class LeadApproved(Message):
+    message_type: ClassVar[str] = "lead.approved"
+    lead_id: UUID
+    approved_by: SafeText
+
+
+class SendEmail(Message):
+    message_type: ClassVar[str] = "email.send"
+    template: Literal["new_lead", "low_balance", "refund_approved", "export_ready", "subscription_reactivated"]
+    to: EmailAddress
+    params: dict[SafeText, str | int] = Field(default_factory=dict, max_length=50)
+
+
+class ExportReport(Message):
+    message_type: ClassVar[str] = "report.export"
+    export_id: UUID
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (LeadSubmitted, LeadApproved, SendEmail, ExportReport)

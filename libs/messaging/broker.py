@@ -1,0 +1,101 @@
+"""The FastStream broker of a service: bounded prefetch, confirms, returned messages raise, topology declared."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+
+from libs.health import Check
+from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, Topology
+from libs.telemetry import Telemetry
+
+EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
+DEAD_LETTERS = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True)
+
+
+def create_broker(
+    rabbitmq_url: str,
+    telemetry: Telemetry,
+    *,
+    service: str,
+    prefetch: int = 10,
+    routers: Iterable[RabbitRouter] = (),
+) -> RabbitBroker:
+    return RabbitBroker(
+        rabbitmq_url,
+        # Prefetch bounds both unacked messages and the handler's concurrency (FastStream ties them).
+        default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True),
+        app_id=service,
+        client_properties={"connection_name": service},
+        graceful_timeout=15.0,
+        middlewares=[
+            RabbitTelemetryMiddleware(
+                tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider
+            )
+        ],
+        routers=list(routers),
+        logger=None,
+    )
+
+
+async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
+    """Idempotent: every service runs it at start, so no start order matters."""
+    events = await broker.declare_exchange(EVENTS)
+    dead_letters = await broker.declare_exchange(DEAD_LETTERS)
+    dlq = await broker.declare_queue(
+        RabbitQueue(topology.dlq_queue, durable=True, arguments=topology.dlq_arguments)  # type: ignore[call-overload]
+    )
+    await dlq.bind(dead_letters, routing_key="")
+    for work_queue in topology.work_queues:
+        queue = await broker.declare_queue(
+            RabbitQueue(work_queue.name, durable=True, arguments=work_queue.arguments())  # type: ignore[call-overload]
+        )
+        for routing_key in work_queue.routing_keys:
+            await queue.bind(events, routing_key=routing_key)
+        for attempt in range(1, work_queue.max_attempts):
+            await broker.declare_queue(
+                RabbitQueue(  # type: ignore[call-overload]
+                    work_queue.delay_queue(attempt), durable=True, arguments=work_queue.delay_arguments(attempt)
+                )
+            )
+
+
+def broker_check(broker: RabbitBroker) -> Check:
+    async def check() -> Mapping[str, Any]:
+        if not await broker.ping(timeout=1.5):
+            raise ConnectionError("broker connection is closed")
+        return {}
+
+    return check
+
+
+def queue_check(broker: RabbitBroker, queue_name: str) -> Check:
+    """Passive declare: proves the channel works and reports the ready-message depth."""
+
+    async def check() -> Mapping[str, Any]:
+        return {"depth": await queue_depth(broker, queue_name)}
+
+    return check
+
+
+async def queue_depth(broker: RabbitBroker, queue_name: str) -> int:
+    queue = await broker.declare_queue(RabbitQueue(queue_name, declare=False))
+    result = await queue.declare()
+    return int(result.message_count or 0)
+
+
+def broker_lifecycle(broker: RabbitBroker, topology: Topology) -> tuple[Any, Any]:
+    """Startup and shutdown hooks: declare the topology before consuming; on stop, drain in-flight handlers."""
+
+    async def start() -> None:
+        await broker.connect()
+        await declare_topology(broker, topology)
+        await broker.start()
+
+    async def stop() -> None:
+        await broker.stop()
+
+    return start, stop

@@ -1,0 +1,88 @@
+"""The broker topology as data: exchanges, work queues, their bindings, retry delays and dead-letter wiring.
+
+Every service declares all of it at start (declaration is idempotent), so the order in which services
+start never matters. Changing a queue's arguments makes RabbitMQ refuse the redeclaration
+(PRECONDITION_FAILED): such a change needs a new queue name or a policy, never an in-place edit here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENTS_EXCHANGE = "fmhl.events"
+"""Topic exchange for domain events and commands; routing key = message type (`lead.approved`)."""
+
+DEAD_LETTER_EXCHANGE = "fmhl.dlx"
+"""Fanout exchange: the broker's dead letters and the consumer policy's final failures all reach `dlq`."""
+
+DLQ_QUEUE = "dlq"
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    name: str
+    routing_keys: tuple[str, ...]
+    retry_delays_ms: tuple[int, ...] = (1_000, 5_000, 30_000)
+    """One delay queue per attempt: attempt n waits retry_delays_ms[n-1], then returns to this queue."""
+    delivery_limit: int = 5
+    """Crash-loop backstop: a message whose consumer dies on it is dead-lettered after limit + 1 deliveries."""
+    exchange: str = EVENTS_EXCHANGE
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_delays_ms) + 1
+
+    def delay_queue(self, attempt: int) -> str:
+        return f"{self.name}.retry.{attempt}"
+
+    def arguments(self) -> dict[str, Any]:
+        return quorum_arguments(DEAD_LETTER_EXCHANGE) | {"x-delivery-limit": self.delivery_limit}
+
+    def delay_arguments(self, attempt: int) -> dict[str, Any]:
+        # Expired messages go back through the default exchange straight to the work queue.
+        return quorum_arguments("", dead_letter_routing_key=self.name) | {
+            "x-message-ttl": self.retry_delays_ms[attempt - 1]
+        }
+
+
+def quorum_arguments(dead_letter_exchange: str, dead_letter_routing_key: str | None = None) -> dict[str, Any]:
+    """Quorum queue dead-lettering at-least-once: without reject-publish RabbitMQ silently falls back to at-most-once."""
+    arguments: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": dead_letter_exchange,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    if dead_letter_routing_key is not None:
+        arguments["x-dead-letter-routing-key"] = dead_letter_routing_key
+    return arguments
+
+
+DISTRIBUTION = WorkQueue("distribution", routing_keys=("lead.submitted", "lead.approved"))
+EMAIL = WorkQueue("email", routing_keys=("email.send",))
+REPORT_EXPORT = WorkQueue("report-export", routing_keys=("report.export",))
+
+
+@dataclass(frozen=True)
+class Topology:
+    work_queues: tuple[WorkQueue, ...]
+    dlq_queue: str = DLQ_QUEUE
+    dlq_arguments: dict[str, Any] = field(default_factory=lambda: {"x-queue-type": "quorum"})
+    """No dead-letter exchange and no delivery limit: there is no DLQ for the DLQ, its consumer never rejects."""
+
+    def work_queue(self, name: str) -> WorkQueue:
+        for queue in self.work_queues:
+            if queue.name == name:
+                return queue
+        raise KeyError(name)
+
+    def queue_for(self, routing_key: str) -> str:
+        """The work queue a routing key lands in (bindings are exact keys, not patterns)."""
+        for queue in self.work_queues:
+            if routing_key in queue.routing_keys:
+                return queue.name
+        return "unrouted"
+
+
+TOPOLOGY = Topology(work_queues=(DISTRIBUTION, EMAIL, REPORT_EXPORT))

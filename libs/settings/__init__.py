@@ -1,0 +1,141 @@
+"""Typed service settings: read from the environment (or `NAME_FILE`), refused at start when wrong."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "password", "todo", "xxx"})
+
+
+class FileSecretsSource(PydanticBaseSettingsSource):
+    """`DATABASE_URL_FILE=/run/secrets/db` reads the value from that file (Docker and Kubernetes secrets)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        path = os.environ.get(f"{field_name.upper()}_FILE")
+        if not path:
+            return None, field_name, False
+        try:
+            return Path(path).read_text().strip(), field_name, False
+        except OSError as error:
+            raise SettingsError(f"{field_name.upper()}_FILE: cannot read {path}: {error.strerror}") from error
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class ServiceSettings(BaseSettings):
+    """What every fmhl-ops service reads. Each service extends it with its own class."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    service_name: str = Field(description="Name in logs, metrics and broker connections.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    log_format: Literal["json", "console"] = Field("json", description="json for machines, console for humans.")
+    metrics_enabled: bool = Field(True, description="Serve /metrics.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Also serve /metrics on this internal port (unset: only on HTTP_PORT)."
+    )
+    http_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    http_port: int = Field(ge=1, le=65535, description="Port of health, metrics and (for APIs) the API.")
+    database_url: SecretStr = Field(description="postgresql+asyncpg://user:password@host:port/db")
+    rabbitmq_url: SecretStr = Field(description="amqp://user:password@host:port/vhost")
+    health_check_timeout_s: float = Field(2.0, gt=0, le=30, description="Timeout of each readiness check.")
+    publish_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="A broker under a memory alarm blocks publishers: fail after this."
+    )
+    db_statement_timeout_ms: int = Field(15_000, ge=100, description="PostgreSQL statement_timeout.")
+    db_pool_size: int = Field(5, ge=1, le=100, description="Connections kept in the pool.")
+    traces_exporter: Literal["none", "console"] = Field("none", description="Where finished spans go.")
+    queue_depth_alert_threshold: int = Field(100, ge=1, description="QueueBacklogHigh fires above this depth.")
+    dlq_size_alert_threshold: int = Field(100, ge=1, description="DLQSizeHigh fires above this many entries.")
+    distribution_duration_p95_threshold_ms: int = Field(
+        2000, ge=1, description="DistributionDurationHigh fires when p95 exceeds this."
+    )
+    inbox_query_p95_threshold_ms: int = Field(1000, ge=1, description="InboxQuerySlow fires when p95 exceeds this.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        level = value.upper() if isinstance(value, str) else value
+        return "WARNING" if level == "WARN" else level
+
+    @field_validator("database_url", "rabbitmq_url")
+    @classmethod
+    def _refuse_placeholders(cls, value: SecretStr) -> SecretStr:
+        return refuse_placeholder(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FileSecretsSource(settings_cls)
+
+
+def refuse_placeholder(value: SecretStr) -> SecretStr:
+    secret = value.get_secret_value()
+    if secret.strip().lower() in PLACEHOLDER_SECRETS or "changeme" in secret.lower():
+        raise ValueError("is a placeholder; set a real value")
+    return value
+
+
+Settings = TypeVar("Settings", bound=ServiceSettings)
+
+
+def describe_errors(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        variable = "_".join(str(part) for part in item["loc"]).upper() or "SETTINGS"
+        reason = "is required" if item["type"] == "missing" else item["msg"]
+        parts.append(f"{variable} {reason}")
+    return "; ".join(parts)
+
+
+def load_settings(settings_cls: type[Settings], **overrides: Any) -> Settings:
+    """Build the settings or raise SettingsError naming every bad variable on one line."""
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as error:
+        raise SettingsError(f"invalid configuration: {describe_errors(error)}") from None
+
+
+def load_or_exit(settings_cls: type[Settings]) -> Settings:
+    """For `__main__`: a bad setting stops the process at once with one line on stderr and exit code 78."""
+    try:
+        return load_settings(settings_cls)
+    except SettingsError as error:
+        print(f"{settings_cls.__name__}: {error}", file=sys.stderr)
+        raise SystemExit(78) from None
+
+
+class WorkerSettings(ServiceSettings):
+    """Settings of a service that consumes a work queue."""
+
+    prefetch: int = Field(10, ge=1, le=1000, description="Unacked messages per consumer, hence handler concurrency.")
+    handler_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="A handler running longer fails as transient (far below consumer_timeout)."
+    )

@@ -1,0 +1,1 @@
+"""distribution-worker: assigns approved leads to matching providers and charges their balances."""

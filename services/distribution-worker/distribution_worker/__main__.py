@@ -1,0 +1,3 @@
+from distribution_worker.main import main
+
+main()
