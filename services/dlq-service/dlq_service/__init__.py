@@ -1,0 +1,1 @@
+"""dlq-service: captures every dead letter and serves the admin API over them."""

@@ -1,0 +1,3 @@
+from dlq_service.main import main
+
+main()

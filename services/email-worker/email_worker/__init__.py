@@ -1,0 +1,1 @@
+"""email-worker: renders and sends email jobs through SMTP."""

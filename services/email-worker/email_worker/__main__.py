@@ -1,0 +1,3 @@
+from email_worker.main import main
+
+main()

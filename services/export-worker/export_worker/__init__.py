@@ -1,0 +1,1 @@
+"""export-worker: writes CSV report exports."""

@@ -1,0 +1,3 @@
+from export_worker.main import main
+
+main()

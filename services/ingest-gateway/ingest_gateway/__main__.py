@@ -1,0 +1,3 @@
+from ingest_gateway.main import main
+
+main()

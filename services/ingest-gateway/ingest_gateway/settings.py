@@ -1,0 +1,11 @@
+"""ingest-gateway settings."""
+
+from pydantic import Field
+
+from libs.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "ingest-gateway"
+    http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
+    max_body_bytes: int = Field(65_536, ge=1024, le=10_000_000, description="Larger request bodies get 413.")
