@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Runs fmhl-ops on this machine: installs what is missing, starts RabbitMQ and PostgreSQL, migrates,
+# starts the six services as separate processes, and stops only what it started.
+# Usage: stack.sh up | down | status | logs | migrate | install | infra | test [pytest args]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+RUN="$ROOT/.run"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+mkdir -p "$RUN/logs" "$RUN/pids"
+
+SERVICES=(ingest-gateway dlq-service distribution-worker email-worker export-worker scheduler)
+declare -A PORTS=([ingest-gateway]=8000 [dlq-service]=8001 [distribution-worker]=8101
+                  [email-worker]=8102 [export-worker]=8103 [scheduler]=8104)
+declare -A MODULES=([ingest-gateway]=ingest_gateway [dlq-service]=dlq_service
+                    [distribution-worker]=distribution_worker [email-worker]=email_worker
+                    [export-worker]=export_worker [scheduler]=scheduler)
+
+say() { printf '\033[1m[fmhl]\033[0m %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# ---- secrets: generated once per checkout, never committed -------------------------------------
+secret() {
+  local file="$RUN/$1"
+  [ -s "$file" ] || (umask 077; "$PY_BOOT" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$file")
+  cat "$file"
+}
+PY_BOOT="$(command -v python3)"
+
+env_file() {
+  local db_password mq_password
+  db_password="$(secret db-password)"
+  mq_password="$(secret mq-password)"
+  cat > "$RUN/stack.env" <<ENV
+DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl
+RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl
+RABBITMQ_MANAGEMENT_URL=http://fmhl:${mq_password}@127.0.0.1:15672
+TEST_DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl_test
+TEST_RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl-test
+ENV
+  chmod 600 "$RUN/stack.env"
+}
+
+load_env() { set -a; . "$RUN/stack.env"; set +a; }
+
+# ---- installation ------------------------------------------------------------------------------
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install() {
+  [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts system services)"
+  apt_install rabbitmq-server postgresql postgresql-contrib prometheus curl
+  if [ ! -x "$PY" ]; then
+    say "creating the virtualenv in .venv"
+    "$PY_BOOT" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.lock-installed"
+  if [ ! -f "$stamp" ] || ! cmp -s "$ROOT/requirements-dev.lock" "$stamp"; then
+    say "installing Python dependencies from requirements-dev.lock"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements-dev.lock"
+    cp "$ROOT/requirements-dev.lock" "$stamp"
+  fi
+  # The libs and the six service packages are imported from the work tree (no build step).
+  local site
+  site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  {
+    echo "$ROOT"
+    for service in "${SERVICES[@]}"; do echo "$ROOT/services/$service"; done
+  } > "$site/fmhl-ops.pth"
+}
+
+# ---- RabbitMQ and PostgreSQL -------------------------------------------------------------------
+rabbitmq_running() { rabbitmqctl -q status >/dev/null 2>&1; }
+
+start_rabbitmq() {
+  if ! rabbitmq_running; then
+    say "starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    touch "$RUN/started-rabbitmq"
+  fi
+  rabbitmqctl -q await_startup --timeout 60 >/dev/null
+  rabbitmq-plugins -q enable rabbitmq_management rabbitmq_prometheus >/dev/null
+  local password; password="$(secret mq-password)"
+  rabbitmqctl -q add_user fmhl "$password" >/dev/null 2>&1 || rabbitmqctl -q change_password fmhl "$password" >/dev/null
+  rabbitmqctl -q set_user_tags fmhl administrator >/dev/null
+  for vhost in fmhl fmhl-test; do
+    rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
+    rabbitmqctl -q set_permissions -p "$vhost" fmhl '.*' '.*' '.*' >/dev/null
+  done
+  for _ in $(seq 1 30); do
+    curl -fsS -o /dev/null -u "fmhl:$password" http://127.0.0.1:15672/api/overview && return 0
+    sleep 1
+  done
+  die "RabbitMQ management API did not answer on 127.0.0.1:15672"
+}
+
+postgres_running() { pg_isready -q -h 127.0.0.1 -p 5432; }
+
+start_postgres() {
+  if ! postgres_running; then
+    say "starting PostgreSQL"
+    local version; version="$(pg_lsclusters -h | awk 'NR==1 {print $1}')"
+    [ -n "$version" ] || die "no PostgreSQL cluster found (pg_lsclusters is empty)"
+    pg_ctlcluster "$version" main start
+    echo "$version" > "$RUN/started-postgres"
+  fi
+  for _ in $(seq 1 30); do postgres_running && break; sleep 1; done
+  postgres_running || die "PostgreSQL did not accept connections on 127.0.0.1:5432"
+  local password; password="$(secret db-password)"
+  psql_admin() { runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAt "$@"; }
+  if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'fmhl'")" != 1 ]; then
+    psql_admin -c "CREATE ROLE fmhl LOGIN"
+  fi
+  psql_admin -c "ALTER ROLE fmhl PASSWORD '$password'"
+  for db in fmhl fmhl_test; do
+    if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
+      psql_admin -c "CREATE DATABASE $db OWNER fmhl"
+    fi
+  done
+}
+
+infra() { env_file; start_rabbitmq; start_postgres; }
+
+migrate() {
+  load_env
+  say "applying migrations"
+  (cd "$ROOT" && "$VENV/bin/alembic" upgrade head >/dev/null)
+  (cd "$ROOT" && DATABASE_URL="$TEST_DATABASE_URL" "$VENV/bin/alembic" upgrade head >/dev/null)
+}
+
+# ---- the six services --------------------------------------------------------------------------
+pid_of() { local f="$RUN/pids/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
+
+start_services() {
+  load_env
+  for service in "${SERVICES[@]}"; do
+    if pid_of "$service" >/dev/null; then continue; fi
+    # exec: the recorded pid is the service's own; setsid: it outlives this shell and its terminal.
+    (cd "$ROOT" && export HTTP_PORT="${PORTS[$service]}" \
+      && exec setsid "$PY" -m "${MODULES[$service]}" >> "$RUN/logs/$service.log" 2>&1 < /dev/null) &
+    echo $! > "$RUN/pids/$service.pid"
+  done
+  local deadline=$((SECONDS + 90))
+  for service in "${SERVICES[@]}"; do
+    until curl -fs -o /dev/null "http://127.0.0.1:${PORTS[$service]}/health/ready"; do
+      pid_of "$service" >/dev/null || { tail -n 20 "$RUN/logs/$service.log" >&2; die "$service exited"; }
+      [ $SECONDS -lt $deadline ] || { tail -n 20 "$RUN/logs/$service.log" >&2; die "$service not ready in 90 s"; }
+      sleep 0.5
+    done
+  done
+}
+
+status() {
+  printf '%-20s %-7s %-6s %-36s %s\n' SERVICE PID READY HEALTH METRICS
+  for service in "${SERVICES[@]}"; do
+    local port="${PORTS[$service]}" pid ready
+    pid="$(pid_of "$service" || echo -)"
+    ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/ready" || true)"
+    printf '%-20s %-7s %-6s %-36s %s\n' "$service" "$pid" "$ready" \
+      "http://127.0.0.1:$port/health/ready" "http://127.0.0.1:$port/metrics"
+  done
+  echo
+  echo "API:        http://127.0.0.1:8000/api/v1   (OpenAPI: http://127.0.0.1:8000/schema)"
+  echo "RabbitMQ:   http://127.0.0.1:15672 (user fmhl, password in .run/mq-password), metrics :15692/metrics"
+  echo "PostgreSQL: 127.0.0.1:5432 database fmhl (user fmhl, password in .run/db-password)"
+  echo "Logs:       .run/logs/<service>.log   (task logs)"
+}
+
+stop_services() {
+  for service in "${SERVICES[@]}"; do
+    local pid; pid="$(pid_of "$service" || true)"
+    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+  done
+  for service in "${SERVICES[@]}"; do
+    local pid; pid="$(pid_of "$service" || true)"
+    for _ in $(seq 1 50); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$RUN/pids/$service.pid"
+  done
+}
+
+down() {
+  if docker_engine; then (cd "$ROOT" && docker compose down); return; fi
+  stop_services
+  # RabbitMQ and PostgreSQL are stopped only when this script started them.
+  if [ -f "$RUN/started-rabbitmq" ]; then rabbitmqctl -q stop >/dev/null 2>&1 || true; rm -f "$RUN/started-rabbitmq"; fi
+  if [ -f "$RUN/started-postgres" ]; then
+    pg_ctlcluster "$(cat "$RUN/started-postgres")" main stop || true
+    rm -f "$RUN/started-postgres"
+  fi
+  say "stopped"
+}
+
+docker_engine() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+
+up() {
+  if docker_engine; then
+    say "Docker engine found: docker compose up"
+    (cd "$ROOT" && docker compose up -d --build --wait)
+    (cd "$ROOT" && docker compose ps)
+    return
+  fi
+  install
+  infra
+  migrate
+  say "starting the six services"
+  start_services
+  status
+}
+
+run_tests() {
+  install
+  infra
+  migrate
+  load_env
+  say "running the test suite"
+  cd "$ROOT"
+  "$VENV/bin/python" -m pytest "$@"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) load_env 2>/dev/null || true; status ;;
+  logs) tail -n 50 -F "$RUN"/logs/*.log ;;
+  install) install ;;
+  infra) install; infra ;;
+  migrate) migrate ;;
+  restart) stop_services; start_services; status ;;
+  test) shift; run_tests "$@" ;;
+  *) echo "usage: $0 up | down | status | logs | migrate | install | infra | restart | test [pytest args]" >&2; exit 2 ;;
+esac
