@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
+from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
@@ -183,9 +184,17 @@ class ConsumerPolicy:
         return "dead_lettered"
 
 
+async def keep_body_raw(message: StreamMessage[Any]) -> bytes:
+    """FastStream would parse an `application/json` body before the handler runs, and a malformed one
+    would then fail outside the policy and stay unacked. The policy decodes it itself."""
+    return message.body
+
+
 def subscribe(router: RabbitRouter, policy: ConsumerPolicy) -> None:
     """Register the policy as the one consumer of its work queue (declared beforehand by declare_topology)."""
 
-    @router.subscriber(RabbitQueue(policy.queue.name, declare=False), ack_policy=AckPolicy.MANUAL)
+    @router.subscriber(
+        RabbitQueue(policy.queue.name, declare=False), ack_policy=AckPolicy.MANUAL, decoder=keep_body_raw
+    )
     async def consume(message: RabbitMessage) -> None:
         await policy.handle(message)

@@ -110,7 +110,7 @@ def describe_errors(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         variable = "_".join(str(part) for part in item["loc"]).upper() or "SETTINGS"
-        reason = "is required" if item["type"] == "missing" else item["msg"]
+        reason = "is required" if item["type"] == "missing" else item["msg"].removeprefix("Value error, ")
         parts.append(f"{variable} {reason}")
     return "; ".join(parts)
 

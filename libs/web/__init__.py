@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar, MediaType, Response, get
+from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, ControllerRouterHandler, LifespanHook, Message, Receive, Scope, Send
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
@@ -35,7 +36,11 @@ def accept_correlation_id(value: str | None) -> str:
 
 
 class RequestContext:
-    """ASGI wrapper: binds the correlation id and a server span, times the request by route template."""
+    """ASGI middleware: binds the correlation id and a server span, times the request by route template.
+
+    It runs after routing, so `path_template` is known; a request that matches no route is answered by
+    Litestar before it and is not timed.
+    """
 
     def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
         self.app = app
@@ -112,6 +117,7 @@ def create_app(
         route_handlers=[*ops_routes(telemetry, readiness, settings.metrics_enabled), *route_handlers],
         on_startup=list(on_startup),
         on_shutdown=[mark_shutting_down, *on_shutdown],
+        middleware=[DefineMiddleware(RequestContext, telemetry=telemetry)],
         logging_config=None,
         **litestar_options,
     )
@@ -134,7 +140,7 @@ def serve(app: Litestar, settings: ServiceSettings, telemetry: Telemetry, readin
     if settings.metrics_enabled and settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.http_host, registry=telemetry.registry)
     config = uvicorn.Config(
-        RequestContext(app, telemetry),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

@@ -12,6 +12,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from dlq_service.dead_letters import read_failure
 from dlq_service.metrics import DlqMetrics
 from libs.logging import correlation_scope, get_logger
+from libs.messaging.consumer import keep_body_raw
 from libs.messaging.topology import DLQ_QUEUE
 
 log = get_logger("dlq_service")
@@ -20,7 +21,7 @@ log = get_logger("dlq_service")
 def build_router(metrics: DlqMetrics, *, nack_backoff_s: float) -> RabbitRouter:
     router = RabbitRouter()
 
-    @router.subscriber(RabbitQueue(DLQ_QUEUE, declare=False), ack_policy=AckPolicy.MANUAL)
+    @router.subscriber(RabbitQueue(DLQ_QUEUE, declare=False), ack_policy=AckPolicy.MANUAL, decoder=keep_body_raw)
     async def on_dead_letter(message: RabbitMessage) -> None:
         raw = message.raw_message
         with correlation_scope(raw.correlation_id):

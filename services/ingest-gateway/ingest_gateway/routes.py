@@ -8,6 +8,7 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, post
+from litestar.params import JSONBody
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 from pydantic import BaseModel, ConfigDict
@@ -46,7 +47,7 @@ def leads_controller(publisher: Publisher, metrics: GatewayMetrics, max_body_byt
             raises=[HTTPException],
             summary="Submit a lead; 202 once the broker confirmed the lead.submitted event.",
         )
-        async def submit_lead(self, data: LeadSubmission) -> Annotated[LeadAccepted, "accepted"]:
+        async def submit_lead(self, data: JSONBody[LeadSubmission]) -> Annotated[LeadAccepted, "accepted"]:
             event = LeadSubmitted(
                 lead_id=uuid.uuid4(), external_id=data.external_id, category=data.category, zip=data.zip
             )

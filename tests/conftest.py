@@ -1,0 +1,33 @@
+"""Shared fixtures: the real RabbitMQ and PostgreSQL started by `deploy/local/stack.sh test`.
+
+Tests run against their own vhost (`fmhl-test`) and database (`fmhl_test`), so a running stack is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _required(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run the suite with `bash deploy/local/stack.sh test`", pytrace=False)
+    return value
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    return _required("TEST_RABBITMQ_URL")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    return _required("TEST_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def service_env(rabbitmq_url: str, database_url: str) -> dict[str, str]:
+    """Environment for a service process or settings object pointed at the test vhost and database."""
+    return {"RABBITMQ_URL": rabbitmq_url, "DATABASE_URL": database_url, "LOG_LEVEL": "DEBUG"}

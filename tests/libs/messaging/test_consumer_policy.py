@@ -1,0 +1,279 @@
+"""The consumer policy on the real RabbitMQ: retry with backoff, dead-letter with context, survive crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from faststream.rabbit import RabbitBroker, RabbitRouter
+
+from libs.messaging import headers as h
+from libs.messaging.broker import EVENTS, create_broker, declare_topology
+from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
+from libs.messaging.errors import BusinessRuleViolation, TransientError
+from libs.messaging.publisher import Publisher
+from libs.messaging.topology import DEAD_LETTER_EXCHANGE, Topology, WorkQueue
+from libs.telemetry import Telemetry, setup_telemetry
+
+from .ping import Ping, ping_queue
+
+pytestmark = pytest.mark.broker
+Behaviour = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class Harness:
+    queue: WorkQueue
+    publisher: Publisher
+    telemetry: Telemetry
+    dead_letters: asyncio.Queue[AbstractIncomingMessage]
+    behaviours: dict[int, Behaviour] = field(default_factory=dict)
+    calls: list[tuple[int, float, int]] = field(default_factory=list)
+
+    async def send(self, body: bytes, *, message_type: str = "test.ping", message_id: str | None = None) -> str:
+        message_id = message_id or str(uuid.uuid4())
+        await self.publisher.publish_raw(
+            body,
+            exchange=EVENTS,
+            routing_key=self.queue.routing_keys[0],
+            message_id=message_id,
+            correlation_id=f"cid-{message_id}",
+            message_type=message_type,
+            headers={},
+        )
+        return message_id
+
+    async def send_ping(self, n: int) -> str:
+        return await self.send(Ping(n=n).model_dump_json().encode())
+
+    async def dead_letter(self, message_id: str, timeout: float = 10.0) -> AbstractIncomingMessage:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.dead_letters.get()
+                if message.message_id == message_id:
+                    return message
+
+    def attempts_of(self, n: int) -> list[tuple[float, int]]:
+        return [(at, attempt) for number, at, attempt in self.calls if number == n]
+
+    def metric(self, line_start: str) -> float:
+        for line in self.telemetry.exposition().decode().splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+async def _observe_dead_letters(url: str, prefix: str) -> tuple[aio_pika.abc.AbstractConnection, asyncio.Queue[AbstractIncomingMessage]]:
+    """An exclusive queue on the dead-letter fanout sees every dead letter this test causes."""
+    found: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    connection = await aio_pika.connect_robust(url)
+    channel = await connection.channel()
+    exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE)
+    observer = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await observer.bind(exchange)
+
+    async def keep(message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        if (message.headers or {}).get(h.ORIGINAL_QUEUE) == prefix or (message.headers or {}).get(
+            "x-first-death-queue"
+        ) == prefix:
+            await found.put(message)
+
+    await observer.consume(keep)
+    return connection, found
+
+
+async def _delete_queues(url: str, queue: WorkQueue) -> None:
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    for name in [queue.name, *(queue.delay_queue(a) for a in range(1, queue.max_attempts))]:
+        await channel.queue_delete(name)
+    await connection.close()
+
+
+@pytest.fixture
+async def harness(rabbitmq_url: str) -> AsyncIterator[Harness]:
+    queue = ping_queue()
+    telemetry = setup_telemetry("test-worker")
+    broker: RabbitBroker = create_broker(rabbitmq_url, telemetry, service="test-worker", prefetch=5)
+    publisher = Publisher(broker, Topology((queue,)), telemetry, timeout_s=5.0)
+    await broker.connect()
+    await declare_topology(broker, Topology((queue,)))
+    observer, dead_letters = await _observe_dead_letters(rabbitmq_url, queue.name)
+    state = Harness(queue, publisher, telemetry, dead_letters)
+    loop = asyncio.get_running_loop()
+
+    async def on_ping(ping: Ping, delivery: Delivery) -> None:
+        state.calls.append((ping.n, loop.time(), delivery.attempt))
+        if behaviour := state.behaviours.get(ping.n):
+            await behaviour(delivery.attempt)
+
+    router = RabbitRouter()
+    subscribe(
+        router,
+        ConsumerPolicy(queue, {Ping: on_ping}, publisher, telemetry, service="test-worker", handler_timeout_s=1.0),
+    )
+    broker.include_router(router)
+    await broker.start()
+    yield state
+    await broker.stop()
+    await observer.close()
+    await _delete_queues(rabbitmq_url, queue)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+async def test_transient_error_is_retried_with_growing_delays_then_succeeds(harness: Harness) -> None:
+    async def fail_twice(attempt: int) -> None:
+        if attempt <= 2:
+            raise TransientError("database unavailable")
+
+    harness.behaviours[1] = fail_twice
+    message_id = await harness.send_ping(1)
+    await eventually(lambda: len(harness.attempts_of(1)) == 3)
+
+    (first, _), (second, _), (third, attempt) = harness.attempts_of(1)
+    assert attempt == 3
+    assert second - first >= 0.2
+    assert third - second >= 0.6
+    assert third - second > second - first
+    with pytest.raises(TimeoutError):
+        await harness.dead_letter(message_id, timeout=1.0)
+    assert harness.metric('fmhl_jobs_failed_total{outcome="retried",queue=') == 2
+    await eventually(lambda: harness.metric("fmhl_jobs_completed_total{queue=") == 1)
+
+
+async def test_permanent_error_reaches_the_dlq_at_once_with_its_context(harness: Harness) -> None:
+    async def refuse(_: int) -> None:
+        raise BusinessRuleViolation("provider account is closed")
+
+    harness.behaviours[2] = refuse
+    message_id = await harness.send_ping(2)
+    dead = await harness.dead_letter(message_id)
+
+    headers = dead.headers or {}
+    assert len(harness.attempts_of(2)) == 1
+    assert headers[h.REASON] == "error"
+    assert headers[h.ERROR_TYPE] == "BusinessRuleViolation"
+    assert headers[h.ERROR_CLASS] == "permanent"
+    assert headers[h.ERROR_MESSAGE] == "provider account is closed"
+    assert "Traceback" in str(headers[h.ERROR_STACK])
+    assert headers[h.ATTEMPTS] == 1
+    assert headers[h.SERVICE] == "test-worker"
+    assert headers[h.ORIGINAL_QUEUE] == harness.queue.name
+    assert headers[h.ORIGINAL_EXCHANGE] == EVENTS.name
+    assert headers[h.ORIGINAL_ROUTING_KEY] == harness.queue.routing_keys[0]
+    assert headers[h.FIRST_FAILURE_AT] == headers[h.LAST_FAILURE_AT]
+    assert dead.correlation_id == f"cid-{message_id}"
+    assert orjson.loads(dead.body) == {"n": 2}
+    await eventually(lambda: harness.metric('fmhl_jobs_failed_total{outcome="dead_lettered",queue=') == 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "message_type", "error_type", "detail"),
+    [
+        (b"{not json", "test.ping", "UndecodableBody", "not valid JSON"),
+        (b'{"n": "seven"}', "test.ping", "SchemaMismatch", "n:"),
+        (b'{"n": 1, "extra": true}', "test.ping", "SchemaMismatch", "extra"),
+        (b"[" * 100_000, "test.ping", "UndecodableBody", "not valid JSON"),
+        (b'{"n": 1}', "test.unknown", "UnknownMessageType", "test.unknown"),
+    ],
+    ids=["malformed", "wrong-type", "unknown-field", "deep-nesting", "unknown-type"],
+)
+async def test_bad_message_reaches_the_dlq_and_the_queue_keeps_flowing(
+    harness: Harness, body: bytes, message_type: str, error_type: str, detail: str
+) -> None:
+    message_id = await harness.send(body, message_type=message_type)
+    await harness.send_ping(3)
+
+    headers = (await harness.dead_letter(message_id)).headers or {}
+    assert headers[h.ERROR_TYPE] == error_type
+    assert detail in str(headers[h.ERROR_MESSAGE])
+    assert headers[h.ATTEMPTS] == 1
+    await eventually(lambda: len(harness.attempts_of(3)) == 1)
+
+
+async def test_transient_error_that_never_clears_is_dead_lettered_after_the_last_attempt(harness: Harness) -> None:
+    async def always_down(_: int) -> None:
+        raise ConnectionRefusedError("smtp connection refused")
+
+    harness.behaviours[4] = always_down
+    message_id = await harness.send_ping(4)
+    headers = (await harness.dead_letter(message_id, timeout=15)).headers or {}
+
+    assert [attempt for _, attempt in harness.attempts_of(4)] == [1, 2, 3, 4]
+    assert headers[h.ATTEMPTS] == harness.queue.max_attempts
+    assert headers[h.ERROR_CLASS] == "transient"
+    assert headers[h.ERROR_TYPE] == "ConnectionRefusedError"
+    assert headers[h.FIRST_FAILURE_AT] < headers[h.LAST_FAILURE_AT]
+    assert not any(key.startswith("x-") and key != "x-death" for key in headers if key != "x-first-death-queue")
+
+
+async def test_a_handler_over_its_timeout_is_retried_as_transient(harness: Harness) -> None:
+    async def slow_once(attempt: int) -> None:
+        if attempt == 1:
+            await asyncio.sleep(5)
+
+    harness.behaviours[5] = slow_once
+    await harness.send_ping(5)
+    await eventually(lambda: len(harness.attempts_of(5)) == 2)
+    await eventually(lambda: harness.metric("fmhl_jobs_completed_total{queue=") == 1)
+    assert harness.metric('fmhl_jobs_failed_total{outcome="retried",queue=') == 1
+
+
+async def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(rabbitmq_url: str) -> None:
+    queue = ping_queue(delivery_limit=2)
+    script = Path(__file__).with_name("crashing_consumer.py")
+    spec = orjson.dumps(dataclasses.asdict(queue)).decode()
+    telemetry = setup_telemetry("test-publisher")
+    broker = create_broker(rabbitmq_url, telemetry, service="test-publisher")
+    await broker.connect()
+    await declare_topology(broker, Topology((queue,)))
+    observer, dead_letters = await _observe_dead_letters(rabbitmq_url, queue.name)
+    publisher = Publisher(broker, Topology((queue,)), telemetry, timeout_s=5.0)
+    state = Harness(queue, publisher, telemetry, dead_letters)
+    poison = await state.send_ping(-1)
+    await state.send_ping(1)
+
+    crashes = 0
+    handled_good_message = False
+    try:
+        for _ in range(queue.delivery_limit + 3):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, str(script), rabbitmq_url, spec, stdout=asyncio.subprocess.PIPE
+            )
+            assert process.stdout is not None
+            async with asyncio.timeout(60):
+                while line := await process.stdout.readline():
+                    if line.strip() == b"handled 1":
+                        handled_good_message = True
+                        break
+            if handled_good_message:
+                process.terminate()
+                await process.wait()
+                break
+            assert await process.wait() == 3
+            crashes += 1
+        dead = await state.dead_letter(poison, timeout=10)
+    finally:
+        await observer.close()
+        await broker.stop()
+        await _delete_queues(rabbitmq_url, queue)
+
+    assert crashes == queue.delivery_limit + 1
+    assert handled_good_message
+    assert (dead.headers or {})["x-first-death-reason"] == "delivery_limit"
+    assert (dead.headers or {})["x-first-death-queue"] == queue.name
