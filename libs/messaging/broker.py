@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+from faststream.rabbit.utils import RabbitClientProperties
 
 from libs.health import Check
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, Topology
@@ -29,7 +30,8 @@ def create_broker(
         # Prefetch bounds both unacked messages and the handler's concurrency (FastStream ties them).
         default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True),
         app_id=service,
-        client_properties={"connection_name": service},
+        # Names the connection in the management UI; aio-pika passes unknown keys on to the broker.
+        client_properties=cast("RabbitClientProperties", {"connection_name": service}),
         graceful_timeout=15.0,
         middlewares=[
             RabbitTelemetryMiddleware(
@@ -58,7 +60,9 @@ async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
         for attempt in range(1, work_queue.max_attempts):
             await broker.declare_queue(
                 RabbitQueue(  # type: ignore[call-overload]
-                    work_queue.delay_queue(attempt), durable=True, arguments=work_queue.delay_arguments(attempt)
+                    work_queue.delay_queue(attempt),
+                    durable=True,
+                    arguments=work_queue.delay_arguments(attempt),
                 )
             )
 

@@ -95,13 +95,16 @@ class ConsumerPolicy:
             "fmhl_jobs_completed_total", unit="", description="Messages handled successfully."
         )
         self.failed = meter.create_counter(
-            "fmhl_jobs_failed_total", unit="", description="Failed deliveries, by outcome (retried, dead_lettered)."
+            "fmhl_jobs_failed_total",
+            unit="",
+            description="Failed deliveries, by outcome (retried, dead_lettered).",
         )
         self.duration = duration_histogram(meter, "fmhl_job_duration_ms", "Handling time of one delivery.")
 
     async def handle(self, message: RabbitMessage) -> None:
         raw = message.raw_message
-        attempt = int((raw.headers or {}).get(h.ATTEMPT, 0) or 0) + 1
+        previous = (raw.headers or {}).get(h.ATTEMPT)
+        attempt = (previous if isinstance(previous, int) else 0) + 1
         with correlation_scope(raw.correlation_id):
             started = time.perf_counter()
             labels = {"queue": self.queue.name}
@@ -147,7 +150,12 @@ class ConsumerPolicy:
             h.ERROR_CLASS: "permanent" if permanent else "transient",
             h.ERROR_MESSAGE: str(error)[: h.MAX_MESSAGE_CHARS],
         }
-        metadata = {"queue": self.queue.name, "type": raw.type, "attempt": attempt, "message_id": raw.message_id}
+        metadata = {
+            "queue": self.queue.name,
+            "type": raw.type,
+            "attempt": attempt,
+            "message_id": raw.message_id,
+        }
         if not permanent and attempt < self.queue.max_attempts:
             await self.publisher.publish_raw(
                 raw.body,

@@ -27,7 +27,9 @@ class Publisher:
         self.topology = topology
         self.timeout_s = timeout_s
         self.enqueued = telemetry.meter.create_counter(
-            "fmhl_jobs_enqueued_total", unit="", description="Messages published and confirmed, by target queue."
+            "fmhl_jobs_enqueued_total",
+            unit="",
+            description="Messages published and confirmed, by target queue.",
         )
 
     async def publish(self, message: Message, *, message_id: str | None = None) -> str:

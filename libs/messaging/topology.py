@@ -47,7 +47,7 @@ class WorkQueue:
 
 
 def quorum_arguments(dead_letter_exchange: str, dead_letter_routing_key: str | None = None) -> dict[str, Any]:
-    """Quorum queue dead-lettering at-least-once: without reject-publish RabbitMQ silently falls back to at-most-once."""
+    """Quorum dead-lettering at-least-once: without reject-publish RabbitMQ silently falls back to at-most-once."""
     arguments: dict[str, Any] = {
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": dead_letter_exchange,

@@ -53,7 +53,10 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "console"] = Field("json", description="json for machines, console for humans.")
     metrics_enabled: bool = Field(True, description="Serve /metrics.")
     metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="Also serve /metrics on this internal port (unset: only on HTTP_PORT)."
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve /metrics on this internal port (unset: only on HTTP_PORT).",
     )
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     http_port: int = Field(ge=1, le=65535, description="Port of health, metrics and (for APIs) the API.")
@@ -137,5 +140,8 @@ class WorkerSettings(ServiceSettings):
 
     prefetch: int = Field(10, ge=1, le=1000, description="Unacked messages per consumer, hence handler concurrency.")
     handler_timeout_s: float = Field(
-        30.0, gt=0, le=600, description="A handler running longer fails as transient (far below consumer_timeout)."
+        30.0,
+        gt=0,
+        le=600,
+        description="A handler running longer fails as transient (far below consumer_timeout).",
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar, MediaType, Response, get
+from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, ControllerRouterHandler, LifespanHook, Message, Receive, Scope, Send
 from opentelemetry import propagate, trace
@@ -50,9 +51,10 @@ class RequestContext:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
         correlation_id = accept_correlation_id(headers.get(CORRELATION_HEADER))
         status = 500
@@ -76,7 +78,7 @@ class RequestContext:
             finally:
                 route = scope.get("path_template") or "unmatched"
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                attributes = {"method": scope["method"], "route": route, "status": str(status)}
+                attributes = {"method": method, "route": route, "status": str(status)}
                 self.duration.record(elapsed_ms, attributes)
                 trace.get_current_span().set_attribute("http.route", route)
                 if route not in {"/health/live", "/health/ready", "/metrics"}:

@@ -77,12 +77,18 @@ def test_an_unreadable_secret_file_is_named(environment: pytest.MonkeyPatch, tmp
 
 
 @pytest.mark.parametrize(
-    "module", ["ingest_gateway", "dlq_service", "distribution_worker", "email_worker", "export_worker", "scheduler"]
+    "module",
+    ["ingest_gateway", "dlq_service", "distribution_worker", "email_worker", "export_worker", "scheduler"],
 )
 def test_each_service_process_stops_at_start_naming_the_missing_variable(module: str) -> None:
     environment = {"PATH": "/usr/bin:/bin", "RABBITMQ_URL": VALID["RABBITMQ_URL"]}
     result = subprocess.run(
-        [sys.executable, "-m", module], env=environment, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", module],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 78
     assert result.stderr.strip().count("\n") == 0

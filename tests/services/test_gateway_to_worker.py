@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from distribution_worker.main import build as build_worker
@@ -40,7 +41,7 @@ def log_lines() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-async def gateway(service_env: dict[str, str]) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+async def gateway(service_env: dict[str, str]) -> AsyncIterator[AsyncTestClient[Litestar]]:
     settings = load_settings(GatewaySettings, **{k.lower(): v for k, v in service_env.items()})
     app, _ = build_gateway(settings, setup_telemetry("ingest-gateway"))
     async with AsyncTestClient(app) as client:
@@ -48,7 +49,7 @@ async def gateway(service_env: dict[str, str]) -> AsyncIterator[AsyncTestClient]
 
 
 @pytest.fixture
-async def worker(service_env: dict[str, str]) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+async def worker(service_env: dict[str, str]) -> AsyncIterator[AsyncTestClient[Litestar]]:
     settings = load_settings(WorkerSettings, **{k.lower(): v for k, v in service_env.items()})
     app, _ = build_worker(settings, setup_telemetry("distribution-worker"))
     async with AsyncTestClient(app) as client:
@@ -61,7 +62,9 @@ def events_with(stream: io.StringIO, correlation_id: str) -> list[dict[str, obje
 
 
 async def test_a_submitted_lead_reaches_the_worker_with_the_same_correlation_id(
-    gateway: AsyncTestClient, worker: AsyncTestClient, log_lines: io.StringIO  # type: ignore[type-arg]
+    gateway: AsyncTestClient[Litestar],
+    worker: AsyncTestClient[Litestar],
+    log_lines: io.StringIO,
 ) -> None:
     response = await gateway.post("/api/v1/leads", json=LEAD, headers={"X-Correlation-ID": "cid-e2e-1"})
     assert response.status_code == 202, response.text
@@ -94,7 +97,9 @@ async def test_bad_lead_gets_400_naming_each_field(gateway: AsyncTestClient) -> 
 
 async def test_oversized_body_gets_413(gateway: AsyncTestClient) -> None:  # type: ignore[type-arg]
     response = await gateway.post(
-        "/api/v1/leads", content=b'{"external_id": "' + b"x" * 70_000 + b'"}', headers={"content-type": "application/json"}
+        "/api/v1/leads",
+        content=b'{"external_id": "' + b"x" * 70_000 + b'"}',
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == 413
 

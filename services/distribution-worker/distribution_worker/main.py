@@ -19,12 +19,18 @@ from libs.web import create_app, serve
 def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness]:
     engine = create_engine(settings)
     broker = create_broker(
-        settings.rabbitmq_url.get_secret_value(), telemetry, service=settings.service_name, prefetch=settings.prefetch
+        settings.rabbitmq_url.get_secret_value(),
+        telemetry,
+        service=settings.service_name,
+        prefetch=settings.prefetch,
     )
     publisher = Publisher(broker, TOPOLOGY, telemetry, settings.publish_timeout_s)
     broker.include_router(
         build_router(
-            publisher, telemetry, DistributionMetrics.create(telemetry), handler_timeout_s=settings.handler_timeout_s
+            publisher,
+            telemetry,
+            DistributionMetrics.create(telemetry),
+            handler_timeout_s=settings.handler_timeout_s,
         )
     )
     readiness = Readiness(

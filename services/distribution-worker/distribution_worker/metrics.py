@@ -15,6 +15,8 @@ class DistributionMetrics:
     def create(cls, telemetry: Telemetry) -> "DistributionMetrics":
         return cls(
             leads_received=telemetry.meter.create_counter(
-                "fmhl_distribution_leads_received_total", unit="", description="Lead events received, by type."
+                "fmhl_distribution_leads_received_total",
+                unit="",
+                description="Lead events received, by type.",
             )
         )

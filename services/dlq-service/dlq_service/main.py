@@ -18,11 +18,18 @@ from libs.web import create_app, serve
 def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness]:
     engine = create_engine(settings)
     broker = create_broker(
-        settings.rabbitmq_url.get_secret_value(), telemetry, service=settings.service_name, prefetch=settings.prefetch
+        settings.rabbitmq_url.get_secret_value(),
+        telemetry,
+        service=settings.service_name,
+        prefetch=settings.prefetch,
     )
     broker.include_router(build_router(DlqMetrics.create(telemetry), nack_backoff_s=settings.nack_backoff_s))
     readiness = Readiness(
-        {"database": database_check(engine), "broker": broker_check(broker), "queue": queue_check(broker, DLQ_QUEUE)},
+        {
+            "database": database_check(engine),
+            "broker": broker_check(broker),
+            "queue": queue_check(broker, DLQ_QUEUE),
+        },
         timeout_s=settings.health_check_timeout_s,
     )
     start_broker, stop_broker = broker_lifecycle(broker, TOPOLOGY)

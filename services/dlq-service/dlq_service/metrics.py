@@ -15,6 +15,8 @@ class DlqMetrics:
     def create(cls, telemetry: Telemetry) -> "DlqMetrics":
         return cls(
             received=telemetry.meter.create_counter(
-                "fmhl_dead_letters_received_total", unit="", description="Dead letters received, by queue and reason."
+                "fmhl_dead_letters_received_total",
+                unit="",
+                description="Dead letters received, by queue and reason.",
             )
         )

@@ -26,7 +26,12 @@ def build_router(
 
     router = RabbitRouter()
     policy = ConsumerPolicy(
-        EMAIL, {SendEmail: on_send_email}, publisher, telemetry, service="email-worker", handler_timeout_s=handler_timeout_s
+        EMAIL,
+        {SendEmail: on_send_email},
+        publisher,
+        telemetry,
+        service="email-worker",
+        handler_timeout_s=handler_timeout_s,
     )
     subscribe(router, policy)
     return router

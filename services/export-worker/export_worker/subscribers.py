@@ -26,7 +26,12 @@ def build_router(
 
     router = RabbitRouter()
     policy = ConsumerPolicy(
-        REPORT_EXPORT, {ExportReport: on_export_report}, publisher, telemetry, service="export-worker", handler_timeout_s=handler_timeout_s
+        REPORT_EXPORT,
+        {ExportReport: on_export_report},
+        publisher,
+        telemetry,
+        service="export-worker",
+        handler_timeout_s=handler_timeout_s,
     )
     subscribe(router, policy)
     return router

@@ -8,15 +8,15 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, post
-from litestar.params import JSONBody
 from litestar.exceptions import HTTPException
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 from pydantic import BaseModel, ConfigDict
 
 from ingest_gateway.metrics import GatewayMetrics
 from libs.contracts import Contact, LeadSubmitted, SafeText, ZipCode
 from libs.logging import get_logger
-from libs.messaging.publisher import PublishFailed, Publisher
+from libs.messaging.publisher import Publisher, PublishFailed
 
 log = get_logger("ingest_gateway")
 
@@ -65,5 +65,3 @@ def leads_controller(publisher: Publisher, metrics: GatewayMetrics, max_body_byt
             return LeadAccepted(lead_id=event.lead_id, message_id=message_id)
 
     return LeadsController
-
-

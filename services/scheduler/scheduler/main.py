@@ -33,7 +33,11 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         log.info("scheduler.started", {"jobs": settings.job_switches()})
 
     app = create_app(
-        settings, telemetry, readiness, on_startup=[start_broker, announce], on_shutdown=[stop_broker, engine.dispose]
+        settings,
+        telemetry,
+        readiness,
+        on_startup=[start_broker, announce],
+        on_shutdown=[stop_broker, engine.dispose],
     )
     return app, readiness
 

@@ -14,5 +14,8 @@ def register_job_switches(telemetry: Telemetry, switches: Mapping[str, bool]) ->
         return [Observation(1 if enabled else 0, {"job": job}) for job, enabled in switches.items()]
 
     telemetry.meter.create_observable_gauge(
-        "fmhl_scheduler_job_enabled", callbacks=[observe], unit="", description="1 when the job's switch is on."
+        "fmhl_scheduler_job_enabled",
+        callbacks=[observe],
+        unit="",
+        description="1 when the job's switch is on.",
     )

@@ -12,9 +12,7 @@ from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import Topology, WorkQueue
 from libs.telemetry import setup_telemetry
-
-sys.path.insert(0, os.path.dirname(__file__))
-from ping import Ping  # noqa: E402
+from tests.libs.messaging.ping import Ping
 
 
 async def main(url: str, spec: dict[str, object]) -> None:

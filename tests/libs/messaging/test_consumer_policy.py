@@ -8,7 +8,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aio_pika
 import orjson
@@ -23,8 +22,7 @@ from libs.messaging.errors import BusinessRuleViolation, TransientError
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, Topology, WorkQueue
 from libs.telemetry import Telemetry, setup_telemetry
-
-from .ping import Ping, ping_queue
+from tests.libs.messaging.ping import Ping, ping_queue
 
 pytestmark = pytest.mark.broker
 Behaviour = Callable[[int], Awaitable[None]]
@@ -72,7 +70,9 @@ class Harness:
         return 0.0
 
 
-async def _observe_dead_letters(url: str, prefix: str) -> tuple[aio_pika.abc.AbstractConnection, asyncio.Queue[AbstractIncomingMessage]]:
+async def _observe_dead_letters(
+    url: str, prefix: str
+) -> tuple[aio_pika.abc.AbstractConnection, asyncio.Queue[AbstractIncomingMessage]]:
     """An exclusive queue on the dead-letter fanout sees every dead letter this test causes."""
     found: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     connection = await aio_pika.connect_robust(url)
@@ -206,7 +206,9 @@ async def test_bad_message_reaches_the_dlq_and_the_queue_keeps_flowing(
     await eventually(lambda: len(harness.attempts_of(3)) == 1)
 
 
-async def test_transient_error_that_never_clears_is_dead_lettered_after_the_last_attempt(harness: Harness) -> None:
+async def test_transient_error_that_never_clears_is_dead_lettered_after_the_last_attempt(
+    harness: Harness,
+) -> None:
     async def always_down(_: int) -> None:
         raise ConnectionRefusedError("smtp connection refused")
 
@@ -218,7 +220,7 @@ async def test_transient_error_that_never_clears_is_dead_lettered_after_the_last
     assert headers[h.ATTEMPTS] == harness.queue.max_attempts
     assert headers[h.ERROR_CLASS] == "transient"
     assert headers[h.ERROR_TYPE] == "ConnectionRefusedError"
-    assert headers[h.FIRST_FAILURE_AT] < headers[h.LAST_FAILURE_AT]
+    assert str(headers[h.FIRST_FAILURE_AT]) < str(headers[h.LAST_FAILURE_AT])
     assert not any(key.startswith("x-") and key != "x-death" for key in headers if key != "x-first-death-queue")
 
 
@@ -236,7 +238,6 @@ async def test_a_handler_over_its_timeout_is_retried_as_transient(harness: Harne
 
 async def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(rabbitmq_url: str) -> None:
     queue = ping_queue(delivery_limit=2)
-    script = Path(__file__).with_name("crashing_consumer.py")
     spec = orjson.dumps(dataclasses.asdict(queue)).decode()
     telemetry = setup_telemetry("test-publisher")
     broker = create_broker(rabbitmq_url, telemetry, service="test-publisher")
@@ -253,7 +254,12 @@ async def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(
     try:
         for _ in range(queue.delivery_limit + 3):
             process = await asyncio.create_subprocess_exec(
-                sys.executable, str(script), rabbitmq_url, spec, stdout=asyncio.subprocess.PIPE
+                sys.executable,
+                "-m",
+                "tests.libs.messaging.crashing_consumer",
+                rabbitmq_url,
+                spec,
+                stdout=asyncio.subprocess.PIPE,
             )
             assert process.stdout is not None
             async with asyncio.timeout(60):

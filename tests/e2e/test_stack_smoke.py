@@ -1,0 +1,148 @@
+"""The six services as separate processes: live, ready and metrics; readiness follows PostgreSQL down and up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.stack
+
+SERVICES = {
+    "ingest-gateway": "ingest_gateway",
+    "dlq-service": "dlq_service",
+    "distribution-worker": "distribution_worker",
+    "email-worker": "email_worker",
+    "export-worker": "export_worker",
+    "scheduler": "scheduler",
+}
+FIRST_PORT = 18_000
+
+
+@dataclass
+class Running:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def wait_for(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():  # type: ignore[operator]
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def postgres_cluster() -> list[str]:
+    version, name = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout.split()[
+        :2
+    ]
+    return [version, name]
+
+
+@pytest.fixture(scope="module")
+def stack(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Running]]:
+    logs = tmp_path_factory.mktemp("stack-logs")
+    running = []
+    for offset, (name, module) in enumerate(SERVICES.items()):
+        port = FIRST_PORT + offset
+        log = logs / f"{name}.log"
+        environment = {**os.environ, **service_env, "HTTP_PORT": str(port), "HEALTH_CHECK_TIMEOUT_S": "1"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", module], env=environment, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+        running.append(Running(name, port, process, log))
+    try:
+        for service in running:
+            wait_for(
+                lambda s=service: httpx.get(s.url("/health/ready")).status_code == 200,
+                60,
+                f"{service.name} ready (log: {service.log.read_text()[-2000:]})",
+            )
+        yield running
+    finally:
+        for service in running:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in running:
+            try:
+                service.process.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+
+
+def test_every_service_is_live_ready_and_exposes_metrics(stack: list[Running]) -> None:
+    for service in stack:
+        assert httpx.get(service.url("/health/live")).json() == {"status": "alive"}
+        ready = httpx.get(service.url("/health/ready")).json()
+        assert ready["status"] == "healthy", (service.name, ready)
+        assert {"database", "broker"} <= ready["checks"].keys()
+        metrics = httpx.get(service.url("/metrics"))
+        assert metrics.status_code == 200
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert "fmhl_http_request_duration_ms_bucket" in metrics.text, service.name
+
+
+def test_workers_report_their_queue_depth(stack: list[Running]) -> None:
+    queues = {
+        "distribution-worker": "queue",
+        "email-worker": "queue",
+        "export-worker": "queue",
+        "dlq-service": "queue",
+    }
+    for service in stack:
+        if service.name in queues:
+            check = httpx.get(service.url("/health/ready")).json()["checks"]["queue"]
+            assert check["status"] == "up"
+            assert isinstance(check["depth"], int)
+
+
+def test_readiness_follows_postgresql_while_liveness_does_not(stack: list[Running]) -> None:
+    cluster = postgres_cluster()
+    subprocess.run(["pg_ctlcluster", *cluster, "stop", "-m", "fast"], check=True)
+    try:
+        for service in stack:
+            wait_for(
+                lambda s=service: httpx.get(s.url("/health/ready"), timeout=5).status_code == 503,
+                20,
+                f"{service.name} unready without PostgreSQL",
+            )
+            body = httpx.get(service.url("/health/ready"), timeout=5).json()
+            assert "database" in body["failing"], (service.name, body)
+            assert body["checks"]["database"]["status"] == "down"
+            assert body["checks"]["broker"]["status"] == "up"
+            assert httpx.get(service.url("/health/live")).status_code == 200
+    finally:
+        subprocess.run(["pg_ctlcluster", *cluster, "start"], check=True)
+    for service in stack:
+        wait_for(
+            lambda s=service: httpx.get(s.url("/health/ready"), timeout=5).status_code == 200,
+            30,
+            f"{service.name} ready again",
+        )
+
+
+def test_sigterm_drains_and_stops_each_service(stack: list[Running]) -> None:
+    for service in stack:
+        service.process.send_signal(signal.SIGTERM)
+    for service in stack:
+        # uvicorn re-raises the signal once shutdown is complete, as Kubernetes expects.
+        assert service.process.wait(timeout=25) in (0, -signal.SIGTERM)
+        assert '"event":"Application shutdown complete."' in service.log.read_text(), service.name
