@@ -85,7 +85,8 @@ async def test_a_dead_letter_body_with_nul_bytes_and_invalid_utf8_is_stored_as_i
 ) -> None:
     body = b'{"name": "\x00"}\xff\xfe'
     stored = await connection.fetchval(
-        "INSERT INTO dead_letter_queue (queue_name, failed_at, raw_body) VALUES ('email', now(), $1) RETURNING raw_body",
+        "INSERT INTO dead_letter_queue (queue_name, failed_at, raw_body) "
+        "VALUES ('email', now(), $1) RETURNING raw_body",
         body,
     )
     assert stored == body
