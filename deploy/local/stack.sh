@@ -188,7 +188,7 @@ stop_services() {
 }
 
 down() {
-  if docker_engine; then (cd "$ROOT" && docker compose down); return; fi
+  if docker_engine; then compose down; return; fi
   stop_services
   # RabbitMQ and PostgreSQL are stopped only when this script started them.
   if [ -f "$RUN/started-rabbitmq" ]; then rabbitmqctl -q stop >/dev/null 2>&1 || true; rm -f "$RUN/started-rabbitmq"; fi
@@ -199,13 +199,20 @@ down() {
   say "stopped"
 }
 
-docker_engine() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+docker_engine() { command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; }
+
+compose() {
+  local env_file="$RUN/compose.env"
+  printf 'FMHL_DB_PASSWORD=%s\nFMHL_MQ_PASSWORD=%s\n' "$(secret db-password)" "$(secret mq-password)" > "$env_file"
+  chmod 600 "$env_file"
+  (cd "$ROOT" && docker compose --env-file "$env_file" "$@")
+}
 
 up() {
   if docker_engine; then
     say "Docker engine found: docker compose up"
-    (cd "$ROOT" && docker compose up -d --build --wait)
-    (cd "$ROOT" && docker compose ps)
+    compose up -d --build --wait
+    compose ps
     return
   fi
   install
