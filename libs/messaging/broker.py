@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.utils import RabbitClientProperties
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from libs.health import Check
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, Topology
@@ -103,3 +106,41 @@ def broker_lifecycle(broker: RabbitBroker, topology: Topology) -> tuple[Any, Any
         await broker.stop()
 
     return start, stop
+
+
+class QueueDepthGauge:
+    """`fmhl_queue_depth{queue}`: ready messages in the consumer's own queue, polled in the background.
+
+    Every replica reports the same queue, so alerts aggregate with `max by (queue)`.
+    """
+
+    def __init__(self, broker: RabbitBroker, queue_name: str, telemetry: Telemetry, interval_s: float = 10.0) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.interval_s = interval_s
+        self.depth: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        telemetry.meter.create_observable_gauge(
+            "fmhl_queue_depth", callbacks=[self._observe], unit="", description="Ready messages in the queue."
+        )
+
+    def _observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [] if self.depth is None else [Observation(self.depth, {"queue": self.queue_name})]
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                self.depth = await asyncio.wait_for(queue_depth(self.broker, self.queue_name), self.interval_s)
+            except Exception:
+                # An unknown depth is reported as absent, never as a stale number.
+                self.depth = None
+            await asyncio.sleep(self.interval_s)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._poll(), name=f"queue-depth-{self.queue_name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -112,6 +112,11 @@ def test_workers_report_their_queue_depth(stack: list[Running]) -> None:
             check = httpx.get(service.url("/health/ready")).json()["checks"]["queue"]
             assert check["status"] == "up"
             assert isinstance(check["depth"], int)
+    gauges = {"distribution-worker": "distribution", "email-worker": "email", "export-worker": "report-export"}
+    for service in stack:
+        if service.name in gauges:
+            metrics = httpx.get(service.url("/metrics")).text
+            assert f'fmhl_queue_depth{{queue="{gauges[service.name]}"}}' in metrics, service.name
 
 
 def test_readiness_follows_postgresql_while_liveness_does_not(stack: list[Running]) -> None:

@@ -8,7 +8,7 @@ from email_worker.subscribers import build_router
 from libs.db import create_engine, database_check
 from libs.health import Readiness
 from libs.logging import configure_logging
-from libs.messaging.broker import broker_check, broker_lifecycle, create_broker, queue_check
+from libs.messaging.broker import QueueDepthGauge, broker_check, broker_lifecycle, create_broker, queue_check
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import EMAIL, TOPOLOGY
 from libs.settings import load_or_exit
@@ -37,8 +37,13 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         timeout_s=settings.health_check_timeout_s,
     )
     start_broker, stop_broker = broker_lifecycle(broker, TOPOLOGY)
+    depth = QueueDepthGauge(broker, EMAIL.name, telemetry)
     app = create_app(
-        settings, telemetry, readiness, on_startup=[start_broker], on_shutdown=[stop_broker, engine.dispose]
+        settings,
+        telemetry,
+        readiness,
+        on_startup=[start_broker, depth.start],
+        on_shutdown=[depth.stop, stop_broker, engine.dispose],
     )
     return app, readiness
 
