@@ -27,7 +27,20 @@ def database_url() -> str:
     return _required("TEST_DATABASE_URL")
 
 
+TEST_JWT_SECRET = "test-only-signing-key-0123456789abcdef"
+
+
 @pytest.fixture(scope="session")
-def service_env(rabbitmq_url: str, database_url: str) -> dict[str, str]:
+def service_env(
+    rabbitmq_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment for a service process or settings object pointed at the test vhost and database."""
-    return {"RABBITMQ_URL": rabbitmq_url, "DATABASE_URL": database_url, "LOG_LEVEL": "DEBUG"}
+    return {
+        "RABBITMQ_URL": rabbitmq_url,
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "DEBUG",
+        "JWT_SECRET": TEST_JWT_SECRET,
+        "EXPORT_DIR": str(tmp_path_factory.mktemp("exports")),
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": "2626",
+    }

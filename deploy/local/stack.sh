@@ -29,15 +29,22 @@ secret() {
 PY_BOOT="$(command -v python3)"
 
 env_file() {
-  local db_password mq_password
+  local db_password mq_password jwt_secret
   db_password="$(secret db-password)"
   mq_password="$(secret mq-password)"
+  jwt_secret="$(secret jwt-secret)$(secret jwt-secret)"
+  mkdir -p "$RUN/exports" "$RUN/mail"
   cat > "$RUN/stack.env" <<ENV
 DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl
 RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl
 RABBITMQ_MANAGEMENT_URL=http://fmhl:${mq_password}@127.0.0.1:15672
 TEST_DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl_test
 TEST_RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl-test
+JWT_SECRET=${jwt_secret}
+EXPORT_DIR=$RUN/exports
+SMTP_HOST=127.0.0.1
+SMTP_PORT=2525
+MAIL_DIR=$RUN/mail
 ENV
   chmod 600 "$RUN/stack.env"
 }
@@ -139,8 +146,16 @@ migrate() {
 # ---- the six services --------------------------------------------------------------------------
 pid_of() { local f="$RUN/pids/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
 
+start_smtp_sink() {
+  pid_of smtp-sink >/dev/null && return 0
+  (cd "$ROOT" && exec setsid "$PY" deploy/local/smtp_sink.py "$MAIL_DIR" "$SMTP_PORT" \
+    >> "$RUN/logs/smtp-sink.log" 2>&1 < /dev/null) &
+  echo $! > "$RUN/pids/smtp-sink.pid"
+}
+
 start_services() {
   load_env
+  start_smtp_sink
   for service in "${SERVICES[@]}"; do
     if pid_of "$service" >/dev/null; then continue; fi
     # exec: the recorded pid is the service's own; setsid: it outlives this shell and its terminal.
@@ -171,15 +186,17 @@ status() {
   echo "API:        http://127.0.0.1:8000/api/v1   (OpenAPI: http://127.0.0.1:8000/schema)"
   echo "RabbitMQ:   http://127.0.0.1:15672 (user fmhl, password in .run/mq-password), metrics :15692/metrics"
   echo "PostgreSQL: 127.0.0.1:5432 database fmhl (user fmhl, password in .run/db-password)"
+  echo "Mail sink:  smtp://127.0.0.1:2525 -> .run/mail/*.eml, listed in .run/mail/index.jsonl"
+  echo "Exports:    .run/exports/"
   echo "Logs:       .run/logs/<service>.log   (task logs)"
 }
 
 stop_services() {
-  for service in "${SERVICES[@]}"; do
+  for service in "${SERVICES[@]}" smtp-sink; do
     local pid; pid="$(pid_of "$service" || true)"
     [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
   done
-  for service in "${SERVICES[@]}"; do
+  for service in "${SERVICES[@]}" smtp-sink; do
     local pid; pid="$(pid_of "$service" || true)"
     for _ in $(seq 1 50); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true

@@ -27,9 +27,11 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
     publisher = Publisher(broker, TOPOLOGY, telemetry, settings.publish_timeout_s)
     broker.include_router(
         build_router(
+            engine,
             publisher,
             telemetry,
             DistributionMetrics.create(telemetry),
+            max_providers=settings.max_providers_per_lead,
             handler_timeout_s=settings.handler_timeout_s,
         )
     )

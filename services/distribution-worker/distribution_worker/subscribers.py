@@ -1,13 +1,15 @@
 """The `distribution` queue: one router, one handler per message type.
 
-The foundation stage validates each event against its contract, logs it and acks; assignment and
-billing build on these handlers.
+Each handler distributes in one transaction, then (after commit) asks for the emails. A redelivered
+event finds the lead distributed and asks again for the same emails, which email-worker sends once.
 """
 
 from faststream.rabbit import RabbitRouter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from distribution_worker.distribution import Outcome, distribute
 from distribution_worker.metrics import DistributionMetrics
-from libs.contracts import LeadApproved, LeadSubmitted
+from libs.contracts import LeadApproved, LeadSubmitted, SendEmail
 from libs.logging import get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
 from libs.messaging.publisher import Publisher
@@ -18,15 +20,46 @@ log = get_logger("distribution_worker")
 
 
 def build_router(
-    publisher: Publisher, telemetry: Telemetry, metrics: DistributionMetrics, *, handler_timeout_s: float
+    engine: AsyncEngine,
+    publisher: Publisher,
+    telemetry: Telemetry,
+    metrics: DistributionMetrics,
+    *,
+    max_providers: int,
+    handler_timeout_s: float,
 ) -> RabbitRouter:
+    async def announce(outcome: Outcome) -> None:
+        for assigned in outcome.assigned:
+            await publisher.publish(
+                SendEmail(template="new_lead", to=assigned.provider_email,
+                          params={"lead_id": str(outcome.lead_id), "price_cents": assigned.price_cents}),
+                message_id=f"email:new_lead:{assigned.assignment_id}",
+            )  # fmt: skip
+            if assigned.low_balance and assigned.balance_after_cents is not None:
+                await publisher.publish(
+                    SendEmail(template="low_balance", to=assigned.provider_email,
+                              params={"balance_cents": assigned.balance_after_cents}),
+                    message_id=f"email:low_balance:{assigned.assignment_id}",
+                )  # fmt: skip
+        log.info(
+            "lead.distributed" if outcome.newly_distributed else "lead.already_handled",
+            {"lead_id": str(outcome.lead_id), "status": outcome.status, "assigned": len(outcome.assigned),
+             "skipped_insufficient_balance": len(outcome.skipped_providers)},
+        )  # fmt: skip
+
     async def on_lead_submitted(event: LeadSubmitted, delivery: Delivery) -> None:
-        metrics.leads_received.add(1, {"type": event.message_type})
-        log.info("lead.submitted_received", {"lead_id": str(event.lead_id), "attempt": delivery.attempt})
+        outcome = await distribute(
+            engine, event.lead_id, message_id=delivery.message_id, approved_by=None,
+            max_providers=max_providers, metrics=metrics,
+        )  # fmt: skip
+        await announce(outcome)
 
     async def on_lead_approved(event: LeadApproved, delivery: Delivery) -> None:
-        metrics.leads_received.add(1, {"type": event.message_type})
-        log.info("lead.approved_received", {"lead_id": str(event.lead_id), "attempt": delivery.attempt})
+        outcome = await distribute(
+            engine, event.lead_id, message_id=delivery.message_id, approved_by=event.approved_by,
+            max_providers=max_providers, metrics=metrics,
+        )  # fmt: skip
+        await announce(outcome)
 
     router = RabbitRouter()
     policy = ConsumerPolicy(

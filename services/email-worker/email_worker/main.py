@@ -25,9 +25,7 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         prefetch=settings.prefetch,
     )
     publisher = Publisher(broker, TOPOLOGY, telemetry, settings.publish_timeout_s)
-    broker.include_router(
-        build_router(publisher, telemetry, EmailMetrics.create(telemetry), handler_timeout_s=settings.handler_timeout_s)
-    )
+    broker.include_router(build_router(engine, settings, publisher, telemetry, EmailMetrics.create(telemetry)))
     readiness = Readiness(
         {
             "database": database_check(engine),

@@ -1,4 +1,4 @@
-"""email-worker's own instruments (the queue metrics come with the consumer policy)."""
+"""email-worker instruments."""
 
 from dataclasses import dataclass
 
@@ -9,12 +9,15 @@ from libs.telemetry import Telemetry
 
 @dataclass(frozen=True)
 class EmailMetrics:
-    received: Counter
+    sent: Counter
+    skipped_duplicates: Counter
 
     @classmethod
     def create(cls, telemetry: Telemetry) -> "EmailMetrics":
+        meter = telemetry.meter
         return cls(
-            received=telemetry.meter.create_counter(
-                "fmhl_email_jobs_received_total", unit="", description="Jobs received, by type."
-            )
+            sent=meter.create_counter("fmhl_emails_sent_total", unit="", description="Emails accepted by SMTP."),
+            skipped_duplicates=meter.create_counter(
+                "fmhl_emails_duplicate_skipped_total", unit="", description="Redelivered jobs already sent."
+            ),
         )

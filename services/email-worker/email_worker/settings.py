@@ -1,6 +1,6 @@
 """email-worker settings."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from libs.settings import WorkerSettings
 
@@ -8,3 +8,10 @@ from libs.settings import WorkerSettings
 class Settings(WorkerSettings):
     service_name: str = "email-worker"
     http_port: int = Field(8102, ge=1, le=65535, description="Health and metrics.")
+    smtp_host: str = Field(description="SMTP server host.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP server port.")
+    smtp_from: str = Field("fmhl-ops <no-reply@fmhl.local>", description="From header and envelope sender.")
+    smtp_username: str | None = Field(None, description="SMTP login, when the server asks for one.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_starttls: bool = Field(False, description="Upgrade the connection with STARTTLS.")
+    smtp_timeout_s: float = Field(10.0, gt=0, le=120, description="Connect and command timeout.")

@@ -1,12 +1,12 @@
-"""The `email` queue: one router, one handler per message type.
-
-The foundation stage validates each job against its contract, logs it and acks; the real work builds on
-these handlers.
-"""
+"""The `email` queue: render, send once, log. 5xx replies go to the DLQ at once; the rest are retried."""
 
 from faststream.rabbit import RabbitRouter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from email_worker.mailer import deliver
 from email_worker.metrics import EmailMetrics
+from email_worker.settings import Settings
+from email_worker.templates import render
 from libs.contracts import SendEmail
 from libs.logging import get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
@@ -18,20 +18,24 @@ log = get_logger("email_worker")
 
 
 def build_router(
-    publisher: Publisher, telemetry: Telemetry, metrics: EmailMetrics, *, handler_timeout_s: float
+    engine: AsyncEngine, settings: Settings, publisher: Publisher, telemetry: Telemetry, metrics: EmailMetrics
 ) -> RabbitRouter:
     async def on_send_email(job: SendEmail, delivery: Delivery) -> None:
-        metrics.received.add(1, {"type": job.message_type})
-        log.info("email_job.received", {"template": job.template, "attempt": delivery.attempt})
+        subject, body = render(job.template, job.params)
+        message_id = await deliver(
+            engine, settings, job_id=delivery.message_id, to=job.to, template=job.template, subject=subject, body=body
+        )
+        if message_id is None:
+            metrics.skipped_duplicates.add(1, {"template": job.template})
+            log.info("email.already_sent", {"job_id": delivery.message_id, "template": job.template})
+            return
+        metrics.sent.add(1, {"template": job.template})
+        log.info("email.sent", {"job_id": delivery.message_id, "template": job.template, "message_id": message_id})
 
     router = RabbitRouter()
     policy = ConsumerPolicy(
-        EMAIL,
-        {SendEmail: on_send_email},
-        publisher,
-        telemetry,
-        service="email-worker",
-        handler_timeout_s=handler_timeout_s,
-    )
+        EMAIL, {SendEmail: on_send_email}, publisher, telemetry, service="email-worker",
+        handler_timeout_s=settings.handler_timeout_s,
+    )  # fmt: skip
     subscribe(router, policy)
     return router

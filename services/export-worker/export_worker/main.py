@@ -25,14 +25,7 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         prefetch=settings.prefetch,
     )
     publisher = Publisher(broker, TOPOLOGY, telemetry, settings.publish_timeout_s)
-    broker.include_router(
-        build_router(
-            publisher,
-            telemetry,
-            ExportMetrics.create(telemetry),
-            handler_timeout_s=settings.handler_timeout_s,
-        )
-    )
+    broker.include_router(build_router(engine, settings, publisher, telemetry, ExportMetrics.create(telemetry)))
     readiness = Readiness(
         {
             "database": database_check(engine),

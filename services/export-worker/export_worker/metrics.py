@@ -1,20 +1,21 @@
-"""export-worker's own instruments (the queue metrics come with the consumer policy)."""
+"""export-worker instruments."""
 
 from dataclasses import dataclass
 
-from opentelemetry.metrics import Counter
+from opentelemetry.metrics import Counter, Histogram
 
-from libs.telemetry import Telemetry
+from libs.telemetry import Telemetry, duration_histogram
 
 
 @dataclass(frozen=True)
 class ExportMetrics:
-    received: Counter
+    rows_written: Counter
+    export_duration: Histogram
 
     @classmethod
     def create(cls, telemetry: Telemetry) -> "ExportMetrics":
+        meter = telemetry.meter
         return cls(
-            received=telemetry.meter.create_counter(
-                "fmhl_export_jobs_received_total", unit="", description="Jobs received, by type."
-            )
+            rows_written=meter.create_counter("fmhl_export_rows_total", unit="", description="CSV rows written."),
+            export_duration=duration_histogram(meter, "fmhl_export_duration_ms", "Time to write one export."),
         )

@@ -2,19 +2,36 @@
 
 from dataclasses import dataclass
 
-from opentelemetry.metrics import Counter
+from opentelemetry.metrics import Counter, Histogram
 
-from libs.telemetry import Telemetry
+from libs.telemetry import Telemetry, duration_histogram
 
 
 @dataclass(frozen=True)
 class GatewayMetrics:
     leads_submitted: Counter
+    leads_approved: Counter
+    bad_leads_reported: Counter
+    refunds_approved: Counter
+    inbox_query_duration: Histogram
 
     @classmethod
     def create(cls, telemetry: Telemetry) -> "GatewayMetrics":
+        meter = telemetry.meter
         return cls(
-            leads_submitted=telemetry.meter.create_counter(
+            leads_submitted=meter.create_counter(
                 "fmhl_leads_submitted_total", unit="", description="Leads accepted (202) at the HTTP edge."
-            )
+            ),
+            leads_approved=meter.create_counter(
+                "fmhl_leads_approved_total", unit="", description="Leads approved, by who approved (admin, auto)."
+            ),
+            bad_leads_reported=meter.create_counter(
+                "fmhl_bad_leads_reported_total", unit="", description="Bad-lead reports filed by providers."
+            ),
+            refunds_approved=meter.create_counter(
+                "fmhl_refunds_approved_total", unit="", description="Bad-lead reports approved and refunded."
+            ),
+            inbox_query_duration=duration_histogram(
+                meter, "fmhl_inbox_query_duration_ms", "Time of the inbox query in the database."
+            ),
         )

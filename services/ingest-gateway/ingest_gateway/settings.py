@@ -1,11 +1,16 @@
 """ingest-gateway settings."""
 
+from pathlib import Path
+
 from pydantic import Field
 
+from libs.auth import AuthSettingsMixin
 from libs.settings import ServiceSettings
 
 
-class Settings(ServiceSettings):
+class Settings(AuthSettingsMixin, ServiceSettings):
     service_name: str = "ingest-gateway"
     http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
     max_body_bytes: int = Field(65_536, ge=1024, le=10_000_000, description="Larger request bodies get 413.")
+    login_attempts_per_minute: int = Field(10, ge=1, le=1000, description="Per email and client address.")
+    export_dir: Path = Field(description="Where export-worker writes CSV files; downloads are served from here.")

@@ -1,0 +1,91 @@
+"""Who is calling: users logging in (password + TOTP used once) and lead sources presenting an API key."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.auth import Principal, matching_totp_step, verify_password
+
+
+@dataclass(frozen=True)
+class LeadSource:
+    id: uuid.UUID
+    name: str
+    trusted: bool
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return "fmhl_" + secrets.token_urlsafe(32)
+
+
+async def lead_source_for(engine: AsyncEngine, api_key: str) -> LeadSource | None:
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT id, name, trusted FROM lead_sources WHERE api_key_hash = :hash"),
+                {"hash": hash_api_key(api_key)},
+            )
+        ).first()
+    return None if row is None else LeadSource(row.id, row.name, row.trusted)
+
+
+async def login(engine: AsyncEngine, email: str, password: str, totp_code: str | None) -> Principal | None:
+    """A principal when the password (and the code, if given) is right; None otherwise, whatever was wrong."""
+    async with engine.begin() as connection:
+        user = (
+            await connection.execute(
+                text("SELECT id, role, password_hash, totp_secret, provider_id FROM users WHERE email = :email"),
+                {"email": email.lower()},
+            )
+        ).first()
+        if user is None or not verify_password(user.password_hash, password):
+            return None
+        amr = ["pwd"]
+        if totp_code is not None:
+            if user.totp_secret is None:
+                return None
+            step = matching_totp_step(user.totp_secret, totp_code)
+            # A code is accepted once: only a step later than the last one used moves the marker.
+            used = await connection.execute(
+                text(
+                    "UPDATE users SET totp_last_used_step = :step WHERE id = :id "
+                    "AND (totp_last_used_step IS NULL OR totp_last_used_step < :step)"
+                ),
+                {"step": step, "id": user.id},
+            )
+            if step is None or used.rowcount != 1:
+                return None
+            amr.append("otp")
+    return Principal(subject=str(user.id), role=user.role, provider_id=user.provider_id, amr=tuple(amr))
+
+
+class LoginThrottle:
+    """At most `limit` attempts per key in a sliding minute (per process; each replica counts its own)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._attempts: dict[str, deque[float]] = defaultdict(deque)
+
+    def retry_after(self, key: str, now: float | None = None) -> int | None:
+        """Registers an attempt; seconds to wait when over the limit, else None."""
+        moment = time.monotonic() if now is None else now
+        attempts = self._attempts[key]
+        while attempts and attempts[0] <= moment - self.window_s:
+            attempts.popleft()
+        if len(attempts) >= self.limit:
+            return max(1, int(attempts[0] + self.window_s - moment) + 1)
+        attempts.append(moment)
+        return None
