@@ -25,14 +25,14 @@ QUERIES = {
          "status"],
         "SELECT a.id, a.created_at, a.lead_id, l.category, l.zip, a.provider_id, p.name, a.price_cents, a.status "
         "FROM assignments a JOIN leads l ON l.id = a.lead_id JOIN providers p ON p.id = a.provider_id "
-        "WHERE a.created_at >= :date_from AND a.created_at < :date_to + 1 "
+        "WHERE a.created_at >= CAST(:date_from AS date) AND a.created_at < CAST(:date_to AS date) + 1 "
         "AND (CAST(:provider AS uuid) IS NULL OR a.provider_id = :provider) ORDER BY a.created_at, a.id",
     ),
     "ledger_statement": (
         ["entry_id", "at", "kind", "amount_cents", "assignment_id", "refund_id", "running_total_cents"],
         "SELECT id, created_at, kind, amount_cents, assignment_id, refund_id, "
         "SUM(amount_cents) OVER (ORDER BY created_at, id) FROM ledger_entries "
-        "WHERE provider_id = :provider AND created_at >= :date_from AND created_at < :date_to + 1 "
+        "WHERE provider_id = :provider AND created_at >= CAST(:date_from AS date) AND created_at < CAST(:date_to AS date) + 1 "
         "ORDER BY created_at, id",
     ),
 }  # fmt: skip

@@ -1,0 +1,317 @@
+"""The lead pipeline end to end: submit -> approve -> distribute and charge -> emails; refunds; exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from tests.services.conftest import Pipeline, eventually, metric_value
+
+pytestmark = [pytest.mark.broker, pytest.mark.database]
+
+
+def category() -> str:
+    return f"roofing-{uuid.uuid4().hex[:8]}"
+
+
+async def lead_status(pipeline: Pipeline, lead_id: str) -> str:
+    return str(await pipeline.scalar("SELECT status FROM leads WHERE id = :id", id=uuid.UUID(lead_id)))
+
+
+async def test_approved_lead_goes_to_the_matching_providers_charged_and_emailed(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    kind = category()
+    emails = [f"p{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(5)]
+    matching = [
+        await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=2500, balance_cents=10_000,
+                                email=emails[i])
+        for i in range(4)
+    ]  # fmt: skip
+    elsewhere = await pipeline.provider(
+        admin, category=kind, zips=["10001"], price_cents=2500, balance_cents=10_000, email=emails[4]
+    )
+    before = await pipeline.metrics(pipeline.gateway)
+    source = await pipeline.lead_source()
+
+    lead_id = await pipeline.submit(source, category=kind)
+    assert await lead_status(pipeline, lead_id) == "submitted"
+    approved = await pipeline.gateway.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)
+    assert approved.status_code == 202, approved.text
+
+    async def distributed() -> bool:
+        return await lead_status(pipeline, lead_id) == "distributed"
+
+    await eventually(distributed)
+    assigned = await pipeline.scalar(
+        "SELECT array_agg(provider_id) FROM assignments WHERE lead_id = :id", id=uuid.UUID(lead_id)
+    )
+    assert len(assigned) == 3  # at most N = 3, although four providers match
+    assert set(assigned) <= set(matching)
+    assert elsewhere not in assigned
+    for provider_id in assigned:
+        assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 7500
+        charges = await pipeline.scalar(
+            "SELECT count(*) FROM ledger_entries WHERE provider_id = :id AND kind = 'lead_charge' "
+            "AND amount_cents = -2500", id=provider_id,
+        )  # fmt: skip
+        assert charges == 1
+    charged_emails = {emails[matching.index(p)] for p in assigned}
+
+    async def mailed() -> bool:
+        return all(pipeline.mail.to(address) for address in charged_emails)
+
+    await eventually(mailed)
+    assert all(pipeline.mail.to(address)[0]["Subject"] == "New lead assigned to you" for address in charged_emails)
+    after = await pipeline.metrics(pipeline.gateway)
+    assert metric_value(after, "fmhl_leads_submitted_total") - metric_value(before, "fmhl_leads_submitted_total") == 1
+    assert metric_value(after, "fmhl_leads_approved_total") - metric_value(before, "fmhl_leads_approved_total") == 1
+    worker_metrics = await pipeline.metrics(pipeline.workers["distribution"])
+    assert metric_value(worker_metrics, "fmhl_assignments_created_total") >= 3
+    assert metric_value(worker_metrics, "fmhl_distribution_duration_ms_count") >= 1
+    assert metric_value(worker_metrics, "fmhl_billing_operation_duration_ms_count") >= 3
+
+
+async def test_a_trusted_sources_lead_is_distributed_without_an_admin(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    kind = category()
+    await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=1000, balance_cents=1000)
+    lead_id = await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
+
+    async def distributed() -> bool:
+        return await lead_status(pipeline, lead_id) == "distributed"
+
+    await eventually(distributed)
+
+
+async def test_a_lead_nobody_matches_ends_unassigned(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    lead_id = await pipeline.submit(await pipeline.lead_source(), category=category())
+    assert (await pipeline.gateway.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)).status_code == 202
+
+    async def unassigned() -> bool:
+        return await lead_status(pipeline, lead_id) == "unassigned"
+
+    await eventually(unassigned)
+
+
+async def test_a_provider_that_cannot_pay_is_skipped_and_paused(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    kind = category()
+    poor = await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=5000, balance_cents=4999)
+    rich = await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=5000, balance_cents=5000)
+    before = metric_value(
+        await pipeline.metrics(pipeline.workers["distribution"]), "fmhl_assignments_skipped_insufficient_balance_total"
+    )
+    lead_id = await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
+
+    async def distributed() -> bool:
+        return await lead_status(pipeline, lead_id) == "distributed"
+
+    await eventually(distributed)
+    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=poor) == 4999
+    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=rich) == 0
+    paused = await pipeline.scalar("SELECT status || ':' || paused_reason FROM subscriptions WHERE provider_id = :id",
+                                   id=poor)  # fmt: skip
+    assert paused == "paused:insufficient_balance"
+    after = metric_value(
+        await pipeline.metrics(pipeline.workers["distribution"]), "fmhl_assignments_skipped_insufficient_balance_total"
+    )
+    assert after - before == 1
+
+
+async def test_low_balance_email_when_a_charge_crosses_the_threshold(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    kind = category()
+    address = f"low-{uuid.uuid4().hex[:6]}@example.com"
+    await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=3000, balance_cents=5000,
+                            email=address, low_balance_threshold_cents=4000)  # fmt: skip
+    await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
+
+    async def two_mails() -> bool:
+        return len(pipeline.mail.to(address)) == 2
+
+    await eventually(two_mails)
+    assert {m["Subject"] for m in pipeline.mail.to(address)} == {"New lead assigned to you", "Your balance is running low"}
+
+
+async def test_bad_lead_refund_keeps_ledger_and_balance_in_agreement(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    kind = category()
+    address = f"refund-{uuid.uuid4().hex[:6]}@example.com"
+    provider_id = await pipeline.provider(
+        admin, category=kind, zips=["94107"], price_cents=1500, balance_cents=5000, email=address
+    )
+    provider = await pipeline.provider_headers(provider_id)
+    lead_id = await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
+
+    async def distributed() -> bool:
+        return await lead_status(pipeline, lead_id) == "distributed"
+
+    await eventually(distributed)
+    inbox = (await pipeline.gateway.get(f"/api/v1/providers/{provider_id}/inbox", headers=provider)).json()
+    [item] = inbox["items"]
+    reported = await pipeline.gateway.post(
+        f"/api/v1/assignments/{item['assignment_id']}/bad-lead-reports", json={"reason": "wrong number"},
+        headers=provider,
+    )  # fmt: skip
+    assert reported.status_code == 201, reported.text
+    again = await pipeline.gateway.post(
+        f"/api/v1/assignments/{item['assignment_id']}/bad-lead-reports", json={"reason": "still wrong"},
+        headers=provider,
+    )  # fmt: skip
+    assert again.status_code == 409
+    decision = await pipeline.gateway.post(f"/api/v1/bad-lead-reports/{reported.json()['id']}/approve", headers=admin)
+    assert decision.status_code == 200, decision.text
+    assert decision.json()["balance_cents"] == 5000
+    twice = await pipeline.gateway.post(f"/api/v1/bad-lead-reports/{reported.json()['id']}/approve", headers=admin)
+    assert twice.status_code == 409
+
+    balance = (await pipeline.gateway.get(f"/api/v1/providers/{provider_id}/balance", headers=provider)).json()
+    ledger_sum = await pipeline.scalar(
+        "SELECT SUM(amount_cents) FROM ledger_entries WHERE provider_id = :id", id=provider_id
+    )
+    assert balance["balance_cents"] == ledger_sum == 5000
+
+    async def refund_mail() -> bool:
+        return any(m["Subject"] == "Your bad-lead report was approved" for m in pipeline.mail.to(address))
+
+    await eventually(refund_mail)
+
+
+async def test_export_csv_equals_the_query_and_escapes_formula_cells(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    kind = "=HYPERLINK(evil)" + uuid.uuid4().hex[:4]
+    provider_id = await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=700, balance_cents=7000)
+    source = await pipeline.lead_source(trusted=True)
+    leads = [await pipeline.submit(source, category=kind) for _ in range(3)]
+
+    async def all_distributed() -> bool:
+        return all([await lead_status(pipeline, lead) == "distributed" for lead in leads])
+
+    await eventually(all_distributed)
+    today = (await pipeline.scalar("SELECT current_date")).isoformat()
+    requested = await pipeline.gateway.post(
+        "/api/v1/reports/exports",
+        json={"kind": "assignments", "date_from": today, "date_to": today, "provider_id": str(provider_id)},
+        headers=admin,
+    )
+    assert requested.status_code == 202, requested.text
+    export_id = requested.json()["id"]
+
+    async def ready() -> bool:
+        status = await pipeline.gateway.get(f"/api/v1/reports/exports/{export_id}", headers=admin)
+        return bool(status.json()["status"] == "ready")
+
+    await eventually(ready)
+    download = await pipeline.gateway.get(f"/api/v1/reports/exports/{export_id}/download", headers=admin)
+    assert download.status_code == 200
+    rows = list(csv.reader(io.StringIO(download.text)))
+    assert rows[0][:3] == ["assignment_id", "assigned_at", "lead_id"]
+    async with pipeline.engine.connect() as connection:
+        expected = (
+            await connection.execute(
+                text("SELECT id, lead_id FROM assignments WHERE provider_id = :id ORDER BY created_at, id"),
+                {"id": provider_id},
+            )
+        ).all()
+    assert [(row[0], row[2]) for row in rows[1:]] == [(str(a), str(b)) for a, b in expected]
+    assert {row[3] for row in rows[1:]} == {"'" + kind}
+    status = (await pipeline.gateway.get(f"/api/v1/reports/exports/{export_id}", headers=admin)).json()
+    assert status["row_count"] == 3
+    assert status["bytes"] == len(download.content)
+
+
+async def test_the_same_approval_delivered_twice_charges_once(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    kind = category()
+    provider_id = await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=1000, balance_cents=5000)
+    lead_id = await pipeline.submit(await pipeline.lead_source(), category=kind)
+    assert (await pipeline.gateway.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)).status_code == 202
+    # A redelivery of the very same message (same message id) and a second publish of the event.
+    from libs.contracts import LeadApproved
+    from libs.messaging.broker import create_broker
+    from libs.messaging.publisher import Publisher
+    from libs.messaging.topology import TOPOLOGY
+    from libs.telemetry import setup_telemetry
+
+    telemetry = setup_telemetry("test")
+    broker = create_broker(pipeline.service_env["RABBITMQ_URL"], telemetry, service="test")
+    await broker.connect()
+    publisher = Publisher(broker, TOPOLOGY, telemetry, 5.0)
+    event = LeadApproved(lead_id=uuid.UUID(lead_id), approved_by="test")
+    await publisher.publish(event, message_id=f"lead.approved:{lead_id}")
+    await publisher.publish(event, message_id=f"lead.approved:{lead_id}:replay")
+    await broker.stop()
+
+    async def distributed() -> bool:
+        return await lead_status(pipeline, lead_id) == "distributed"
+
+    await eventually(distributed)
+    await eventually(lambda: _queue_drained(pipeline))
+    assert await pipeline.scalar("SELECT count(*) FROM assignments WHERE lead_id = :id", id=uuid.UUID(lead_id)) == 1
+    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 4000
+    assert await pipeline.scalar(
+        "SELECT count(*) FROM ledger_entries WHERE provider_id = :id AND kind = 'lead_charge'", id=provider_id
+    ) == 1
+
+
+async def _queue_drained(pipeline: Pipeline) -> bool:
+    body = (await pipeline.workers["distribution"].get("/health/ready")).json()
+    return bool(body["checks"]["queue"]["depth"] == 0)
+
+
+async def test_the_same_post_twice_makes_one_lead(pipeline: Pipeline) -> None:
+    source = await pipeline.lead_source()
+    lead = {"external_id": f"ext-{uuid.uuid4().hex}", "category": category(), "zip": "94107",
+            "contact": {"name": "Ada", "email": "ada@example.com", "phone": "+1 415 555 0100"}}  # fmt: skip
+    first = await pipeline.gateway.post("/api/v1/leads", json=lead, headers=source)
+    second = await pipeline.gateway.post("/api/v1/leads", json=lead, headers=source)
+    assert first.status_code == second.status_code == 202
+    assert first.json() == second.json()
+    keyed = {**lead, "external_id": f"ext-{uuid.uuid4().hex}"}
+    third = await pipeline.gateway.post("/api/v1/leads", json=keyed, headers=source | {"Idempotency-Key": "k-1"})
+    retry = {**keyed, "external_id": f"ext-{uuid.uuid4().hex}"}
+    fourth = await pipeline.gateway.post("/api/v1/leads", json=retry, headers=source | {"Idempotency-Key": "k-1"})
+    assert third.json() == fourth.json()
+    count = await pipeline.scalar("SELECT count(*) FROM leads WHERE category = :c", c=lead["category"])
+    assert count == 2
+
+
+async def test_a_provider_funded_for_60_leads_gets_exactly_60_of_100(pipeline: Pipeline) -> None:
+    from distribution_worker.main import build as build_distribution
+    from distribution_worker.settings import Settings as DistributionSettings
+    from libs.telemetry import setup_telemetry
+    from litestar.testing import AsyncTestClient
+
+    from tests.services.conftest import settings_for
+
+    admin = await pipeline.admin_headers()
+    kind = category()
+    provider_id = await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=100, balance_cents=6000)
+    second_replica, _ = build_distribution(
+        settings_for(DistributionSettings, pipeline.service_env), setup_telemetry("distribution-worker-2")
+    )
+    source = await pipeline.lead_source(trusted=True)
+    async with AsyncTestClient(second_replica):
+        leads = [await pipeline.submit(source, category=kind) for _ in range(100)]
+
+        async def all_handled() -> bool:
+            done = await pipeline.scalar(
+                "SELECT count(*) FROM leads WHERE category = :c AND status IN ('distributed', 'unassigned')", c=kind
+            )
+            return bool(done == 100)
+
+        await eventually(all_handled, timeout=90)
+    assert len(leads) == 100
+    assert await pipeline.scalar("SELECT count(*) FROM assignments WHERE provider_id = :id", id=provider_id) == 60
+    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 0
+    assert await pipeline.scalar(
+        "SELECT count(*) FROM leads WHERE category = :c AND status = 'unassigned'", c=kind
+    ) == 40
+    assert await pipeline.scalar("SELECT SUM(amount_cents) FROM ledger_entries WHERE provider_id = :id",
+                                 id=provider_id) == 0  # fmt: skip
+    assert await pipeline.scalar("SELECT status FROM subscriptions WHERE provider_id = :id", id=provider_id) == "paused"
