@@ -31,9 +31,7 @@ TEST_JWT_SECRET = "test-only-signing-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
-def service_env(
-    rabbitmq_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
+def service_env(rabbitmq_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment for a service process or settings object pointed at the test vhost and database."""
     return {
         "RABBITMQ_URL": rabbitmq_url,

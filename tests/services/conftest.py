@@ -120,7 +120,7 @@ class Pipeline:
 
     async def submit(self, source: dict[str, str], *, category: str, zip_code: str = "94107", **extra: Any) -> str:
         lead = {"external_id": f"ext-{uuid.uuid4().hex}", "category": category, "zip": zip_code,
-                "contact": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+1 415 555 0100"}}  # fmt: skip
+                "contact": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+1 415 5550100"}}  # fmt: skip
         response = await self.gateway.post("/api/v1/leads", json=lead | extra, headers=source)
         assert response.status_code == 202, response.text
         return str(response.json()["lead_id"])

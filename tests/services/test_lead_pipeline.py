@@ -135,7 +135,10 @@ async def test_low_balance_email_when_a_charge_crosses_the_threshold(pipeline: P
         return len(pipeline.mail.to(address)) == 2
 
     await eventually(two_mails)
-    assert {m["Subject"] for m in pipeline.mail.to(address)} == {"New lead assigned to you", "Your balance is running low"}
+    assert {m["Subject"] for m in pipeline.mail.to(address)} == {
+        "New lead assigned to you",
+        "Your balance is running low",
+    }
 
 
 async def test_bad_lead_refund_keeps_ledger_and_balance_in_agreement(pipeline: Pipeline) -> None:
@@ -254,9 +257,12 @@ async def test_the_same_approval_delivered_twice_charges_once(pipeline: Pipeline
     await eventually(lambda: _queue_drained(pipeline))
     assert await pipeline.scalar("SELECT count(*) FROM assignments WHERE lead_id = :id", id=uuid.UUID(lead_id)) == 1
     assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 4000
-    assert await pipeline.scalar(
-        "SELECT count(*) FROM ledger_entries WHERE provider_id = :id AND kind = 'lead_charge'", id=provider_id
-    ) == 1
+    assert (
+        await pipeline.scalar(
+            "SELECT count(*) FROM ledger_entries WHERE provider_id = :id AND kind = 'lead_charge'", id=provider_id
+        )
+        == 1
+    )
 
 
 async def _queue_drained(pipeline: Pipeline) -> bool:
@@ -282,11 +288,11 @@ async def test_the_same_post_twice_makes_one_lead(pipeline: Pipeline) -> None:
 
 
 async def test_a_provider_funded_for_60_leads_gets_exactly_60_of_100(pipeline: Pipeline) -> None:
+    from litestar.testing import AsyncTestClient
+
     from distribution_worker.main import build as build_distribution
     from distribution_worker.settings import Settings as DistributionSettings
     from libs.telemetry import setup_telemetry
-    from litestar.testing import AsyncTestClient
-
     from tests.services.conftest import settings_for
 
     admin = await pipeline.admin_headers()
@@ -309,9 +315,9 @@ async def test_a_provider_funded_for_60_leads_gets_exactly_60_of_100(pipeline: P
     assert len(leads) == 100
     assert await pipeline.scalar("SELECT count(*) FROM assignments WHERE provider_id = :id", id=provider_id) == 60
     assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 0
-    assert await pipeline.scalar(
-        "SELECT count(*) FROM leads WHERE category = :c AND status = 'unassigned'", c=kind
-    ) == 40
+    assert (
+        await pipeline.scalar("SELECT count(*) FROM leads WHERE category = :c AND status = 'unassigned'", c=kind) == 40
+    )
     assert await pipeline.scalar("SELECT SUM(amount_cents) FROM ledger_entries WHERE provider_id = :id",
                                  id=provider_id) == 0  # fmt: skip
     assert await pipeline.scalar("SELECT status FROM subscriptions WHERE provider_id = :id", id=provider_id) == "paused"

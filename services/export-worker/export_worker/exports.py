@@ -32,7 +32,8 @@ QUERIES = {
         ["entry_id", "at", "kind", "amount_cents", "assignment_id", "refund_id", "running_total_cents"],
         "SELECT id, created_at, kind, amount_cents, assignment_id, refund_id, "
         "SUM(amount_cents) OVER (ORDER BY created_at, id) FROM ledger_entries "
-        "WHERE provider_id = :provider AND created_at >= CAST(:date_from AS date) AND created_at < CAST(:date_to AS date) + 1 "
+        "WHERE provider_id = :provider "
+        "AND created_at >= CAST(:date_from AS date) AND created_at < CAST(:date_to AS date) + 1 "
         "ORDER BY created_at, id",
     ),
 }  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, post
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.params import Body
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,9 +42,9 @@ class AuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: Annotated[TokenRequest, Body()],
-        engine: AsyncEngine,
-        tokens: Tokens,
-        throttle: LoginThrottle,
+        engine: NamedDependency[AsyncEngine],
+        tokens: NamedDependency[Tokens],
+        throttle: NamedDependency[LoginThrottle],
     ) -> TokenResponse:
         client = request.client.host if request.client else "unknown"
         wait = throttle.retry_after(f"{data.email.lower()}|{client}")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
-from litestar.params import Body
+from litestar.params import Body, FromPath
 from litestar.status_codes import HTTP_409_CONFLICT
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -49,11 +50,11 @@ class AssignmentReportsController(Controller):
     @post("/{assignment_id:uuid}/bad-lead-reports", status_code=201)
     async def report_bad_lead(
         self,
-        assignment_id: uuid.UUID,
+        assignment_id: FromPath[uuid.UUID],
         data: Annotated[BadLeadReport, Body()],
-        principal: Principal,
-        engine: AsyncEngine,
-        metrics: GatewayMetrics,
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+        metrics: NamedDependency[GatewayMetrics],
     ) -> ReportFiled:
         if principal.role != "provider" or principal.provider_id is None:
             raise PermissionDeniedException("only the provider that received the lead can report it")
@@ -86,11 +87,11 @@ class BadLeadReportsController(Controller):
     @post("/{report_id:uuid}/approve", status_code=200)
     async def approve(
         self,
-        report_id: uuid.UUID,
-        principal: Principal,
-        engine: AsyncEngine,
-        publisher: Publisher,
-        metrics: GatewayMetrics,
+        report_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+        publisher: NamedDependency[Publisher],
+        metrics: NamedDependency[GatewayMetrics],
     ) -> Decision:
         require_admin(principal)
         async with engine.begin() as connection:
@@ -131,7 +132,12 @@ class BadLeadReportsController(Controller):
         )
 
     @post("/{report_id:uuid}/reject", status_code=200)
-    async def reject(self, report_id: uuid.UUID, principal: Principal, engine: AsyncEngine) -> Decision:
+    async def reject(
+        self,
+        report_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+    ) -> Decision:
         require_admin(principal)
         async with engine.begin() as connection:
             await _decide(connection, report_id, "rejected", principal)
@@ -142,7 +148,7 @@ class BadLeadReportsController(Controller):
         return Decision(id=report_id, status="rejected")
 
 
-async def _decide(connection: AsyncConnection, report_id: uuid.UUID, status: str, principal: Principal):  # type: ignore[no-untyped-def]
+async def _decide(connection: AsyncConnection, report_id: uuid.UUID, status: str, principal: Principal) -> Row[Any]:
     report = (
         await connection.execute(
             text(

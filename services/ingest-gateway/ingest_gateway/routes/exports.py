@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, HTTPException, NotFoundException, ValidationException
-from litestar.params import Body
+from litestar.params import Body, FromPath
 from litestar.response import File
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -60,7 +61,11 @@ class ExportsController(Controller):
 
     @post("/", status_code=HTTP_202_ACCEPTED, raises=[HTTPException])
     async def request_export(
-        self, data: Annotated[ExportRequest, Body()], principal: Principal, engine: AsyncEngine, publisher: Publisher
+        self,
+        data: Annotated[ExportRequest, Body()],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+        publisher: NamedDependency[Publisher],
     ) -> ExportStatus:
         provider_id = data.provider_id
         if principal.role == "provider":
@@ -92,12 +97,21 @@ class ExportsController(Controller):
         return await _status(engine, export_id, principal)
 
     @get("/{export_id:uuid}")
-    async def export_status(self, export_id: uuid.UUID, principal: Principal, engine: AsyncEngine) -> ExportStatus:
+    async def export_status(
+        self,
+        export_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+    ) -> ExportStatus:
         return await _status(engine, export_id, principal)
 
     @get("/{export_id:uuid}/download", media_type="text/csv")
     async def download(
-        self, export_id: uuid.UUID, principal: Principal, engine: AsyncEngine, settings: Settings
+        self,
+        export_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+        settings: NamedDependency[Settings],
     ) -> File:
         status = await _status(engine, export_id, principal)
         if status.status != "ready":
@@ -108,7 +122,9 @@ class ExportsController(Controller):
         return File(path=path, filename=f"{status.kind}-{export_id}.csv", media_type="text/csv")
 
 
-async def _status(engine: AsyncEngine, export_id: uuid.UUID, principal: Principal) -> ExportStatus:
+async def _status(
+    engine: NamedDependency[AsyncEngine], export_id: FromPath[uuid.UUID], principal: NamedDependency[Principal]
+) -> ExportStatus:
     async with engine.connect() as connection:
         row = (
             await connection.execute(

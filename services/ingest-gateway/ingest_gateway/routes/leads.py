@@ -7,8 +7,9 @@ from typing import Annotated
 
 import orjson
 from litestar import Controller, post
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, HTTPException, NotFoundException
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, HeaderParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT, HTTP_503_SERVICE_UNAVAILABLE
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
@@ -35,7 +36,7 @@ class LeadSubmission(BaseModel):
 
 
 class LeadAccepted(BaseModel):
-    lead_id: uuid.UUID
+    lead_id: FromPath[uuid.UUID]
     status: str
 
 
@@ -89,11 +90,11 @@ class LeadsController(Controller):
     async def submit_lead(
         self,
         data: Annotated[LeadSubmission, Body()],
-        lead_source: LeadSource,
-        engine: AsyncEngine,
-        publisher: Publisher,
-        metrics: GatewayMetrics,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", max_length=200)] = None,
+        lead_source: NamedDependency[LeadSource],
+        engine: NamedDependency[AsyncEngine],
+        publisher: NamedDependency[Publisher],
+        metrics: NamedDependency[GatewayMetrics],
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=200)] = None,
     ) -> LeadAccepted:
         """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first."""
         async with engine.begin() as connection:
@@ -118,11 +119,11 @@ class LeadsController(Controller):
     @post("/{lead_id:uuid}/approve", status_code=HTTP_202_ACCEPTED, raises=[HTTPException])
     async def approve_lead(
         self,
-        lead_id: uuid.UUID,
-        principal: Principal,
-        engine: AsyncEngine,
-        publisher: Publisher,
-        metrics: GatewayMetrics,
+        lead_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+        publisher: NamedDependency[Publisher],
+        metrics: NamedDependency[GatewayMetrics],
     ) -> LeadAccepted:
         require_admin(principal)
         # The event is confirmed before the approval commits: a 503 leaves the lead untouched. The worker
@@ -141,7 +142,11 @@ class LeadsController(Controller):
 
     @post("/{lead_id:uuid}/reject", status_code=200, raises=[HTTPException])
     async def reject_lead(
-        self, lead_id: uuid.UUID, data: Annotated[Rejection, Body()], principal: Principal, engine: AsyncEngine
+        self,
+        lead_id: FromPath[uuid.UUID],
+        data: Annotated[Rejection, Body()],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
     ) -> LeadAccepted:
         require_admin(principal)
         async with engine.begin() as connection:
@@ -150,7 +155,11 @@ class LeadsController(Controller):
 
 
 async def _decide(
-    connection: AsyncConnection, lead_id: uuid.UUID, status: str, principal: Principal, reason: str | None
+    connection: AsyncConnection,
+    lead_id: uuid.UUID,
+    status: str,
+    principal: Principal,
+    reason: str | None,
 ) -> None:
     decided = await connection.execute(
         text(

@@ -8,8 +8,9 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -55,7 +56,7 @@ class Created(BaseModel):
 
 
 class Balance(BaseModel):
-    provider_id: uuid.UUID
+    provider_id: FromPath[uuid.UUID]
     balance_cents: int
 
 
@@ -70,7 +71,10 @@ class ProvidersController(Controller):
 
     @post("/", status_code=201)
     async def create_provider(
-        self, data: Annotated[NewProvider, Body()], principal: Principal, engine: AsyncEngine
+        self,
+        data: Annotated[NewProvider, Body()],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
     ) -> Created:
         require_admin(principal)
         async with engine.begin() as connection:
@@ -90,10 +94,10 @@ class ProvidersController(Controller):
     @post("/{provider_id:uuid}/subscriptions", status_code=201)
     async def create_subscription(
         self,
-        provider_id: uuid.UUID,
+        provider_id: FromPath[uuid.UUID],
         data: Annotated[NewSubscription, Body()],
-        principal: Principal,
-        engine: AsyncEngine,
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
     ) -> Created:
         require_admin(principal)
         async with engine.begin() as connection:
@@ -121,7 +125,11 @@ class ProvidersController(Controller):
 
     @post("/{provider_id:uuid}/top-ups", status_code=201)
     async def top_up(
-        self, provider_id: uuid.UUID, data: Annotated[TopUp, Body()], principal: Principal, engine: AsyncEngine
+        self,
+        provider_id: FromPath[uuid.UUID],
+        data: Annotated[TopUp, Body()],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
     ) -> Balance:
         require_admin(principal)
         async with engine.begin() as connection:
@@ -136,7 +144,12 @@ class ProvidersController(Controller):
         return Balance(provider_id=provider_id, balance_cents=new_balance)
 
     @get("/{provider_id:uuid}/balance")
-    async def balance(self, provider_id: uuid.UUID, principal: Principal, engine: AsyncEngine) -> Balance:
+    async def balance(
+        self,
+        provider_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+    ) -> Balance:
         require_provider_or_admin(principal, provider_id)
         async with engine.connect() as connection:
             try:
@@ -147,15 +160,15 @@ class ProvidersController(Controller):
     @get("/{provider_id:uuid}/inbox")
     async def inbox(
         self,
-        provider_id: uuid.UUID,
-        principal: Principal,
-        engine: AsyncEngine,
-        metrics: GatewayMetrics,
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
-        cursor: Annotated[str | None, Parameter(max_length=500)] = None,
-        status: Literal["delivered", "refunded"] | None = None,
-        date_from: Annotated[date | None, Parameter(query="from")] = None,
-        date_to: Annotated[date | None, Parameter(query="to")] = None,
+        provider_id: FromPath[uuid.UUID],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+        metrics: NamedDependency[GatewayMetrics],
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
+        status: FromQuery[Literal["delivered", "refunded"] | None] = None,
+        date_from: Annotated[date | None, QueryParameter(name="from")] = None,
+        date_to: Annotated[date | None, QueryParameter(name="to")] = None,
     ) -> InboxPage:
         require_provider_or_admin(principal, provider_id)
         query = InboxQuery(provider_id, limit, cursor, status, date_from, date_to)
