@@ -12,10 +12,13 @@ from email import message_from_bytes
 from email.message import Message
 from typing import Any
 
+import aio_pika
 import pyotp
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from faststream.rabbit import RabbitBroker
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
@@ -30,6 +33,9 @@ from export_worker.settings import Settings as ExportSettings
 from ingest_gateway.cli import create_lead_source, create_user
 from ingest_gateway.main import build as build_gateway
 from ingest_gateway.settings import Settings as GatewaySettings
+from libs.messaging.broker import create_broker
+from libs.messaging.publisher import Publisher
+from libs.messaging.topology import DEAD_LETTER_EXCHANGE, TOPOLOGY
 from libs.settings import load_settings
 from libs.telemetry import setup_telemetry
 
@@ -70,7 +76,12 @@ class Pipeline:
     engine: AsyncEngine
     mail: MailSink
     service_env: dict[str, str]
+    smtp: Controller
     extra: list[Client] = field(default_factory=list)
+
+    def restart_smtp(self) -> None:
+        self.smtp = Controller(self.mail, hostname="127.0.0.1", port=int(self.service_env["SMTP_PORT"]))
+        self.smtp.start()
 
     async def admin_headers(self) -> dict[str, str]:
         email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
@@ -147,6 +158,45 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
             await asyncio.sleep(0.1)
 
 
+@dataclass
+class DeadLetters:
+    """Every dead letter published while the observer runs (an exclusive queue on the dead-letter fanout)."""
+
+    messages: list[AbstractIncomingMessage] = field(default_factory=list)
+
+    async def for_message(self, message_id: str, timeout: float = 15.0) -> AbstractIncomingMessage:
+        async with asyncio.timeout(timeout):
+            while True:
+                for message in self.messages:
+                    if message.message_id == message_id:
+                        return message
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def dead_letters(rabbitmq_url: str) -> AsyncIterator[DeadLetters]:
+    observed = DeadLetters()
+    connection = await aio_pika.connect_robust(rabbitmq_url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(await channel.get_exchange(DEAD_LETTER_EXCHANGE))
+
+    async def keep(message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        observed.messages.append(message)
+
+    await queue.consume(keep)
+    yield observed
+    await connection.close()
+
+
+async def publisher_for(rabbitmq_url: str) -> tuple[Publisher, RabbitBroker]:
+    telemetry = setup_telemetry("test-publisher")
+    broker = create_broker(rabbitmq_url, telemetry, service="test-publisher")
+    await broker.connect()
+    return Publisher(broker, TOPOLOGY, telemetry, 5.0), broker
+
+
 def settings_for(cls: type[Any], env: dict[str, str], **overrides: Any) -> Any:
     return load_settings(cls, **({key.lower(): value for key, value in env.items()} | overrides))
 
@@ -168,6 +218,7 @@ async def pipeline(service_env: dict[str, str], database_url: str) -> AsyncItera
         }
         gateway = await stack.enter_async_context(AsyncTestClient(gateway_app))
         workers = {name: await stack.enter_async_context(AsyncTestClient(app)) for name, app in apps.items()}
-        yield Pipeline(gateway, workers, engine, mail, service_env)
+        pipeline = Pipeline(gateway, workers, engine, mail, service_env, controller)
+        yield pipeline
     await engine.dispose()
-    controller.stop()
+    pipeline.smtp.stop()

@@ -9,7 +9,8 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from tests.services.conftest import Pipeline, eventually, metric_value
+from libs.contracts import LeadApproved
+from tests.services.conftest import Pipeline, eventually, metric_value, publisher_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 
@@ -235,16 +236,7 @@ async def test_the_same_approval_delivered_twice_charges_once(pipeline: Pipeline
     lead_id = await pipeline.submit(await pipeline.lead_source(), category=kind)
     assert (await pipeline.gateway.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)).status_code == 202
     # A redelivery of the very same message (same message id) and a second publish of the event.
-    from libs.contracts import LeadApproved
-    from libs.messaging.broker import create_broker
-    from libs.messaging.publisher import Publisher
-    from libs.messaging.topology import TOPOLOGY
-    from libs.telemetry import setup_telemetry
-
-    telemetry = setup_telemetry("test")
-    broker = create_broker(pipeline.service_env["RABBITMQ_URL"], telemetry, service="test")
-    await broker.connect()
-    publisher = Publisher(broker, TOPOLOGY, telemetry, 5.0)
+    publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
     event = LeadApproved(lead_id=uuid.UUID(lead_id), approved_by="test")
     await publisher.publish(event, message_id=f"lead.approved:{lead_id}")
     await publisher.publish(event, message_id=f"lead.approved:{lead_id}:replay")

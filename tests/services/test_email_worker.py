@@ -1,0 +1,80 @@
+"""email-worker against a real SMTP server: sent once, 5xx to the DLQ with the reply, 4xx and outages retried."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from libs.contracts import SendEmail
+from libs.messaging import headers as h
+from tests.services.conftest import REFUSED_DOMAIN, DeadLetters, Pipeline, eventually, metric_value, publisher_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.database]
+
+
+def job(to: str) -> SendEmail:
+    return SendEmail(template="export_ready", to=to, params={"export_id": "e-1", "row_count": 3})
+
+
+async def test_a_job_is_rendered_and_sent_once_even_when_delivered_twice(pipeline: Pipeline) -> None:
+    address = f"once-{uuid.uuid4().hex[:6]}@example.com"
+    publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+    await publisher.publish(job(address), message_id=f"email-test:{address}")
+    await publisher.publish(job(address), message_id=f"email-test:{address}")
+    await broker.stop()
+
+    async def logged() -> bool:
+        return bool(await pipeline.scalar("SELECT count(*) FROM email_log WHERE to_address = :a", a=address))
+
+    await eventually(logged)
+    await eventually(lambda: _skipped_duplicate(pipeline))
+    [mail] = pipeline.mail.to(address)
+    assert mail["Subject"] == "Your export is ready"
+    assert "3 rows" in str(mail.get_payload())
+    assert await pipeline.scalar("SELECT status FROM email_log WHERE to_address = :a", a=address) == "sent"
+
+
+async def _skipped_duplicate(pipeline: Pipeline) -> bool:
+    metrics = await pipeline.metrics(pipeline.workers["email"])
+    return metric_value(metrics, "fmhl_emails_duplicate_skipped_total") >= 1
+
+
+async def test_a_refused_address_goes_to_the_dlq_at_once_with_the_smtp_reply(
+    pipeline: Pipeline, dead_letters: DeadLetters
+) -> None:
+    address = f"nobody-{uuid.uuid4().hex[:6]}@{REFUSED_DOMAIN}"
+    publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+    message_id = await publisher.publish(job(address))
+    await broker.stop()
+
+    dead = await dead_letters.for_message(message_id)
+    headers = dead.headers or {}
+    assert headers[h.ERROR_TYPE] == "SmtpRefused"
+    assert str(headers[h.ERROR_MESSAGE]).startswith("550")
+    assert headers[h.ATTEMPTS] == 1
+    assert headers[h.ORIGINAL_QUEUE] == "email"
+    assert await pipeline.scalar("SELECT status FROM email_log WHERE job_id = :j", j=message_id) == "failed"
+
+
+async def test_an_smtp_outage_is_retried_until_the_server_is_back(pipeline: Pipeline) -> None:
+    address = f"later-{uuid.uuid4().hex[:6]}@example.com"
+    before = metric_value(await pipeline.metrics(pipeline.workers["email"]), 'fmhl_jobs_failed_total{outcome="retried"')
+    pipeline.smtp.stop()
+    try:
+        publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+        await publisher.publish(job(address))
+        await broker.stop()
+
+        async def retried() -> bool:
+            metrics = await pipeline.metrics(pipeline.workers["email"])
+            return metric_value(metrics, 'fmhl_jobs_failed_total{outcome="retried"') > before
+
+        await eventually(retried)
+    finally:
+        pipeline.restart_smtp()
+
+    async def delivered() -> bool:
+        return bool(pipeline.mail.to(address))
+
+    await eventually(delivered, timeout=20)
