@@ -75,7 +75,7 @@ async def test_filters_by_status(
 async def test_bad_parameters_get_400_naming_them(
     pipeline: Pipeline,
     provider_with_five_leads: tuple[uuid.UUID, dict[str, str]],
-    params: dict[str, object],
+    params: dict[str, str | int],
     field: str,
 ) -> None:
     provider_id, headers = provider_with_five_leads
