@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs fmhl-ops on this machine: installs what is missing, starts RabbitMQ and PostgreSQL, migrates,
 # starts the six services as separate processes, and stops only what it started.
-# Usage: stack.sh up | down | status | logs | migrate | install | infra | test [pytest args]
+# Usage: stack.sh up | down | status | logs | migrate | install | infra | restart | demo | test [pytest args]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -238,6 +238,13 @@ up() {
   say "starting the six services"
   start_services
   status
+  demo
+}
+
+demo() {
+  load_env
+  say "demo: driving the running stack"
+  (cd "$ROOT" && RUN_DIR="$RUN" "$PY" deploy/local/demo.py)
 }
 
 run_tests() {
@@ -259,6 +266,7 @@ case "${1:-}" in
   infra) install; infra ;;
   migrate) migrate ;;
   restart) stop_services; start_services; status ;;
+  demo) demo ;;
   test) shift; run_tests "$@" ;;
-  *) echo "usage: $0 up | down | status | logs | migrate | install | infra | restart | test [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: $0 up | down | status | logs | migrate | install | infra | restart | demo | test [args]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,140 @@
+"""Drives the running stack once, as an operator would, and prints what happened.
+
+Creates an admin (logging in with a real TOTP code), a lead source, three providers (one that runs out of
+balance, one whose email address the SMTP sink refuses), submits and approves leads, then shows the
+assignments and balances, the mails in the sink, the dead letter, and the plan's counters from /metrics.
+Each run uses fresh names, so it can be run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pyotp
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from ingest_gateway.cli import create_lead_source, create_user
+
+GATEWAY = "http://127.0.0.1:8000"
+METRICS = {
+    "ingest-gateway": ("http://127.0.0.1:8000/metrics", ["fmhl_leads_submitted_total", "fmhl_leads_approved_total"]),
+    "distribution-worker": (
+        "http://127.0.0.1:8101/metrics",
+        ["fmhl_assignments_created_total", "fmhl_assignments_skipped_insufficient_balance_total",
+         "fmhl_distribution_duration_ms_count"],
+    ),
+    "email-worker": ("http://127.0.0.1:8102/metrics", ["fmhl_emails_sent_total", "fmhl_jobs_failed_total"]),
+    "dlq-service": ("http://127.0.0.1:8001/metrics", ["fmhl_dead_letters_received_total"]),
+}  # fmt: skip
+
+
+def counter_lines(url: str, names: list[str]) -> list[str]:
+    body = httpx.get(url, timeout=5).text
+    return [line for line in body.splitlines() if any(line.startswith(name) for name in names)]
+
+
+async def main() -> None:
+    run = uuid.uuid4().hex[:6]
+    engine = create_async_engine(os.environ["DATABASE_URL"])
+    password = secrets.token_urlsafe(16)
+    admin_email = f"admin-{run}@demo.example"
+    _, totp_secret = await create_user(engine, admin_email, "admin", password, None, True)
+    assert totp_secret is not None
+    _, api_key = await create_lead_source(engine, f"demo-forms-{run}", trusted=False)
+    client = httpx.AsyncClient(base_url=GATEWAY, timeout=10)
+    login = await client.post(
+        "/api/v1/auth/token",
+        json={"email": admin_email, "password": password, "totp_code": pyotp.TOTP(totp_secret).now()},
+    )
+    login.raise_for_status()
+    admin = {"Authorization": f"Bearer {login.json()['access_token']}", "X-Correlation-ID": f"demo-{run}"}
+    print(f"admin {admin_email} logged in with password + TOTP (amr={login.json()['amr']})")
+
+    category = f"roofing-{run}"
+    providers = {
+        "Acme Roofing": ("acme-{}@demo.example", 10_000),
+        "Budget Roofs (runs out)": ("budget-{}@demo.example", 2_500),
+        "Bounce Co (mail refused)": ("bounce-{}@refused.example", 10_000),
+    }
+    ids = {}
+    for name, (email, balance) in providers.items():
+        created = await client.post(
+            "/api/v1/providers", json={"name": name, "email": email.format(run), "low_balance_threshold_cents": 3000},
+            headers=admin,
+        )  # fmt: skip
+        created.raise_for_status()
+        provider_id = created.json()["id"]
+        ids[name] = provider_id
+        await client.post(
+            f"/api/v1/providers/{provider_id}/subscriptions",
+            json={"category": category, "zip_codes": ["94107"], "price_cents": 2500}, headers=admin,
+        )  # fmt: skip
+        await client.post(f"/api/v1/providers/{provider_id}/top-ups", json={"amount_cents": balance}, headers=admin)
+    print(f"3 providers subscribed to {category} in 94107 at $25.00 a lead")
+
+    leads = []
+    for index in range(3):
+        lead = {"external_id": f"demo-{run}-{index}", "category": category, "zip": "94107",
+                "contact": {"name": f"Homeowner {index}", "email": f"home{index}@example.com",
+                            "phone": "+1 415 555 0100"}}  # fmt: skip
+        submitted = await client.post("/api/v1/leads", json=lead, headers={"X-API-Key": api_key})
+        submitted.raise_for_status()
+        lead_id = submitted.json()["lead_id"]
+        (await client.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)).raise_for_status()
+        leads.append(lead_id)
+        # One at a time, so the round-robin order is easy to follow.
+        await _wait_for(engine, "SELECT status IN ('distributed', 'unassigned') FROM leads WHERE id = :id", lead_id)
+    print(f"submitted and approved {len(leads)} leads\n")
+
+    async with engine.connect() as connection:
+        print("assignments and balances")
+        for name, provider_id in ids.items():
+            row = (await connection.execute(text(
+                "SELECT p.balance_cents, count(a.id) AS leads, s.status, s.paused_reason FROM providers p "
+                "JOIN subscriptions s ON s.provider_id = p.id LEFT JOIN assignments a ON a.provider_id = p.id "
+                "WHERE p.id = :id GROUP BY p.balance_cents, s.status, s.paused_reason"), {"id": provider_id})).one()  # fmt: skip
+            state = row.status + (f" ({row.paused_reason})" if row.paused_reason else "")
+            print(f"  {name:<26} leads={row.leads}  balance=${row.balance_cents / 100:>7.2f}  subscription={state}")
+    await engine.dispose()
+
+    time.sleep(3)
+    mail_dir = Path(os.environ["MAIL_DIR"])
+    index = mail_dir / "index.jsonl"
+    mails = [json.loads(line) for line in index.read_text().splitlines()] if index.exists() else []
+    mine = [m for m in mails if any(run in to for to in m["to"])]
+    print(f"\nmails in the SMTP sink ({mail_dir}):")
+    for mail in mine:
+        print(f"  to {', '.join(mail['to']):<32} {mail['subject']}")
+    dlq_log = Path(os.environ.get("RUN_DIR", ".run")) / "logs" / "dlq-service.log"
+    print("\ndead letters received by dlq-service:")
+    for line in dlq_log.read_text().splitlines() if dlq_log.exists() else []:
+        entry = json.loads(line)
+        if entry.get("event") == "dead_letter.received" and run in json.dumps(entry):
+            meta = entry["metadata"]
+            print(f"  queue={meta['queue']} reason={meta['reason']} {meta['error_type']}: {meta['error_message']}")
+    print("\ncounters from /metrics:")
+    for service, (url, names) in METRICS.items():
+        for line in counter_lines(url, names):
+            print(f"  {service:<20} {line}")
+
+
+async def _wait_for(engine: object, sql: str, lead_id: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with engine.connect() as connection:  # type: ignore[attr-defined]
+            if await connection.scalar(text(sql), {"id": lead_id}):
+                return
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"demo: lead {lead_id} was not distributed within {timeout:g}s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
