@@ -16,7 +16,7 @@ SERVICE_PACKAGES = {
 
 @pytest.mark.parametrize(
     "command",
-    [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy", "libs", "services", "tests"]],
+    [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy", "libs", "services", "tests", "deploy"]],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )
 def test_tool_passes(command: list[str]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pyotp
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ingest_gateway.cli import create_lead_source, create_user
 
@@ -97,18 +97,20 @@ async def main() -> None:
     async with engine.connect() as connection:
         print("assignments and balances")
         for name, provider_id in ids.items():
-            row = (await connection.execute(text(
+            summary = text(
                 "SELECT p.balance_cents, count(a.id) AS leads, s.status, s.paused_reason FROM providers p "
                 "JOIN subscriptions s ON s.provider_id = p.id LEFT JOIN assignments a ON a.provider_id = p.id "
-                "WHERE p.id = :id GROUP BY p.balance_cents, s.status, s.paused_reason"), {"id": provider_id})).one()  # fmt: skip
+                "WHERE p.id = :id GROUP BY p.balance_cents, s.status, s.paused_reason"
+            )
+            row = (await connection.execute(summary, {"id": provider_id})).one()
             state = row.status + (f" ({row.paused_reason})" if row.paused_reason else "")
             print(f"  {name:<26} leads={row.leads}  balance=${row.balance_cents / 100:>7.2f}  subscription={state}")
     await engine.dispose()
 
-    time.sleep(3)
+    await asyncio.sleep(3)
     mail_dir = Path(os.environ["MAIL_DIR"])
-    index = mail_dir / "index.jsonl"
-    mails = [json.loads(line) for line in index.read_text().splitlines()] if index.exists() else []
+    listing = mail_dir / "index.jsonl"
+    mails = [json.loads(line) for line in listing.read_text().splitlines()] if listing.exists() else []
     mine = [m for m in mails if any(run in to for to in m["to"])]
     print(f"\nmails in the SMTP sink ({mail_dir}):")
     for mail in mine:
@@ -126,14 +128,14 @@ async def main() -> None:
             print(f"  {service:<20} {line}")
 
 
-async def _wait_for(engine: object, sql: str, lead_id: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for(engine: AsyncEngine, sql: str, lead_id: str, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        async with engine.connect() as connection:  # type: ignore[attr-defined]
+        async with engine.connect() as connection:
             if await connection.scalar(text(sql), {"id": lead_id}):
                 return
         await asyncio.sleep(0.2)
-    raise SystemExit(f"demo: lead {lead_id} was not distributed within {timeout:g}s")
+    raise SystemExit(f"demo: lead {lead_id} was not distributed within {within_s:g}s")
 
 
 if __name__ == "__main__":
