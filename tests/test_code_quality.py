@@ -16,7 +16,11 @@ SERVICE_PACKAGES = {
 
 @pytest.mark.parametrize(
     "command",
-    [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy", "libs", "services", "tests", "deploy"]],
+    [
+        ["ruff", "check", "."],
+        ["ruff", "format", "--check", "."],
+        ["mypy", "libs", "services", "tests", "deploy", "bench"],
+    ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )
 def test_tool_passes(command: list[str]) -> None:
