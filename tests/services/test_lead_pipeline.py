@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from libs.contracts import LeadApproved
-from tests.services.conftest import Pipeline, eventually, metric_value, publisher_for
+from libs.messaging import headers as h
+from libs.messaging.broker import EVENTS
+from tests.services.conftest import DeadLetters, Pipeline, eventually, metric_value, publisher_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 
@@ -156,6 +158,7 @@ async def test_bad_lead_refund_keeps_ledger_and_balance_in_agreement(pipeline: P
         return await lead_status(pipeline, lead_id) == "distributed"
 
     await eventually(distributed)
+    before = await pipeline.metrics(pipeline.gateway)
     inbox = (await pipeline.gateway.get(f"/api/v1/providers/{provider_id}/inbox", headers=provider)).json()
     [item] = inbox["items"]
     reported = await pipeline.gateway.post(
@@ -174,6 +177,9 @@ async def test_bad_lead_refund_keeps_ledger_and_balance_in_agreement(pipeline: P
     twice = await pipeline.gateway.post(f"/api/v1/bad-lead-reports/{reported.json()['id']}/approve", headers=admin)
     assert twice.status_code == 409
 
+    after = await pipeline.metrics(pipeline.gateway)
+    for counter in ("fmhl_bad_leads_reported_total", "fmhl_refunds_approved_total"):
+        assert metric_value(after, counter) - metric_value(before, counter) == 1, counter
     balance = (await pipeline.gateway.get(f"/api/v1/providers/{provider_id}/balance", headers=provider)).json()
     ledger_sum = await pipeline.scalar(
         "SELECT SUM(amount_cents) FROM ledger_entries WHERE provider_id = :id", id=provider_id
@@ -313,3 +319,31 @@ async def test_a_provider_funded_for_60_leads_gets_exactly_60_of_100(pipeline: P
     assert await pipeline.scalar("SELECT SUM(amount_cents) FROM ledger_entries WHERE provider_id = :id",
                                  id=provider_id) == 0  # fmt: skip
     assert await pipeline.scalar("SELECT status FROM subscriptions WHERE provider_id = :id", id=provider_id) == "paused"
+
+
+async def test_a_bad_message_sent_straight_to_a_worker_is_dead_lettered_and_the_next_lead_flows(
+    pipeline: Pipeline, dead_letters: DeadLetters
+) -> None:
+    admin = await pipeline.admin_headers()
+    kind = category()
+    await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=100, balance_cents=100)
+    publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+    await publisher.publish_raw(
+        b'{"lead_id": "not-a-uuid"}', exchange=EVENTS, routing_key="lead.approved", message_id="bad-approval-1",
+        correlation_id="bad-approval-1", headers={}, message_type="lead.approved",
+    )  # fmt: skip
+    unknown_lead = LeadApproved(lead_id=uuid.uuid4(), approved_by="nobody")
+    unknown_id = await publisher.publish(unknown_lead)
+    await broker.stop()
+    lead_id = await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
+
+    malformed = (await dead_letters.for_message("bad-approval-1")).headers or {}
+    assert malformed[h.ERROR_TYPE] == "SchemaMismatch"
+    assert "lead_id" in str(malformed[h.ERROR_MESSAGE])
+    missing = (await dead_letters.for_message(unknown_id)).headers or {}
+    assert missing[h.ERROR_TYPE] == "BusinessRuleViolation"
+
+    async def distributed() -> bool:
+        return await lead_status(pipeline, lead_id) == "distributed"
+
+    await eventually(distributed)
