@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from export_worker.exports import ExportFailed, run_export
 from libs.contracts import LeadApproved
 from libs.messaging import headers as h
 from libs.messaging.broker import EVENTS
@@ -347,3 +349,29 @@ async def test_a_bad_message_sent_straight_to_a_worker_is_dead_lettered_and_the_
         return await lead_status(pipeline, lead_id) == "distributed"
 
     await eventually(distributed)
+
+
+async def test_an_export_that_cannot_be_written_ends_failed_with_the_reason(pipeline: Pipeline, tmp_path: Path) -> None:
+    admin = await pipeline.admin_headers()
+    provider_id = await pipeline.provider(admin, category=category(), zips=["94107"], price_cents=1, balance_cents=0)
+    async with pipeline.engine.begin() as connection:
+        export_id = await connection.scalar(
+            text("INSERT INTO report_exports (kind, provider_id, date_from, date_to) "
+                 "VALUES ('ledger_statement', :p, current_date, current_date) RETURNING id"), {"p": provider_id},
+        )  # fmt: skip
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("occupied")
+
+    with pytest.raises(ExportFailed):
+        await run_export(pipeline.engine, export_id, not_a_directory, 100)
+    status, error = (await pipeline.scalar(
+        "SELECT status || '|' || error FROM report_exports WHERE id = :id", id=export_id
+    )).split("|", 1)  # fmt: skip
+    assert status == "failed"
+    assert "NotADirectoryError" in error or "FileExistsError" in error
+
+
+async def test_the_openapi_schema_lists_every_route(pipeline: Pipeline) -> None:
+    schema = (await pipeline.gateway.get("/schema/openapi.json")).json()
+    assert {"/api/v1/leads", "/api/v1/auth/token", "/api/v1/providers/{provider_id}/inbox"} <= schema["paths"].keys()
+    assert {"bearer", "apiKey"} <= schema["components"]["securitySchemes"].keys()

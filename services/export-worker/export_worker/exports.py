@@ -4,6 +4,7 @@ into place only when complete, so a half-written file is never downloadable. Mem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import os
 import time
@@ -81,6 +82,11 @@ async def _mark(engine: AsyncEngine, export_id: uuid.UUID, status: str, **values
         )
 
 
+def _discard(partial: Path) -> None:
+    with contextlib.suppress(OSError):
+        partial.unlink(missing_ok=True)
+
+
 async def run_export(engine: AsyncEngine, export_id: uuid.UUID, export_dir: Path, batch_rows: int) -> Finished:
     async with engine.connect() as connection:
         export = (
@@ -120,10 +126,10 @@ async def run_export(engine: AsyncEngine, export_id: uuid.UUID, export_dir: Path
             await asyncio.to_thread(output.close)
         await asyncio.to_thread(os.replace, partial, final)
     except (OperationalError, InterfaceError):
-        partial.unlink(missing_ok=True)
+        _discard(partial)
         raise  # the database went away: transient, retried by the consumer policy
     except (OSError, DBAPIError) as error:
-        partial.unlink(missing_ok=True)
+        _discard(partial)
         reason = f"{type(error).__name__}: {error}"[:1000]
         await _mark(engine, export_id, "failed", error=reason)
         raise ExportFailed(reason) from error
