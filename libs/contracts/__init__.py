@@ -53,4 +53,15 @@ class ExportReport(Message):
     export_id: UUID
 
 
-ALL_MESSAGES: tuple[type[Message], ...] = (LeadSubmitted, LeadApproved, SendEmail, ExportReport)
+class DeadLetterRetrySucceeded(Message):
+    """A message retried from the DLQ was handled: its entry resolves itself."""
+
+    message_type: ClassVar[str] = "dead_letter.retry_succeeded"
+    entry_id: UUID
+    queue: SafeText
+    message_id: Annotated[str, StringConstraints(max_length=200)]
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    LeadSubmitted, LeadApproved, SendEmail, ExportReport, DeadLetterRetrySucceeded,
+)  # fmt: skip

@@ -23,7 +23,7 @@ from faststream.rabbit import RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
-from libs.contracts import Message
+from libs.contracts import DeadLetterRetrySucceeded, Message
 from libs.logging import correlation_scope, get_logger
 from libs.messaging import headers as h
 from libs.messaging.broker import DEAD_LETTERS
@@ -132,8 +132,24 @@ class ConsumerPolicy:
                 return
             self.duration.record((time.perf_counter() - started) * 1000, labels)
             self.completed.add(1, labels)
+            await self._report_retry_success(raw)
             await message.ack()
             log.debug("message.handled", {"queue": self.queue.name, "type": raw.type, "attempt": attempt})
+
+    async def _report_retry_success(self, raw: AbstractIncomingMessage) -> None:
+        """A message retried from the DLQ carries its entry id; its success resolves the entry."""
+        header = (raw.headers or {}).get(h.DLQ_ENTRY)
+        if header is None:
+            return
+        entry = header.decode() if isinstance(header, bytes) else str(header)
+        try:
+            await self.publisher.publish(
+                DeadLetterRetrySucceeded(entry_id=entry, queue=self.queue.name, message_id=raw.message_id or ""),
+                message_id=f"retry-succeeded:{entry}:{raw.message_id}",
+            )
+        except Exception as error:
+            # The work is done; only the entry's automatic resolution is missing, and the log says which.
+            log.error("dlq.retry_success_not_reported", error, {"entry_id": str(entry)})
 
     async def _fail(self, raw: AbstractIncomingMessage, error: Exception, attempt: int) -> str:
         permanent = is_permanent(error)

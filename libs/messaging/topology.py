@@ -62,6 +62,8 @@ def quorum_arguments(dead_letter_exchange: str, dead_letter_routing_key: str | N
 DISTRIBUTION = WorkQueue("distribution", routing_keys=("lead.submitted", "lead.approved"))
 EMAIL = WorkQueue("email", routing_keys=("email.send",))
 REPORT_EXPORT = WorkQueue("report-export", routing_keys=("report.export",))
+DLQ_OUTCOMES = WorkQueue("dlq-outcomes", routing_keys=("dead_letter.retry_succeeded",))
+"""Tells dlq-service that a message retried from the DLQ was handled."""
 
 
 @dataclass(frozen=True)
@@ -85,4 +87,4 @@ class Topology:
         return "unrouted"
 
 
-TOPOLOGY = Topology(work_queues=(DISTRIBUTION, EMAIL, REPORT_EXPORT))
+TOPOLOGY = Topology(work_queues=(DISTRIBUTION, EMAIL, REPORT_EXPORT, DLQ_OUTCOMES))

@@ -1,22 +1,77 @@
-"""dlq-service instruments."""
+"""dlq-service instruments: dead letters received, and unresolved entries per original queue."""
 
-from dataclasses import dataclass
+from __future__ import annotations
 
-from opentelemetry.metrics import Counter
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from opentelemetry.metrics import CallbackOptions, Counter, Observation
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.telemetry import Telemetry
 
 
-@dataclass(frozen=True)
+@dataclass
 class DlqMetrics:
     received: Counter
+    retry_outcomes: Counter
+    sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, telemetry: Telemetry) -> "DlqMetrics":
-        return cls(
-            received=telemetry.meter.create_counter(
-                "fmhl_dead_letters_received_total",
+    def create(cls, telemetry: Telemetry) -> DlqMetrics:
+        meter = telemetry.meter
+        metrics = cls(
+            received=meter.create_counter(
+                "fmhl_dead_letters_received_total", unit="", description="Dead letters received, by queue and reason."
+            ),
+            retry_outcomes=meter.create_counter(
+                "fmhl_dlq_retry_outcomes_total",
                 unit="",
-                description="Dead letters received, by queue and reason.",
-            )
+                description="Retried entries by outcome (succeeded, failed_again).",
+            ),
         )
+        meter.create_observable_gauge(
+            "fmhl_dlq_size", callbacks=[metrics._observe], unit="", description="Unresolved dead letters per queue."
+        )
+        return metrics
+
+    def _observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count, {"queue": queue}) for queue, count in self.sizes.items()]
+
+
+class DlqSizePoller:
+    """Recounts unresolved entries per queue; a queue whose last entry resolved reports 0, not a stale count."""
+
+    def __init__(self, engine: AsyncEngine, metrics: DlqMetrics, interval_s: float) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT queue_name, count(*) FILTER (WHERE status <> 'resolved') FROM dead_letter_queue "
+                    "GROUP BY queue_name"
+                )
+            )
+            self.metrics.sizes = {queue: int(count) for queue, count in rows}
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh()
+            await asyncio.sleep(self.interval_s)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._poll(), name="dlq-size")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 import uuid
-from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -69,23 +67,3 @@ async def login(engine: AsyncEngine, email: str, password: str, totp_code: str |
                 return None
             amr.append("otp")
     return Principal(subject=str(user.id), role=user.role, provider_id=user.provider_id, amr=tuple(amr))
-
-
-class LoginThrottle:
-    """At most `limit` attempts per key in a sliding minute (per process; each replica counts its own)."""
-
-    def __init__(self, limit: int, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._attempts: dict[str, deque[float]] = defaultdict(deque)
-
-    def retry_after(self, key: str, now: float | None = None) -> int | None:
-        """Registers an attempt; seconds to wait when over the limit, else None."""
-        moment = time.monotonic() if now is None else now
-        attempts = self._attempts[key]
-        while attempts and attempts[0] <= moment - self.window_s:
-            attempts.popleft()
-        if len(attempts) >= self.limit:
-            return max(1, int(attempts[0] + self.window_s - moment) + 1)
-        attempts.append(moment)
-        return None

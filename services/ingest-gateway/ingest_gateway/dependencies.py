@@ -9,11 +9,12 @@ from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import LeadSource, LoginThrottle, lead_source_for
+from ingest_gateway.accounts import LeadSource, lead_source_for
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.settings import Settings
 from libs.auth import Principal, Tokens, bearer_principal
 from libs.messaging.publisher import Publisher
+from libs.web import SlidingWindowLimiter
 
 
 def _constant(value: Any) -> Provide:
@@ -41,7 +42,7 @@ def build_dependencies(
         "publisher": _constant(publisher),
         "tokens": _constant(tokens),
         "metrics": _constant(metrics),
-        "throttle": _constant(LoginThrottle(settings.login_attempts_per_minute)),
+        "throttle": _constant(SlidingWindowLimiter(settings.login_attempts_per_minute)),
         "principal": Provide(principal),
         "lead_source": Provide(lead_source),
     }

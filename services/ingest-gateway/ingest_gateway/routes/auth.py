@@ -11,10 +11,11 @@ from litestar.params import Body
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import LoginThrottle, login
+from ingest_gateway.accounts import login
 from libs.auth import Tokens
 from libs.contracts import EmailAddress
 from libs.logging import get_logger
+from libs.web import SlidingWindowLimiter
 
 log = get_logger("ingest_gateway.auth")
 
@@ -44,7 +45,7 @@ class AuthController(Controller):
         data: Annotated[TokenRequest, Body()],
         engine: NamedDependency[AsyncEngine],
         tokens: NamedDependency[Tokens],
-        throttle: NamedDependency[LoginThrottle],
+        throttle: NamedDependency[SlidingWindowLimiter],
     ) -> TokenResponse:
         client = request.client.host if request.client else "unknown"
         wait = throttle.retry_after(f"{data.email.lower()}|{client}")

@@ -1,0 +1,47 @@
+"""What admin routes receive by name; `principal` is an admin with MFA or the request is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from litestar import Request
+from litestar.di import Provide
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dlq_service.queue_stats import QueueStats
+from dlq_service.retries import Redriver
+from dlq_service.settings import Settings
+from libs.auth import Principal, Tokens, bearer_principal, require_admin
+from libs.messaging.publisher import Publisher
+from libs.web import SlidingWindowLimiter
+
+
+def _constant(value: Any) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def build_dependencies(
+    settings: Settings,
+    engine: AsyncEngine,
+    publisher: Publisher,
+    tokens: Tokens,
+    queue_stats: QueueStats,
+    http: httpx.AsyncClient,
+    redriver: Redriver,
+) -> dict[str, Provide]:
+    async def principal(request: Request[Any, Any, Any]) -> Principal:
+        caller = bearer_principal(request, tokens)
+        require_admin(caller, mfa=True)
+        return caller
+
+    return {
+        "settings": _constant(settings),
+        "engine": _constant(engine),
+        "publisher": _constant(publisher),
+        "queue_stats": _constant(queue_stats),
+        "http": _constant(http),
+        "redriver": _constant(redriver),
+        "queues_limiter": _constant(SlidingWindowLimiter(settings.queues_requests_per_minute)),
+        "principal": Provide(principal),
+    }
