@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from distribution_worker.main import build as build_distribution
 from distribution_worker.settings import Settings as DistributionSettings
+from dlq_service.main import build as build_dlq
+from dlq_service.settings import Settings as DlqSettings
 from email_worker.main import build as build_email
 from email_worker.settings import Settings as EmailSettings
 from export_worker.main import build as build_export
@@ -44,15 +46,16 @@ PASSWORD = "correct horse battery staple"
 
 
 class MailSink:
-    """A real SMTP server: keeps every accepted mail, refuses `refused.example` with 550."""
+    """A real SMTP server: keeps every accepted mail, refuses `refused.example` (and any added domain) with 550."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.refused_domains = {REFUSED_DOMAIN}
 
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if address.endswith("@" + REFUSED_DOMAIN):
+        if address.rsplit("@", 1)[-1] in self.refused_domains:
             return f"550 5.1.1 <{address}>: mailbox unavailable"
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -215,6 +218,7 @@ async def pipeline(service_env: dict[str, str], database_url: str) -> AsyncItera
             )[0],
             "email": build_email(settings_for(EmailSettings, service_env), setup_telemetry("email-worker"))[0],
             "export": build_export(settings_for(ExportSettings, service_env), setup_telemetry("export-worker"))[0],
+            "dlq": build_dlq(settings_for(DlqSettings, service_env), setup_telemetry("dlq-service"))[0],
         }
         gateway = await stack.enter_async_context(AsyncTestClient(gateway_app))
         workers = {name: await stack.enter_async_context(AsyncTestClient(app)) for name, app in apps.items()}

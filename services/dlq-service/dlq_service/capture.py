@@ -26,7 +26,12 @@ def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-async def _event(connection: AsyncConnection, entry_id: uuid.UUID, letter: DeadLetter) -> bool:
+class _AlreadyRecorded(Exception):
+    """Raised inside the transaction so that everything it wrote is rolled back."""
+
+
+async def _event(connection: AsyncConnection, entry_id: uuid.UUID, letter: DeadLetter) -> None:
+    """The dead letter's event row; when a concurrent delivery recorded it first, undo this transaction."""
     inserted = await connection.scalar(
         text(
             "INSERT INTO dead_letter_events (entry_id, dedupe_key, reason, error_type, error_message, attempts, "
@@ -36,7 +41,8 @@ async def _event(connection: AsyncConnection, entry_id: uuid.UUID, letter: DeadL
         {"entry": entry_id, "key": letter.dedupe_key, "reason": letter.reason, "type": letter.error_type,
          "message": letter.error_message, "attempts": letter.attempts, "failed_at": letter.last_failed_at},
     )  # fmt: skip
-    return inserted is not None
+    if inserted is None:
+        raise _AlreadyRecorded
 
 
 async def _seen(connection: AsyncConnection, letter: DeadLetter) -> bool:
@@ -97,8 +103,8 @@ async def capture(engine: AsyncEngine, letter: DeadLetter) -> Captured:
             )  # fmt: skip
             await _event(connection, entry_id, letter)
             return Captured(entry_id, "new")
-    except IntegrityError:
-        # Another replica recorded the same dead letter between our check and our insert.
+    except (IntegrityError, _AlreadyRecorded):
+        # Another delivery (or replica) recorded the same dead letter between our check and our insert.
         return Captured(None, "duplicate")
 
 

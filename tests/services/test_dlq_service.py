@@ -1,0 +1,471 @@
+"""dlq-service: every failure captured once in PostgreSQL, and the admin API to see, group, retry, resolve."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+from sqlalchemy import text
+
+from libs.contracts import ExportReport, SendEmail
+from libs.messaging import headers as h
+from libs.messaging.broker import DEAD_LETTERS, EVENTS
+from tests.services.conftest import Pipeline, eventually, publisher_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.database]
+ADMIN_API = "/api/v1/admin/queues"
+
+
+async def entry_for(pipeline: Pipeline, message_id: str, timeout: float = 15.0) -> dict[str, Any]:
+    async def present() -> bool:
+        return bool(await pipeline.scalar("SELECT count(*) FROM dead_letter_queue WHERE message_id = :m", m=message_id))
+
+    await eventually(present, timeout)
+    async with pipeline.engine.connect() as connection:
+        row = (await connection.execute(
+            text("SELECT * FROM dead_letter_queue WHERE message_id = :m"), {"m": message_id}
+        )).one()  # fmt: skip
+    return dict(row._mapping)
+
+
+async def rows_for(pipeline: Pipeline, message_id: str) -> int:
+    return int(await pipeline.scalar("SELECT count(*) FROM dead_letter_queue WHERE message_id = :m", m=message_id))
+
+
+async def test_a_failure_in_each_worker_lands_as_one_row_with_its_context(pipeline: Pipeline) -> None:
+    publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+    dist_id = f"dlq-dist-{uuid.uuid4().hex[:8]}"
+    await publisher.publish_raw(
+        b'{"lead_id": "nope"}', exchange=EVENTS, routing_key="lead.approved", message_id=dist_id,
+        correlation_id="cid-dist-1", headers={}, message_type="lead.approved",
+    )  # fmt: skip
+    email_id = await publisher.publish(SendEmail(template="new_lead", to="x@refused.example", params={}))
+    export_id = await publisher.publish(ExportReport(export_id=uuid.uuid4()))
+    await broker.stop()
+
+    distribution = await entry_for(pipeline, dist_id)
+    assert (distribution["queue_name"], distribution["reason"]) == ("distribution", "error")
+    assert distribution["error_type"] == "SchemaMismatch"
+    assert distribution["correlation_id"] == "cid-dist-1"
+    assert distribution["original_exchange"] == "fmhl.events"
+    assert distribution["original_routing_key"] == "lead.approved"
+    assert distribution["service"] == "distribution-worker"
+    assert bytes(distribution["raw_body"]) == b'{"lead_id": "nope"}'
+    assert distribution["payload"] == {"lead_id": "nope"}
+    assert "Traceback" in distribution["stack_trace"]
+    email = await entry_for(pipeline, email_id)
+    assert (email["queue_name"], email["error_type"]) == ("email", "SmtpRefused")
+    assert email["error_message"].startswith("550")
+    export = await entry_for(pipeline, export_id)
+    assert (export["queue_name"], export["error_type"]) == ("report-export", "BusinessRuleViolation")
+    for message_id in (dist_id, email_id, export_id):
+        assert await rows_for(pipeline, message_id) == 1
+
+
+async def _broker_dead_letter(rabbitmq_url: str, *, requeue: bool) -> tuple[str, str]:
+    """A quorum queue whose consumer nacks (delivery limit 0) or rejects: the broker dead-letters the message."""
+    queue_name = f"test-broker-dl-{uuid.uuid4().hex[:6]}"
+    message_id = f"broker-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(rabbitmq_url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(
+        queue_name, durable=True,
+        arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": DEAD_LETTERS.name,
+                   "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish", "x-delivery-limit": 0},
+    )  # fmt: skip
+    await channel.default_exchange.publish(
+        aio_pika.Message(b'{"n": 1}', message_id=message_id, type="test.ping", delivery_mode=2), routing_key=queue_name
+    )
+    async with queue.iterator() as messages:
+        async for message in messages:
+            if requeue:
+                await message.nack(requeue=True)
+            else:
+                await message.reject(requeue=False)
+            break
+    await asyncio.sleep(0.5)
+    await queue.delete(if_unused=False, if_empty=False)
+    await connection.close()
+    return queue_name, message_id
+
+
+@pytest.mark.parametrize(("requeue", "reason"), [(True, "delivery_limit"), (False, "rejected")])
+async def test_a_broker_dead_letter_lands_with_its_reason(pipeline: Pipeline, requeue: bool, reason: str) -> None:
+    queue_name, message_id = await _broker_dead_letter(pipeline.service_env["RABBITMQ_URL"], requeue=requeue)
+    entry = await entry_for(pipeline, message_id)
+    assert entry["reason"] == reason
+    assert entry["queue_name"] == queue_name
+    assert entry["error_message"] == f"dead-lettered by the broker: {reason}"
+
+
+def policy_headers(queue: str, failed_at: str, **extra: Any) -> dict[str, Any]:
+    headers = {h.REASON: "error", h.ORIGINAL_QUEUE: queue, h.ORIGINAL_EXCHANGE: "", h.ORIGINAL_ROUTING_KEY: queue,
+               h.ERROR_TYPE: "ValueError", h.ERROR_MESSAGE: "boom 42", h.ATTEMPTS: 4, h.SERVICE: "test",
+               h.FIRST_FAILURE_AT: failed_at, h.LAST_FAILURE_AT: failed_at}  # fmt: skip
+    return headers | {h.ERROR_STACK: "Traceback ..."} | extra
+
+
+async def publish_dead_letters(rabbitmq_url: str, queue: str, count: int, prefix: str) -> list[str]:
+    connection = await aio_pika.connect(rabbitmq_url)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(DEAD_LETTERS.name)
+    ids = []
+    for index in range(count):
+        message_id = f"{prefix}-{index}"
+        failed_at = datetime.now(UTC).isoformat()
+        body = orjson.dumps({"n": index, "contact": {"email": "ada@example.com", "name": "Ada", "phone": "+1 555"}})
+        await exchange.publish(
+            aio_pika.Message(body, message_id=message_id, type="test.ping", delivery_mode=2,
+                             headers=policy_headers(queue, failed_at)), routing_key=queue,
+        )  # fmt: skip
+        ids.append(message_id)
+    await connection.close()
+    return ids
+
+
+async def test_a_redelivered_dead_letter_makes_no_second_row(pipeline: Pipeline) -> None:
+    connection = await aio_pika.connect(pipeline.service_env["RABBITMQ_URL"])
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(DEAD_LETTERS.name)
+    headers = policy_headers("email", datetime.now(UTC).isoformat())
+    message_id = f"twice-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        await exchange.publish(aio_pika.Message(b"{}", message_id=message_id, headers=headers), routing_key="email")
+    await connection.close()
+    await entry_for(pipeline, message_id)
+    await asyncio.sleep(1)
+    assert await rows_for(pipeline, message_id) == 1
+
+
+@pytest.mark.stack
+async def test_dead_letters_arriving_while_postgresql_is_down_are_all_kept_once(pipeline: Pipeline) -> None:
+    queue = f"pgdown-{uuid.uuid4().hex[:6]}"
+    version, cluster = subprocess.run(
+        ["pg_lsclusters", "-h"], capture_output=True, text=True, check=True
+    ).stdout.split()[:2]
+    subprocess.run(["pg_ctlcluster", version, cluster, "stop", "-m", "fast"], check=True)
+    try:
+        await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 500, queue)
+        await asyncio.sleep(3)
+    finally:
+        subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
+
+    async def all_kept() -> bool:
+        try:
+            return bool(
+                await pipeline.scalar("SELECT count(*) FROM dead_letter_queue WHERE queue_name = :q", q=queue) == 500
+            )
+        except Exception:
+            return False
+
+    await eventually(all_kept, timeout=120)
+    distinct = await pipeline.scalar(
+        "SELECT count(DISTINCT message_id) FROM dead_letter_queue WHERE queue_name = :q", q=queue
+    )
+    assert distinct == 500
+
+
+async def _refused_email(pipeline: Pipeline, domain: str) -> str:
+    pipeline.mail.refused_domains.add(domain)
+    publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+    message_id = await publisher.publish(
+        SendEmail(template="low_balance", to=f"p@{domain}", params={"balance_cents": 5})
+    )
+    await broker.stop()
+    entry = await entry_for(pipeline, message_id)
+    return str(entry["id"])
+
+
+async def test_a_retry_after_the_cause_is_gone_resolves_the_entry_by_itself(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    domain = f"flaky-{uuid.uuid4().hex[:6]}.example"
+    entry_id = await _refused_email(pipeline, domain)
+    pipeline.mail.refused_domains.discard(domain)
+
+    response = await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/{entry_id}/retry", headers=admin)
+    assert response.status_code == 202, response.text
+
+    async def resolved() -> bool:
+        detail = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry_id}", headers=admin)).json()
+        return bool(detail["status"] == "resolved" and detail["resolution"] == "retry_succeeded")
+
+    await eventually(resolved)
+    assert len(pipeline.mail.to(f"p@{domain}")) == 1
+    detail = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry_id}", headers=admin)).json()
+    assert [retry["outcome"] for retry in detail["retries"]] == ["succeeded"]
+
+
+async def test_a_retry_that_fails_again_comes_back_to_the_same_entry(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    entry_id = await _refused_email(pipeline, f"dead-{uuid.uuid4().hex[:6]}.example")
+    response = await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/{entry_id}/retry", headers=admin)
+    assert response.status_code == 202
+
+    async def failed_again() -> bool:
+        detail = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry_id}", headers=admin)).json()
+        return bool(detail["status"] == "failed" and detail["retry_count"] == 1)
+
+    await eventually(failed_again)
+    detail = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry_id}", headers=admin)).json()
+    assert len(detail["failures"]) == 2
+    assert [retry["outcome"] for retry in detail["retries"]] == ["failed_again"]
+    assert await pipeline.scalar("SELECT count(*) FROM dead_letter_queue WHERE message_id = :m",
+                                 m=detail["message_id"]) == 1  # fmt: skip
+
+
+async def test_two_concurrent_retries_of_one_entry_publish_once(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    domain = f"double-{uuid.uuid4().hex[:6]}.example"
+    entry_id = await _refused_email(pipeline, domain)
+    pipeline.mail.refused_domains.discard(domain)
+    first, second = await asyncio.gather(
+        pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/{entry_id}/retry", headers=admin),
+        pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/{entry_id}/retry", headers=admin),
+    )
+    assert sorted([first.status_code, second.status_code]) == [202, 409]
+
+    async def delivered() -> bool:
+        return bool(pipeline.mail.to(f"p@{domain}"))
+
+    await eventually(delivered)
+    await asyncio.sleep(1)
+    assert len(pipeline.mail.to(f"p@{domain}")) == 1
+    assert (
+        await pipeline.scalar("SELECT count(*) FROM dead_letter_retries WHERE entry_id = :e", e=uuid.UUID(entry_id))
+        == 1
+    )
+
+
+async def _parked_group(pipeline: Pipeline, count: int) -> tuple[str, str, aio_pika.abc.AbstractQueue, Any]:
+    """`count` failed entries of one group whose retries land in a queue nobody consumes."""
+    queue_name = f"parked-{uuid.uuid4().hex[:6]}"
+    connection = await aio_pika.connect(pipeline.service_env["RABBITMQ_URL"])
+    channel = await connection.channel()
+    parked = await channel.declare_queue(queue_name, durable=True, arguments={"x-queue-type": "quorum"})
+    fingerprint = uuid.uuid4().hex
+    async with pipeline.engine.begin() as db:
+        await db.execute(
+            text(
+                "INSERT INTO dead_letter_queue (queue_name, message_id, failed_at, first_failed_at, last_failed_at, "
+                "original_exchange, original_routing_key, raw_body, fingerprint, error_type, error_message, "
+                "message_type, content_type) SELECT :q, :prefix || g, now(), now(), now(), '', :rk, '\\x7b7d', :f, "
+                "'ValueError', 'parked', 'test.ping', 'application/json' FROM generate_series(1, :n) g"
+            ),
+            {"q": queue_name, "prefix": f"{queue_name}-", "rk": queue_name, "f": fingerprint, "n": count},
+        )
+    return queue_name, fingerprint, parked, connection
+
+
+async def test_bulk_retry_by_group_runs_at_the_asked_rate_reports_progress_and_finishes(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    queue_name, fingerprint, parked, connection = await _parked_group(pipeline, 500)
+    group = {"group": {"queue": queue_name, "fingerprint": fingerprint}}
+    dry = await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/retry", json=group | {"dry_run": True}, headers=admin)
+    assert dry.json()["selected"] == 500
+    assert dry.json()["redrive_id"] is None
+
+    started = time.monotonic()
+    response = await pipeline.workers["dlq"].post(
+        f"{ADMIN_API}/dlq/retry", json=group | {"rate_per_second": 50}, headers=admin
+    )
+    assert response.status_code == 202, response.text
+    redrive_id = response.json()["redrive_id"]
+    await asyncio.sleep(4)
+    progress = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/redrives/{redrive_id}", headers=admin)).json()
+    assert progress["status"] == "running"
+    assert 100 <= progress["sent"] <= 300, progress
+
+    async def completed() -> bool:
+        state = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/redrives/{redrive_id}", headers=admin)).json()
+        return bool(state["status"] == "completed")
+
+    await eventually(completed, timeout=30)
+    elapsed = time.monotonic() - started
+    final = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/redrives/{redrive_id}", headers=admin)).json()
+    assert (final["selected"], final["sent"], final["failed"]) == (500, 500, 0)
+    assert 8 <= elapsed <= 25, elapsed
+    declared = await parked.declare()
+    assert declared.message_count == 500
+    await parked.delete(if_unused=False, if_empty=False)
+    await connection.close()
+
+
+async def test_a_bulk_retry_can_be_cancelled_midway_and_new_failures_are_not_swept_in(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    queue_name, fingerprint, parked, connection = await _parked_group(pipeline, 200)
+    group = {"group": {"queue": queue_name, "fingerprint": fingerprint}, "rate_per_second": 20}
+    redrive_id = (await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/retry", json=group, headers=admin)).json()[
+        "redrive_id"
+    ]
+    await _parked_group_more(pipeline, queue_name, fingerprint)
+    await asyncio.sleep(2)
+    cancelled = await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/redrives/{redrive_id}/cancel", headers=admin)
+    assert cancelled.json()["status"] == "cancelled"
+    sent = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/redrives/{redrive_id}", headers=admin)).json()["sent"]
+    await asyncio.sleep(1.5)
+    after = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/redrives/{redrive_id}", headers=admin)).json()
+    assert after["selected"] == 200
+    assert 10 <= after["sent"] <= sent + 1 < 200
+    await parked.delete(if_unused=False, if_empty=False)
+    await connection.close()
+
+
+async def _parked_group_more(pipeline: Pipeline, queue_name: str, fingerprint: str) -> None:
+    async with pipeline.engine.begin() as db:
+        await db.execute(
+            text(
+                "INSERT INTO dead_letter_queue (queue_name, message_id, failed_at, raw_body, fingerprint) "
+                "SELECT :q, 'late-' || g, now(), '\\x7b7d', :f FROM generate_series(1, 50) g"
+            ),
+            {"q": queue_name, "f": fingerprint},
+        )
+
+
+async def test_the_list_is_stable_under_keyset_pagination_while_entries_arrive(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    queue = f"paged-{uuid.uuid4().hex[:6]}"
+    before = await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 30, queue)
+
+    async def thirty() -> bool:
+        return bool(
+            await pipeline.scalar("SELECT count(*) FROM dead_letter_queue WHERE queue_name = :q", q=queue) == 30
+        )
+
+    await eventually(thirty)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"queue": queue, "limit": 7} | ({"cursor": cursor} if cursor else {})
+        page = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq", params=params, headers=admin)).json()
+        seen += [item["message_id"] for item in page["items"]]
+        await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 3, f"{queue}-late-{len(seen)}")
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen))
+    assert set(before) <= set(seen)
+
+
+async def test_list_masks_contact_details_and_detail_shows_them(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    queue = f"masked-{uuid.uuid4().hex[:6]}"
+    [message_id] = await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 1, queue)
+    entry = await entry_for(pipeline, message_id)
+    listed = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq", params={"queue": queue}, headers=admin)).json()
+    contact = listed["items"][0]["payload"]["contact"]
+    assert contact == {"email": "a***@example.com", "name": "A***", "phone": "+***"}
+    detail = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry['id']}", headers=admin)).json()
+    assert detail["payload"]["contact"]["email"] == "ada@example.com"
+
+
+async def test_filters_combine_with_and_and_free_text_searches_message_and_payload(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    queue = f"search-{uuid.uuid4().hex[:6]}"
+    await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 3, queue)
+
+    async def three() -> bool:
+        return bool(await pipeline.scalar("SELECT count(*) FROM dead_letter_queue WHERE queue_name = :q", q=queue) == 3)
+
+    await eventually(three)
+    found = await pipeline.workers["dlq"].get(
+        f"{ADMIN_API}/dlq", params={"queue": queue, "q": "boom ada@example", "reason": "error"}, headers=admin
+    )
+    assert len(found.json()["items"]) == 3
+    none = await pipeline.workers["dlq"].get(
+        f"{ADMIN_API}/dlq", params={"queue": queue, "q": "boom nothing-like-this"}, headers=admin
+    )
+    assert none.json()["items"] == []
+    groups = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/groups", headers=admin)).json()["groups"]
+    mine = [group for group in groups if group["queue"] == queue]
+    assert len(mine) == 1
+    assert mine[0]["count"] == 3
+    assert mine[0]["sample_error"] == "boom 42"
+
+
+async def test_resolving_marks_who_and_when_and_every_action_is_audited(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    queue = f"resolve-{uuid.uuid4().hex[:6]}"
+    [message_id] = await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 1, queue)
+    entry_id = str((await entry_for(pipeline, message_id))["id"])
+    await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry_id}", headers=admin)
+    resolved = await pipeline.workers["dlq"].delete(f"{ADMIN_API}/dlq/{entry_id}", headers=admin)
+    assert resolved.status_code == 200
+    retry_resolved = await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/{entry_id}/retry", headers=admin)
+    assert retry_resolved.status_code == 409
+    detail = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry_id}", headers=admin)).json()
+    assert detail["status"] == "resolved"
+    assert detail["resolved_by"] is not None
+    assert detail["resolution"] == "manual"
+    async with pipeline.engine.connect() as connection:
+        actions = (await connection.execute(
+            text("SELECT action FROM audit_log WHERE entity_id = :id ORDER BY id"), {"id": entry_id}
+        )).scalars().all()  # fmt: skip
+    assert actions == ["dlq.entry_viewed", "dlq.entry_resolved", "dlq.entry_viewed"]
+
+
+async def test_queues_overview_names_every_queue_and_is_rate_limited(pipeline: Pipeline) -> None:
+    admin = await pipeline.admin_headers()
+    overview = (await pipeline.workers["dlq"].get(ADMIN_API, headers=admin)).json()["queues"]
+    names = [queue["name"] for queue in overview]
+    assert names == ["distribution", "email", "report-export", "dlq-outcomes", "dlq"]
+    for queue in overview:
+        assert {
+            "depth",
+            "active",
+            "consumers",
+            "failed_last_hour",
+            "dlq_size",
+            "oldest_unresolved_age_s",
+        } <= queue.keys()
+    assert overview[1]["consumers"] >= 1
+    codes = [(await pipeline.workers["dlq"].get(ADMIN_API, headers=admin)).status_code for _ in range(70)]
+    assert 429 in codes
+    limited = next(c for c in codes if c == 429)
+    assert limited == 429
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("none", 401), ("expired", 401), ("forged", 401), ("alg-none", 401), ("no-mfa", 403), ("provider", 403)],
+)
+async def test_the_admin_api_refuses_whoever_is_not_an_admin_with_mfa(
+    pipeline: Pipeline, kind: str, status: int
+) -> None:
+    from libs.auth import Principal
+    from tests.services.test_auth import admin, tokens
+
+    token = {
+        "none": None,
+        "expired": tokens().issue(admin(), now=time.time() - 3600),
+        "forged": tokens("another-signing-key-that-is-long-enough").issue(admin()),
+        "alg-none": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0." + tokens().issue(admin()).split(".")[1] + ".",
+        "no-mfa": tokens().issue(admin(amr=("pwd",))),
+        "provider": tokens().issue(Principal(str(uuid.uuid4()), "provider", uuid.uuid4(), ("pwd", "otp"))),
+    }[kind]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    entry = uuid.uuid4()
+    routes = [("get", ADMIN_API), ("get", f"{ADMIN_API}/dlq"), ("get", f"{ADMIN_API}/dlq/groups"),
+              ("post", f"{ADMIN_API}/dlq/{entry}/retry"), ("delete", f"{ADMIN_API}/dlq/{entry}")]  # fmt: skip
+    for method, path in routes:
+        response = await getattr(pipeline.workers["dlq"], method)(path, headers=headers)
+        assert response.status_code == status, (method, path, response.text)
+
+
+async def test_the_dlq_size_gauge_counts_unresolved_entries_per_queue(pipeline: Pipeline) -> None:
+    queue = f"gauge-{uuid.uuid4().hex[:6]}"
+    await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 4, queue)
+
+    async def counted() -> bool:
+        metrics = await pipeline.metrics(pipeline.workers["dlq"])
+        return f'fmhl_dlq_size{{queue="{queue}"}} 4.0' in metrics
+
+    await eventually(counted)
+    metrics = await pipeline.metrics(pipeline.workers["dlq"])
+    assert f'fmhl_dead_letters_received_total{{queue="{queue}",reason="error"}} 4.0' in metrics
