@@ -69,9 +69,15 @@ def test_error_carries_type_message_and_stack(captured: io.StringIO) -> None:
 
 
 def test_log_level_is_honoured(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("svc", "WARNING", "json")
-    Logger("t").info("hidden")
-    Logger("t").warn("shown")
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("svc", "WARNING", "json")
+        Logger("t").info("hidden")
+        Logger("t").warn("shown")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
     output = capsys.readouterr().out.splitlines()
     assert [orjson.loads(line)["event"] for line in output] == ["shown"]
 
