@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ingest_gateway.cli import create_lead_source, create_user
 
 GATEWAY = "http://127.0.0.1:8000"
+DLQ_API = "http://127.0.0.1:8001/api/v1/admin/queues"
 METRICS = {
     "ingest-gateway": ("http://127.0.0.1:8000/metrics", ["fmhl_leads_submitted_total", "fmhl_leads_approved_total"]),
     "distribution-worker": (
@@ -107,7 +108,7 @@ async def main() -> None:
             print(f"  {name:<26} leads={row.leads}  balance=${row.balance_cents / 100:>7.2f}  subscription={state}")
     await engine.dispose()
 
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # the refused mails go through their worker and the DLQ
     mail_dir = Path(os.environ["MAIL_DIR"])
     listing = mail_dir / "index.jsonl"
     mails = [json.loads(line) for line in listing.read_text().splitlines()] if listing.exists() else []
@@ -115,13 +116,22 @@ async def main() -> None:
     print(f"\nmails in the SMTP sink ({mail_dir}):")
     for mail in mine:
         print(f"  to {', '.join(mail['to']):<32} {mail['subject']}")
-    dlq_log = Path(os.environ.get("RUN_DIR", ".run")) / "logs" / "dlq-service.log"
-    print("\ndead letters received by dlq-service:")
-    for line in dlq_log.read_text().splitlines() if dlq_log.exists() else []:
-        entry = json.loads(line)
-        if entry.get("event") == "dead_letter.received" and run in json.dumps(entry):
-            meta = entry["metadata"]
-            print(f"  queue={meta['queue']} reason={meta['reason']} {meta['error_type']}: {meta['error_message']}")
+    dlq = httpx.AsyncClient(base_url=DLQ_API, timeout=10, headers=admin)
+    listed = (await dlq.get("/dlq", params={"q": run, "limit": 20})).json()
+    print("\ndead letters in the DLQ store (GET /api/v1/admin/queues/dlq, contact details masked):")
+    for entry in listed["items"]:
+        print(f"  {entry['id']}  queue={entry['queue']} reason={entry['reason']} status={entry['status']} "
+              f"{entry['error_type']}: {entry['error_message']}")  # fmt: skip
+    overview = (await dlq.get("")).json()["queues"]
+    print("\nqueues (GET /api/v1/admin/queues):")
+    for queue in overview:
+        print(f"  {queue['name']:<14} depth={queue.get('depth')} active={queue.get('active')} "
+              f"consumers={queue.get('consumers')} dlq_size={queue['dlq_size']} "
+              f"failed_last_hour={queue['failed_last_hour']}")  # fmt: skip
+    if listed["items"]:
+        first = listed["items"][0]["id"]
+        print(f"\nretry one:   curl -X POST -H 'Authorization: Bearer <token>' {DLQ_API}/dlq/{first}/retry")
+    await dlq.aclose()
     print("\ncounters from /metrics:")
     for service, (url, names) in METRICS.items():
         for line in counter_lines(url, names):
