@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, MediaType, Response, get
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, ControllerRouterHandler, LifespanHook, Message, Receive, Scope, Send
 from opentelemetry import propagate, trace
@@ -116,11 +117,16 @@ def create_app(
     async def mark_shutting_down() -> None:
         readiness.shutting_down = True
 
+    async def log_unexpected(error: Exception, scope: Scope) -> None:
+        if not isinstance(error, HTTPException) or error.status_code >= 500:
+            log.error("http.unhandled_error", error, {"route": scope.get("path_template") or scope.get("path")})
+
     return Litestar(
         route_handlers=[*ops_routes(telemetry, readiness, settings.metrics_enabled), *route_handlers],
         on_startup=list(on_startup),
         on_shutdown=[mark_shutting_down, *on_shutdown],
         middleware=[DefineMiddleware(RequestContext, telemetry=telemetry)],
+        after_exception=[log_unexpected],
         logging_config=None,
         **litestar_options,
     )

@@ -77,6 +77,10 @@ class ExportsController(Controller):
                 "provider_id is required for a ledger statement", extra=[{"key": "provider_id", "message": "required"}]
             )
         async with engine.begin() as connection:
+            if provider_id is not None and not await connection.scalar(
+                text("SELECT 1 FROM providers WHERE id = :id"), {"id": provider_id}
+            ):
+                raise NotFoundException(f"provider {provider_id} not found")
             export_id = await connection.scalar(
                 text(
                     "INSERT INTO report_exports (kind, requested_by, provider_id, date_from, date_to) "
