@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ import jwt
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from pydantic import Field, SecretStr, field_validator
@@ -148,3 +150,14 @@ def require_provider_or_admin(principal: Principal, provider_id: uuid.UUID) -> N
         return
     if principal.provider_id != provider_id:
         raise PermissionDeniedException("a provider may only access its own data")
+
+
+def admin_principal(tokens: Tokens) -> Callable[[Request[Any, Any, Any]], Awaitable[Principal]]:
+    """A dependency for admin APIs: the caller, when an admin with MFA; 401 or 403 otherwise."""
+
+    async def principal(request: Request[Any, Any, Any]) -> Principal:
+        caller = bearer_principal(request, tokens)
+        require_admin(caller, mfa=True)
+        return caller
+
+    return principal

@@ -62,6 +62,14 @@ class DeadLetterRetrySucceeded(Message):
     message_id: Annotated[str, StringConstraints(max_length=200)]
 
 
+class RunScheduledJob(Message):
+    """A scheduled job's slot was claimed (fenced): run it, with the consumer policy's retries and DLQ."""
+
+    message_type: ClassVar[str] = "job.run_requested"
+    run_id: UUID
+    job: SafeText
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
-    LeadSubmitted, LeadApproved, SendEmail, ExportReport, DeadLetterRetrySucceeded,
+    LeadSubmitted, LeadApproved, SendEmail, ExportReport, DeadLetterRetrySucceeded, RunScheduledJob,
 )  # fmt: skip

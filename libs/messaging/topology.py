@@ -87,4 +87,7 @@ class Topology:
         return "unrouted"
 
 
-TOPOLOGY = Topology(work_queues=(DISTRIBUTION, EMAIL, REPORT_EXPORT, DLQ_OUTCOMES))
+SCHEDULED_JOBS = WorkQueue("scheduled-jobs", routing_keys=("job.run_requested",))
+"""Runs of scheduled jobs: retried with backoff and dead-lettered like any other work."""
+
+TOPOLOGY = Topology(work_queues=(DISTRIBUTION, EMAIL, REPORT_EXPORT, DLQ_OUTCOMES, SCHEDULED_JOBS))

@@ -414,7 +414,7 @@ async def test_queues_overview_names_every_queue_and_is_rate_limited(pipeline: P
     admin = await pipeline.admin_headers()
     overview = (await pipeline.workers["dlq"].get(ADMIN_API, headers=admin)).json()["queues"]
     names = [queue["name"] for queue in overview]
-    assert names == ["distribution", "email", "report-export", "dlq-outcomes", "dlq"]
+    assert names == ["distribution", "email", "report-export", "dlq-outcomes", "scheduled-jobs", "dlq"]
     for queue in overview:
         assert {
             "depth",

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from litestar import Request
 from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service.queue_stats import QueueStats
 from dlq_service.retries import Redriver
 from dlq_service.settings import Settings
-from libs.auth import Principal, Tokens, bearer_principal, require_admin
+from libs.auth import Tokens, admin_principal
 from libs.messaging.publisher import Publisher
 from libs.web import SlidingWindowLimiter
 
@@ -30,11 +29,6 @@ def build_dependencies(
     http: httpx.AsyncClient,
     redriver: Redriver,
 ) -> dict[str, Provide]:
-    async def principal(request: Request[Any, Any, Any]) -> Principal:
-        caller = bearer_principal(request, tokens)
-        require_admin(caller, mfa=True)
-        return caller
-
     return {
         "settings": _constant(settings),
         "engine": _constant(engine),
@@ -43,5 +37,5 @@ def build_dependencies(
         "http": _constant(http),
         "redriver": _constant(redriver),
         "queues_limiter": _constant(SlidingWindowLimiter(settings.queues_requests_per_minute)),
-        "principal": Provide(principal),
+        "principal": Provide(admin_principal(tokens)),
     }

@@ -30,7 +30,13 @@ def test_delay_queues_wait_longer_each_attempt_and_return_to_their_queue(queue: 
 
 
 def test_the_plan_queues_exist() -> None:
-    assert [queue.name for queue in TOPOLOGY.work_queues] == ["distribution", "email", "report-export", "dlq-outcomes"]
+    assert [queue.name for queue in TOPOLOGY.work_queues] == [
+        "distribution",
+        "email",
+        "report-export",
+        "dlq-outcomes",
+        "scheduled-jobs",
+    ]
     assert TOPOLOGY.dlq_queue == DLQ_QUEUE
     assert "x-dead-letter-exchange" not in TOPOLOGY.dlq_arguments
 
