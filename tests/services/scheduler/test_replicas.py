@@ -1,0 +1,155 @@
+"""Scheduler replicas as real processes under a clock that runs 480 times fast: one run per slot, whatever
+runs and whatever dies; downtime coalesces into one catch-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+pytestmark = pytest.mark.stack
+RATE = 480.0  # a simulated day in three real minutes; a 5-minute slot every 0.625 s
+
+
+def a_fresh_day(database_url: str) -> datetime:
+    """A midnight after every slot any earlier run claimed: the scheduler only moves forward in time."""
+
+    async def latest() -> datetime | None:
+        engine = create_async_engine(database_url)
+        async with engine.connect() as connection:
+            value = await connection.scalar(text("SELECT max(slot) FROM scheduled_job_runs"))
+        await engine.dispose()
+        return value  # type: ignore[no-any-return]
+
+    after = max(asyncio.run(latest()) or datetime(2100, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    return datetime(after.year, after.month, after.day, tzinfo=UTC) + timedelta(days=2)
+
+
+class Replicas:
+    def __init__(self, service_env: dict[str, str], start: datetime, epoch: float, logs: Path) -> None:
+        self.env = {**os.environ, **service_env, "CLOCK_RATE": str(RATE), "CLOCK_START": start.isoformat(),
+                    "CLOCK_EPOCH": str(epoch), "TICK_S": "5", "MISFIRE_GRACE_S": "600", "PREFETCH": "4",
+                    "BALANCE_RECONCILIATION_ENABLED": "false", "DLQ_CLEANUP_ENABLED": "false",
+                    "LOG_LEVEL": "INFO"}  # fmt: skip
+        self.logs = logs
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, port: int) -> None:
+        log = (self.logs / f"scheduler-{port}.log").open("ab")
+        self.processes[port] = subprocess.Popen(
+            [sys.executable, "-m", "scheduler"], env=self.env | {"HTTP_PORT": str(port)}, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError((self.logs / f"scheduler-{port}.log").read_text()[-3000:])
+
+    def stop(self, port: int, sig: int = signal.SIGTERM) -> None:
+        process = self.processes.pop(port)
+        process.send_signal(sig)
+        process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for port in list(self.processes):
+            self.stop(port)
+
+
+@pytest.fixture
+def replicas(
+    service_env: dict[str, str], database_url: str, tmp_path: Path
+) -> Iterator[tuple[Replicas, datetime, float]]:
+    start = a_fresh_day(database_url)
+    epoch = time.time() + 6  # both replicas are up before the clock reaches `start`
+    group = Replicas(service_env, start, epoch, tmp_path)
+    yield group, start, epoch
+    group.stop_all()
+
+
+def clock_at(start: datetime, epoch: float) -> datetime:
+    return start + timedelta(seconds=(time.time() - epoch) * RATE)
+
+
+def wait_for_clock(start: datetime, epoch: float, moment: datetime) -> None:
+    remaining = (moment - clock_at(start, epoch)).total_seconds() / RATE
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def runs(database_url: str, start: datetime, end: datetime) -> list[tuple[datetime, str, str, int]]:
+    """subscription-reactivation runs with slots in [start, end): slot, status, trigger, coalesced slots."""
+
+    async def query() -> list[tuple[datetime, str, str, int]]:
+        engine = create_async_engine(database_url)
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT slot, status, trigger, coalesced_slots FROM scheduled_job_runs "
+                    "WHERE job = 'subscription-reactivation' AND slot >= :start AND slot < :end ORDER BY slot"
+                ),
+                {"start": start, "end": end},
+            )
+            found = [(row.slot, row.status, row.trigger, row.coalesced_slots) for row in rows]
+        await engine.dispose()
+        return found
+
+    return asyncio.run(query())
+
+
+def test_two_replicas_run_each_of_288_slots_once_even_when_one_is_killed(
+    replicas: tuple[Replicas, datetime, float], database_url: str
+) -> None:
+    group, start, epoch = replicas
+    group.start(19_001)
+    group.start(19_002)
+    wait_for_clock(start, epoch, start + timedelta(hours=12))
+    group.stop(19_001, signal.SIGKILL)
+    wait_for_clock(start, epoch, start + timedelta(hours=24, minutes=3))
+    time.sleep(2)  # the last run finishes
+    day = runs(database_url, start, start + timedelta(hours=24))
+
+    slots = [slot for slot, _, _, _ in day]
+    assert len(slots) == 288
+    assert len(set(slots)) == 288
+    assert slots == [start + timedelta(minutes=5 * n) for n in range(288)]
+    assert {status for _, status, _, _ in day} == {"succeeded"}
+
+
+def test_a_scheduler_stopped_for_30_minutes_runs_one_catch_up_not_six(
+    replicas: tuple[Replicas, datetime, float], database_url: str
+) -> None:
+    group, start, epoch = replicas
+    group.start(19_003)
+    wait_for_clock(start, epoch, start + timedelta(minutes=21))
+    group.stop(19_003)
+    stopped_at = clock_at(start, epoch)
+    wait_for_clock(start, epoch, stopped_at + timedelta(minutes=30))
+    group.start(19_003)
+    restarted_at = clock_at(start, epoch)
+    wait_for_clock(start, epoch, restarted_at + timedelta(minutes=2))
+    time.sleep(1)
+
+    gap = runs(database_url, stopped_at, restarted_at)
+    assert len(gap) == 1, gap
+    _, status, trigger, coalesced = gap[0]
+    assert trigger == "catch_up"
+    assert status == "succeeded"
+    assert coalesced >= 5
+    after = runs(database_url, restarted_at, clock_at(start, epoch))
+    assert {trigger for _, _, trigger, _ in after} <= {"schedule"}
