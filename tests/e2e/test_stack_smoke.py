@@ -143,7 +143,7 @@ def admin_token(stack: list[Running], database_url: str) -> str:
     return str(response.json()["access_token"])
 
 
-@pytest.mark.parametrize("api", ["ingest-gateway", "dlq-service"])
+@pytest.mark.parametrize("api", ["ingest-gateway", "dlq-service", "scheduler"])
 def test_no_generated_request_makes_the_api_answer_500(stack: list[Running], admin_token: str, api: str) -> None:
     """schemathesis derives requests from the published OpenAPI schema; none may end in a server error."""
     service = next(s for s in stack if s.name == api)
