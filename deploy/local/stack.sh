@@ -64,7 +64,7 @@ apt_install() {
 
 install() {
   [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts system services)"
-  apt_install rabbitmq-server postgresql postgresql-contrib prometheus curl
+  apt_install rabbitmq-server postgresql postgresql-contrib prometheus prometheus-alertmanager curl
   if [ ! -x "$PY" ]; then
     say "creating the virtualenv in .venv"
     "$PY_BOOT" -m venv "$VENV"
