@@ -220,7 +220,8 @@ docker_engine() { command -v docker >/dev/null 2>&1 && timeout 10 docker info >/
 
 compose() {
   local env_file="$RUN/compose.env"
-  printf 'FMHL_DB_PASSWORD=%s\nFMHL_MQ_PASSWORD=%s\n' "$(secret db-password)" "$(secret mq-password)" > "$env_file"
+  printf 'FMHL_DB_PASSWORD=%s\nFMHL_MQ_PASSWORD=%s\nFMHL_JWT_SECRET=%s\n' "$(secret db-password)" \
+    "$(secret mq-password)" "$(secret jwt-secret)$(secret jwt-secret)" > "$env_file"
   chmod 600 "$env_file"
   (cd "$ROOT" && docker compose --env-file "$env_file" "$@")
 }

@@ -1,0 +1,114 @@
+"""Deployment files hold together: compose against the Compose specification and the code, Prometheus and
+Alertmanager configs against their own tools, dashboards against the metrics the code exposes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+FMHL_SERVICES = {
+    "ingest-gateway": "ingest_gateway",
+    "dlq-service": "dlq_service",
+    "distribution-worker": "distribution_worker",
+    "email-worker": "email_worker",
+    "export-worker": "export_worker",
+    "scheduler": "scheduler",
+}
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    result = run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_has_the_whole_stack_with_healthchecks() -> None:
+    services = COMPOSE["services"]
+    expected = {*FMHL_SERVICES, "rabbitmq", "postgres", "migrate", "smtp-sink", "prometheus", "alertmanager", "grafana"}
+    assert expected <= services.keys()
+    for name, service in services.items():
+        if name != "migrate":
+            assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
+    for name in FMHL_SERVICES:
+        conditions = {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
+        assert conditions["migrate"] == "service_completed_successfully"
+        assert conditions["postgres"] == conditions["rabbitmq"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", FMHL_SERVICES)
+def test_each_compose_service_runs_its_module_with_only_real_settings(name: str) -> None:
+    module = FMHL_SERVICES[name]
+    service = COMPOSE["services"][name]
+    assert service["command"] == ["python", "-m", module]
+    assert (ROOT / "services" / name / module / "__main__.py").exists()
+    settings = importlib.import_module(f"{module}.settings").Settings
+    fields = {field.upper() for field in settings.model_fields}
+    environment: dict[str, Any] = service["environment"]
+    assert set(environment) <= fields, set(environment) - fields
+    required = {field.upper() for field, info in settings.model_fields.items() if info.is_required()}
+    assert required <= set(environment), required - set(environment)
+    assert environment["HTTP_PORT"] == "8080"
+    assert any(port.endswith(":8080") for port in service["ports"])
+
+
+def test_prometheus_scrapes_every_service_on_its_compose_port_and_passes_promtool(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target for job in config["scrape_configs"] for static in job["static_configs"] for target in static["targets"]
+    }
+    assert {f"{name}:8080" for name in FMHL_SERVICES} | {"rabbitmq:15692"} == targets
+    shutil.copy(ROOT / "deploy" / "prometheus" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copytree(ROOT / "alerts", tmp_path / "alerts")
+    result = run("promtool", "check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_config_routes_by_severity_and_passes_amtool() -> None:
+    path = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+    result = run("amtool", "check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    routes = yaml.safe_load(path.read_text())["route"]["routes"]
+    assert {route["matchers"][0] for route in routes} == {
+        'severity="critical"',
+        'severity="warning"',
+        'severity="ticket"',
+    }
+
+
+def defined_metric_names() -> set[str]:
+    names: set[str] = set()
+    for path in [*(ROOT / "libs").rglob("*.py"), *(ROOT / "services").rglob("*.py")]:
+        names.update(re.findall(r'"(fmhl_[a-z_]+)"', path.read_text()))
+    return names
+
+
+def test_dashboards_use_only_metrics_the_code_exposes_and_rules_that_exist() -> None:
+    metrics = defined_metric_names()
+    rules = yaml.safe_load((ROOT / "alerts" / "fmhl.rules.yml").read_text())
+    records = {rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule}
+    uids = set()
+    for path in (ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"):
+        dashboard = json.loads(path.read_text())
+        uids.add(dashboard["uid"])
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                for name in re.findall(r"\b(fmhl_[a-z_]+?)(?:_bucket|_count|_sum)?\b(?![a-z_])", target["expr"]):
+                    assert name in metrics, f"{path.name}: {panel['title']} uses unknown {name}"
+                for record in re.findall(r"\bfmhl:[a-z_0-9:]+", target["expr"]):
+                    assert record in records, f"{path.name}: unknown recording rule {record}"
+    assert len(uids) == 3
