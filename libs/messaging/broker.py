@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -14,7 +13,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from libs.health import Check
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, Topology
-from libs.telemetry import Telemetry
+from libs.telemetry import PeriodicRefresh, Telemetry
 
 EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
 DEAD_LETTERS = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True)
@@ -119,7 +118,7 @@ class QueueDepthGauge:
         self.queue_name = queue_name
         self.interval_s = interval_s
         self.depth: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._refresh = PeriodicRefresh(self.refresh, interval_s, f"queue-depth-{queue_name}")
         telemetry.meter.create_observable_gauge(
             "fmhl_queue_depth", callbacks=[self._observe], unit="", description="Ready messages in the queue."
         )
@@ -127,20 +126,13 @@ class QueueDepthGauge:
     def _observe(self, _: CallbackOptions) -> Iterable[Observation]:
         return [] if self.depth is None else [Observation(self.depth, {"queue": self.queue_name})]
 
-    async def _poll(self) -> None:
-        while True:
-            try:
-                self.depth = await asyncio.wait_for(queue_depth(self.broker, self.queue_name), self.interval_s)
-            except Exception:
-                # An unknown depth is reported as absent, never as a stale number.
-                self.depth = None
-            await asyncio.sleep(self.interval_s)
+    async def refresh(self) -> None:
+        # An unknown depth is reported as absent, never as a stale number.
+        self.depth = None
+        self.depth = await asyncio.wait_for(queue_depth(self.broker, self.queue_name), self.interval_s)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._poll(), name=f"queue-depth-{self.queue_name}")
+        await self._refresh.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._refresh.stop()

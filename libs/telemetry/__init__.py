@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -64,3 +67,29 @@ def duration_histogram(meter: Meter, name: str, description: str) -> Histogram:
     return meter.create_histogram(
         name, unit="", description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS_MS
     )
+
+
+class PeriodicRefresh:
+    """Runs `refresh` every `interval_s` in the background, for gauges whose value needs I/O to read
+    (observable-gauge callbacks are synchronous). A failed refresh is retried at the next interval."""
+
+    def __init__(self, refresh: Callable[[], Awaitable[None]], interval_s: float, name: str) -> None:
+        self.refresh = refresh
+        self.interval_s = interval_s
+        self.name = name
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh()
+            await asyncio.sleep(self.interval_s)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -11,7 +9,7 @@ from opentelemetry.metrics import CallbackOptions, Counter, Observation
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.telemetry import Telemetry
+from libs.telemetry import PeriodicRefresh, Telemetry
 
 
 @dataclass
@@ -48,8 +46,9 @@ class DlqSizePoller:
     def __init__(self, engine: AsyncEngine, metrics: DlqMetrics, interval_s: float) -> None:
         self.engine = engine
         self.metrics = metrics
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._refresh = PeriodicRefresh(self.refresh, interval_s, "dlq-size")
+        self.start = self._refresh.start
+        self.stop = self._refresh.stop
 
     async def refresh(self) -> None:
         async with self.engine.connect() as connection:
@@ -60,18 +59,3 @@ class DlqSizePoller:
                 )
             )
             self.metrics.sizes = {queue: int(count) for queue, count in rows}
-
-    async def _poll(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                await self.refresh()
-            await asyncio.sleep(self.interval_s)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._poll(), name="dlq-size")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

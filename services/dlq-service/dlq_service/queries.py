@@ -15,15 +15,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dlq_service.dead_letters import mask
+from libs.db.keyset import decode_cursor, encode_cursor
 
 LIST_COLUMNS = (
     "id, queue_name, reason, status, error_type, error_message, attempts, retry_count, fingerprint, message_id, "
     "correlation_id, service, first_failed_at, last_failed_at, created_at, resolution, payload"
 )
-
-
-class BadCursor(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -58,18 +55,6 @@ class Filters:
                 conditions.append(f"(error_message ILIKE :word{index} OR payload::text ILIKE :word{index})")
                 params[f"word{index}"] = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         return conditions, params
-
-
-def encode_cursor(created_at: datetime, entry_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{entry_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, _, identifier = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(identifier)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadCursor("cursor is not one this API returned") from error
 
 
 def _entry(row: Any, masked: bool) -> dict[str, Any]:

@@ -25,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dlq_service.queries import BadCursor, Filters, detail, groups, list_page, selected_ids
+from dlq_service.queries import Filters, detail, groups, list_page, selected_ids
 from dlq_service.queue_stats import QueueStats
 from dlq_service.retries import EntryNotFound, EntryNotRetryable, Redriver, create_redrive, retry_entry
 from dlq_service.settings import Settings
 from libs import audit
 from libs.auth import Principal
+from libs.db.keyset import BadCursor
 from libs.messaging.publisher import Publisher, PublishFailed
 from libs.messaging.topology import DLQ_QUEUE, TOPOLOGY
 from libs.web import SlidingWindowLimiter

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-
-class BadCursor(ValueError):
-    pass
-
-
-def encode_cursor(created_at: datetime, assignment_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{assignment_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, _, identifier = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(identifier)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadCursor("cursor is not one this API returned") from error
+from libs.db.keyset import decode_cursor, encode_cursor
 
 
 @dataclass(frozen=True)

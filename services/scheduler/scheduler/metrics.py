@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -11,7 +9,7 @@ from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observati
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.telemetry import Telemetry, duration_histogram
+from libs.telemetry import PeriodicRefresh, Telemetry, duration_histogram
 
 
 @dataclass
@@ -62,8 +60,9 @@ class LastSuccessPoller:
     def __init__(self, engine: AsyncEngine, metrics: SchedulerMetrics, interval_s: float = 15.0) -> None:
         self.engine = engine
         self.metrics = metrics
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._refresh = PeriodicRefresh(self.refresh, interval_s, "job-last-success")
+        self.start = self._refresh.start
+        self.stop = self._refresh.stop
 
     async def refresh(self) -> None:
         async with self.engine.connect() as connection:
@@ -74,18 +73,3 @@ class LastSuccessPoller:
                 )
             )
             self.metrics.last_success = {job: float(at) for job, at in rows}
-
-    async def _poll(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                await self.refresh()
-            await asyncio.sleep(self.interval_s)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._poll(), name="job-last-success")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

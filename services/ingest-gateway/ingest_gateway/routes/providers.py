@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.inbox import BadCursor, InboxQuery, inbox_page
+from ingest_gateway.inbox import InboxQuery, inbox_page
 from ingest_gateway.metrics import GatewayMetrics
 from libs import audit, ledger
 from libs.auth import Principal, require_admin, require_provider_or_admin
 from libs.contracts import EmailAddress, SafeText, ZipCode
+from libs.db.keyset import BadCursor
 
 MAX_CENTS = 10_000_000_00  # ten million dollars: anything above is a typo, not a top-up
 
