@@ -60,3 +60,14 @@ def test_thresholds_equal_the_settings_defaults() -> None:
         match = re.search(r">\s*([0-9.]+)\s*$", str(rules[name]["expr"]).strip())
         assert match, name
         assert float(match.group(1)) == threshold, name
+
+
+def test_every_alert_has_a_case_where_it_fires_and_one_where_it_must_not() -> None:
+    cases = yaml.safe_load((ROOT / "alerts" / "tests" / "fmhl.rules.test.yml").read_text())["tests"]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for case in cases:
+        for check in case.get("alert_rule_test", []):
+            (fires if check["exp_alerts"] else quiet).add(check["alertname"])
+    assert fires == set(alerts()), set(alerts()) - fires
+    assert quiet == set(alerts()), set(alerts()) - quiet

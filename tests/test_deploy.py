@@ -112,3 +112,9 @@ def test_dashboards_use_only_metrics_the_code_exposes_and_rules_that_exist() -> 
                 for record in re.findall(r"\bfmhl:[a-z_0-9:]+", target["expr"]):
                     assert record in records, f"{path.name}: unknown recording rule {record}"
     assert len(uids) == 3
+
+
+def test_the_readme_documents_every_metric_the_code_exposes() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in defined_metric_names() if name not in readme)
+    assert not missing, missing
