@@ -27,6 +27,11 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
                 "statement_timeout": str(settings.db_statement_timeout_ms),
                 # Lock waits end well before a message handler's timeout, as a retryable error.
                 "lock_timeout": str(min(settings.db_statement_timeout_ms, 5_000)),
+                # A vanished client is noticed in about 25 s, not the OS default of two hours, so its
+                # session (and anything it holds) is freed.
+                "tcp_keepalives_idle": "10",
+                "tcp_keepalives_interval": "5",
+                "tcp_keepalives_count": "3",
             },
         },
     )

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.routes.leads import broker_unavailable
 from libs import audit, ledger
 from libs.auth import Principal, require_admin
 from libs.contracts import SendEmail
@@ -112,17 +113,22 @@ class BadLeadReportsController(Controller):
                 connection, actor=principal.subject, action="refund.approved", entity_type="bad_lead_report",
                 entity_id=str(report_id), metadata={"refund_id": refund_id, "amount_cents": report.price_cents},
             )  # fmt: skip
+            email = SendEmail(
+                template="refund_approved",
+                to=report.provider_email,
+                params={
+                    "amount_cents": report.price_cents,
+                    "lead_id": str(report.lead_id),
+                    "balance_cents": new_balance,
+                },
+            )
+            # Confirmed before the refund commits: a broker outage answers 503 and changes nothing.
+            try:
+                await publisher.publish(email, message_id=f"email:refund_approved:{refund_id}")
+            except PublishFailed as error:
+                log.error("refund.email_not_queued", error, {"report_id": str(report_id)})
+                raise broker_unavailable() from None
         metrics.refunds_approved.add(1)
-        email = SendEmail(
-            template="refund_approved",
-            to=report.provider_email,
-            params={"amount_cents": report.price_cents, "lead_id": str(report.lead_id), "balance_cents": new_balance},
-        )
-        try:
-            await publisher.publish(email, message_id=f"email:refund_approved:{refund_id}")
-        except PublishFailed as error:
-            # The refund stands; only the courtesy email is missing, and the log says so.
-            log.error("refund.email_not_queued", error, {"refund_id": str(refund_id)})
         return Decision(
             id=report_id,
             status="approved",
