@@ -1,54 +1,23 @@
-"""export-worker wiring: settings -> telemetry -> database -> broker (topology, router) -> readiness -> app."""
+"""export-worker wiring: settings -> telemetry -> runtime (database, broker, readiness) -> router -> app."""
 
 from litestar import Litestar
 
 from export_worker.metrics import ExportMetrics
 from export_worker.settings import Settings
 from export_worker.subscribers import build_router
-from libs.db import create_engine, database_check
 from libs.health import Readiness
-from libs.logging import configure_logging
-from libs.messaging.broker import QueueDepthGauge, broker_check, broker_lifecycle, create_broker, queue_check
-from libs.messaging.publisher import Publisher
-from libs.messaging.topology import REPORT_EXPORT, TOPOLOGY
-from libs.settings import load_or_exit
-from libs.telemetry import Telemetry, setup_telemetry
-from libs.web import create_app, serve
+from libs.messaging.topology import REPORT_EXPORT
+from libs.runtime import ServiceRuntime, run_service
+from libs.telemetry import Telemetry
 
 
 def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness]:
-    engine = create_engine(settings)
-    broker = create_broker(
-        settings.rabbitmq_url.get_secret_value(),
-        telemetry,
-        service=settings.service_name,
-        prefetch=settings.prefetch,
+    runtime = ServiceRuntime.create(settings, telemetry, consumes=REPORT_EXPORT.name, prefetch=settings.prefetch)
+    runtime.broker.include_router(
+        build_router(runtime.engine, settings, runtime.publisher, telemetry, ExportMetrics.create(telemetry))
     )
-    publisher = Publisher(broker, TOPOLOGY, telemetry, settings.publish_timeout_s)
-    broker.include_router(build_router(engine, settings, publisher, telemetry, ExportMetrics.create(telemetry)))
-    readiness = Readiness(
-        {
-            "database": database_check(engine),
-            "broker": broker_check(broker),
-            "queue": queue_check(broker, REPORT_EXPORT.name),
-        },
-        timeout_s=settings.health_check_timeout_s,
-    )
-    start_broker, stop_broker = broker_lifecycle(broker, TOPOLOGY)
-    depth = QueueDepthGauge(broker, REPORT_EXPORT.name, telemetry)
-    app = create_app(
-        settings,
-        telemetry,
-        readiness,
-        on_startup=[start_broker, depth.start],
-        on_shutdown=[depth.stop, stop_broker, engine.dispose],
-    )
-    return app, readiness
+    return runtime.app(), runtime.readiness
 
 
 def main() -> None:
-    settings = load_or_exit(Settings)
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    telemetry = setup_telemetry(settings.service_name, settings.traces_exporter)
-    app, readiness = build(settings, telemetry)
-    serve(app, settings, telemetry, readiness)
+    run_service(Settings, build)

@@ -1,4 +1,4 @@
-"""ingest-gateway wiring: settings -> telemetry -> database -> broker (topology) -> readiness -> app."""
+"""ingest-gateway wiring: settings -> telemetry -> runtime (database, broker, readiness) -> tokens -> API app."""
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
@@ -9,15 +9,9 @@ from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.routes import CONTROLLERS
 from ingest_gateway.settings import Settings
 from libs.auth import Tokens
-from libs.db import create_engine, database_check
 from libs.health import Readiness
-from libs.logging import configure_logging
-from libs.messaging.broker import broker_check, broker_lifecycle, create_broker
-from libs.messaging.publisher import Publisher
-from libs.messaging.topology import TOPOLOGY
-from libs.settings import load_or_exit
-from libs.telemetry import Telemetry, setup_telemetry
-from libs.web import create_app, serve
+from libs.runtime import ServiceRuntime, run_service
+from libs.telemetry import Telemetry
 
 OPENAPI = OpenAPIConfig(
     title="fmhl ingest-gateway",
@@ -33,34 +27,21 @@ OPENAPI = OpenAPIConfig(
 
 
 def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness]:
-    engine = create_engine(settings)
-    broker = create_broker(settings.rabbitmq_url.get_secret_value(), telemetry, service=settings.service_name)
-    publisher = Publisher(broker, TOPOLOGY, telemetry, settings.publish_timeout_s)
+    runtime = ServiceRuntime.create(settings, telemetry)
     tokens = Tokens(
         settings.jwt_secret.get_secret_value(), settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_s
     )
-    readiness = Readiness(
-        {"database": database_check(engine), "broker": broker_check(broker)},
-        timeout_s=settings.health_check_timeout_s,
+    dependencies = build_dependencies(
+        settings, runtime.engine, runtime.publisher, tokens, GatewayMetrics.create(telemetry)
     )
-    start_broker, stop_broker = broker_lifecycle(broker, TOPOLOGY)
-    app = create_app(
-        settings,
-        telemetry,
-        readiness,
+    app = runtime.app(
         route_handlers=CONTROLLERS,
-        on_startup=[start_broker],
-        on_shutdown=[stop_broker, engine.dispose],
-        dependencies=build_dependencies(settings, engine, publisher, tokens, GatewayMetrics.create(telemetry)),
+        dependencies=dependencies,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OPENAPI,
     )
-    return app, readiness
+    return app, runtime.readiness
 
 
 def main() -> None:
-    settings = load_or_exit(Settings)
-    configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    telemetry = setup_telemetry(settings.service_name, settings.traces_exporter)
-    app, readiness = build(settings, telemetry)
-    serve(app, settings, telemetry, readiness)
+    run_service(Settings, build)
