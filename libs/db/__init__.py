@@ -1,4 +1,4 @@
-"""PostgreSQL access: one async engine per process (sqlmodel sessions over asyncpg) and its readiness check."""
+"""PostgreSQL access: one async engine per process (asyncpg) and its readiness check."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from libs.health import Check
 from libs.settings import ServiceSettings
@@ -35,10 +34,6 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
             },
         },
     )
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
 def database_check(engine: AsyncEngine) -> Check:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.export_memory import seed as seed_export
 from libs.contracts import ExportReport
 from tests.e2e.conftest import wait_for
 from tests.services.conftest import publisher_for
@@ -27,36 +28,11 @@ PORT = 18_110
 
 
 async def seed(database_url: str) -> uuid.UUID:
-    """A provider with ROWS assignments today, and an export request for them."""
-    label = f"drain-{uuid.uuid4().hex[:8]}"
+    """A provider with ROWS assignments today and an export request for them (the benchmark's own seeding)."""
     engine = create_async_engine(database_url)
-    async with engine.begin() as connection:
-        source = await connection.scalar(
-            text("INSERT INTO lead_sources (name, api_key_hash) VALUES (:n, :h) RETURNING id"), {"n": label, "h": label}
-        )
-        provider = await connection.scalar(
-            text("INSERT INTO providers (name, email) VALUES (:n, 'drain@example.com') RETURNING id"), {"n": label}
-        )
-        subscription = await connection.scalar(
-            text("INSERT INTO subscriptions (provider_id, category, zip_codes, price_cents) "
-                 "VALUES (:p, :c, '{94107}', 100) RETURNING id"), {"p": provider, "c": label},
-        )  # fmt: skip
-        await connection.execute(
-            text("INSERT INTO leads (source_id, external_id, category, zip, contact, status) "
-                 "SELECT :s, 'drain-' || g, :c, '94107', '{}', 'distributed' FROM generate_series(1, :rows) g"),
-            {"s": source, "c": label, "rows": ROWS},
-        )  # fmt: skip
-        await connection.execute(
-            text("INSERT INTO assignments (lead_id, provider_id, subscription_id, price_cents) "
-                 "SELECT id, :p, :sub, 100 FROM leads WHERE source_id = :s"),
-            {"p": provider, "sub": subscription, "s": source},
-        )  # fmt: skip
-        export_id = await connection.scalar(
-            text("INSERT INTO report_exports (kind, provider_id, date_from, date_to) "
-                 "VALUES ('assignments', :p, current_date, current_date) RETURNING id"), {"p": provider},
-        )  # fmt: skip
+    export_id = await seed_export(engine, f"drain-{uuid.uuid4().hex[:8]}", ROWS)
     await engine.dispose()
-    return uuid.UUID(str(export_id))
+    return uuid.UUID(export_id)
 
 
 async def request(rabbitmq_url: str, export_id: uuid.UUID) -> None:
