@@ -93,6 +93,13 @@ start_rabbitmq() {
     rabbitmq-server -detached >/dev/null 2>&1 || true
     touch "$RUN/started-rabbitmq"
   fi
+  # `rabbitmq-server -detached` returns before the Erlang node registers with epmd, and
+  # await_startup fails at once on a node it cannot reach, so first wait for it to answer.
+  for _ in $(seq 1 90); do rabbitmq_running && break; sleep 1; done
+  if ! rabbitmq_running; then
+    tail -n 40 /var/log/rabbitmq/*.log 2>/dev/null || true
+    die "RabbitMQ did not start within 90 s (log above, from /var/log/rabbitmq)"
+  fi
   rabbitmqctl -q await_startup --timeout 60 >/dev/null
   rabbitmq-plugins -q enable rabbitmq_management rabbitmq_prometheus >/dev/null
   local password; password="$(secret mq-password)"
