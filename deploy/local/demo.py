@@ -125,8 +125,9 @@ async def main() -> None:
     overview = (await dlq.get("")).json()["queues"]
     print("\nqueues (GET /api/v1/admin/queues):")
     for queue in overview:
-        print(f"  {queue['name']:<14} depth={queue.get('depth')} active={queue.get('active')} "
-              f"consumers={queue.get('consumers')} dlq_size={queue['dlq_size']} "
+        known = {key: "?" if queue.get(key) is None else queue[key] for key in ("depth", "active", "consumers")}
+        print(f"  {queue['name']:<14} depth={known['depth']} active={known['active']} "
+              f"consumers={known['consumers']} dlq_size={queue['dlq_size']} "
               f"failed_last_hour={queue['failed_last_hour']}")  # fmt: skip
     if listed["items"]:
         first = listed["items"][0]["id"]

@@ -88,9 +88,15 @@ def queue_check(broker: RabbitBroker, queue_name: str) -> Check:
 
 
 async def queue_depth(broker: RabbitBroker, queue_name: str) -> int:
+    ready, _ = await queue_counts(broker, queue_name)
+    return ready
+
+
+async def queue_counts(broker: RabbitBroker, queue_name: str) -> tuple[int, int]:
+    """Ready messages and consumers, as the queue's leader counts them now (a passive declare)."""
     queue = await broker.declare_queue(RabbitQueue(queue_name, declare=False))
     result = await queue.declare()
-    return int(result.message_count or 0)
+    return int(result.message_count or 0), int(result.consumer_count or 0)
 
 
 def broker_lifecycle(broker: RabbitBroker, topology: Topology) -> tuple[Any, Any]:

@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import httpx
 import orjson
 import pytest
 from sqlalchemy import text
 
+from dlq_service.queue_stats import STATS_PENDING, QueueStats
 from libs.contracts import ExportReport, SendEmail
 from libs.messaging import headers as h
 from libs.messaging.broker import DEAD_LETTERS, EVENTS
@@ -429,6 +431,21 @@ async def test_queues_overview_names_every_queue_and_is_rate_limited(pipeline: P
     assert 429 in codes
     limited = next(c for c in codes if c == 429)
     assert limited == 429
+
+
+async def test_queue_numbers_the_broker_has_not_published_are_unknown_not_zero(pipeline: Pipeline) -> None:
+    # The body a freshly started RabbitMQ 3.10 gives for a queue before its first statistics collection.
+    fresh = httpx.MockTransport(lambda _: httpx.Response(200, json={"name": "email", "type": "quorum"}))
+    _, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+    stats = QueueStats(broker, "http://user:secret@127.0.0.1:15672", "fmhl-test", 5.0, 2.0)
+    async with httpx.AsyncClient(transport=fresh) as client:
+        numbers = await stats.for_queue(client, "email")
+    await broker.stop()
+    assert numbers["active"] is None
+    assert numbers["error"] == STATS_PENDING
+    # Ready depth and consumers come from the queue itself and are known at once.
+    assert isinstance(numbers["depth"], int)
+    assert numbers["consumers"] >= 1
 
 
 @pytest.mark.parametrize(

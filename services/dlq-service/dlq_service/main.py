@@ -44,9 +44,11 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
     )
     http = httpx.AsyncClient(timeout=settings.health_check_timeout_s)
     queue_stats = QueueStats(
+        runtime.broker,
         settings.rabbitmq_management_url.get_secret_value(),
         vhost_of(settings.rabbitmq_url.get_secret_value()),
         settings.queue_stats_cache_s,
+        settings.health_check_timeout_s,
     )
     redriver = Redriver(runtime.engine, runtime.publisher)
     app = runtime.app(
