@@ -6,7 +6,6 @@ import asyncio
 import re
 import time
 import uuid
-from collections import defaultdict, deque
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -159,23 +158,3 @@ def serve(app: Litestar, settings: ServiceSettings, telemetry: Telemetry, readin
     )
     asyncio.run(_Server(config, readiness).serve())
     telemetry.shutdown()
-
-
-class SlidingWindowLimiter:
-    """At most `limit` attempts per key in a sliding window (per process; each replica counts its own)."""
-
-    def __init__(self, limit: int, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._attempts: dict[str, deque[float]] = defaultdict(deque)
-
-    def retry_after(self, key: str, now: float | None = None) -> int | None:
-        """Registers an attempt; seconds to wait when over the limit, else None."""
-        moment = time.monotonic() if now is None else now
-        attempts = self._attempts[key]
-        while attempts and attempts[0] <= moment - self.window_s:
-            attempts.popleft()
-        if len(attempts) >= self.limit:
-            return max(1, int(attempts[0] + self.window_s - moment) + 1)
-        attempts.append(moment)
-        return None

@@ -13,7 +13,7 @@ from dlq_service.retries import Redriver
 from dlq_service.settings import Settings
 from libs.auth import Tokens, admin_principal
 from libs.messaging.publisher import Publisher
-from libs.web import SlidingWindowLimiter
+from libs.ratelimit import RateLimiter
 
 
 def _constant(value: Any) -> Provide:
@@ -36,6 +36,6 @@ def build_dependencies(
         "queue_stats": _constant(queue_stats),
         "http": _constant(http),
         "redriver": _constant(redriver),
-        "queues_limiter": _constant(SlidingWindowLimiter(settings.queues_requests_per_minute)),
+        "queues_limiter": _constant(RateLimiter(engine, "admin-queues", settings.queues_requests_per_minute)),
         "principal": Provide(admin_principal(tokens)),
     }

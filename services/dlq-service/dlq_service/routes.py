@@ -34,7 +34,7 @@ from libs.auth import Principal
 from libs.db.keyset import BadCursor
 from libs.messaging.publisher import Publisher, PublishFailed
 from libs.messaging.topology import DLQ_QUEUE, TOPOLOGY
-from libs.web import SlidingWindowLimiter
+from libs.ratelimit import RateLimiter
 
 Status = Literal["failed", "retrying", "resolved"]
 Reason = Literal["error", "rejected", "expired", "maxlen", "delivery_limit"]
@@ -106,10 +106,10 @@ class QueuesController(Controller):
         engine: NamedDependency[AsyncEngine],
         queue_stats: NamedDependency[QueueStats],
         http: NamedDependency[httpx.AsyncClient],
-        queues_limiter: NamedDependency[SlidingWindowLimiter],
+        queues_limiter: NamedDependency[RateLimiter],
     ) -> dict[str, list[dict[str, Any]]]:
         """Each work queue: depth, active, consumers (from the broker), failed_last_hour, dlq_size, oldest age."""
-        wait = queues_limiter.retry_after(principal.subject)
+        wait = await queues_limiter.retry_after(principal.subject)
         if wait is not None:
             raise TooManyRequestsException("too many queue overview requests", headers={"Retry-After": str(wait)})
         async with engine.connect() as connection:

@@ -14,7 +14,7 @@ from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.settings import Settings
 from libs.auth import Principal, Tokens, bearer_principal
 from libs.messaging.publisher import Publisher
-from libs.web import SlidingWindowLimiter
+from libs.ratelimit import RateLimiter
 
 
 def _constant(value: Any) -> Provide:
@@ -42,7 +42,7 @@ def build_dependencies(
         "publisher": _constant(publisher),
         "tokens": _constant(tokens),
         "metrics": _constant(metrics),
-        "throttle": _constant(SlidingWindowLimiter(settings.login_attempts_per_minute)),
+        "throttle": _constant(RateLimiter(engine, "login", settings.login_attempts_per_minute)),
         "principal": Provide(principal),
         "lead_source": Provide(lead_source),
     }

@@ -12,5 +12,7 @@ class Settings(AuthSettingsMixin, ServiceSettings):
     service_name: str = "ingest-gateway"
     http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
     max_body_bytes: int = Field(65_536, ge=1024, le=10_000_000, description="Larger request bodies get 413.")
-    login_attempts_per_minute: int = Field(10, ge=1, le=1000, description="Per email and client address.")
+    login_attempts_per_minute: int = Field(
+        10, ge=1, le=1000, description="Per email and client address, shared by every replica."
+    )
     export_dir: Path = Field(description="Where export-worker writes CSV files; downloads are served from here.")

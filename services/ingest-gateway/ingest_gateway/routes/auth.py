@@ -15,7 +15,7 @@ from ingest_gateway.accounts import login
 from libs.auth import Tokens
 from libs.contracts import EmailAddress
 from libs.logging import get_logger
-from libs.web import SlidingWindowLimiter
+from libs.ratelimit import RateLimiter
 
 log = get_logger("ingest_gateway.auth")
 
@@ -45,10 +45,10 @@ class AuthController(Controller):
         data: Annotated[TokenRequest, Body()],
         engine: NamedDependency[AsyncEngine],
         tokens: NamedDependency[Tokens],
-        throttle: NamedDependency[SlidingWindowLimiter],
+        throttle: NamedDependency[RateLimiter],
     ) -> TokenResponse:
         client = request.client.host if request.client else "unknown"
-        wait = throttle.retry_after(f"{data.email.lower()}|{client}")
+        wait = await throttle.retry_after(f"{data.email.lower()}|{client}")
         if wait is not None:
             raise TooManyRequestsException("too many login attempts", headers={"Retry-After": str(wait)})
         principal = await login(engine, data.email, data.password, data.totp_code)

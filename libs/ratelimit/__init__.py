@@ -1,0 +1,64 @@
+"""Sliding-window rate limits counted in PostgreSQL, so every replica of a service shares one count.
+
+A per-process counter lets N replicas accept N times the limit, and a dict keyed by whatever the client
+sends (an e-mail address, say) grows without bound under a flood of distinct keys. Here the hits of a key
+live in `rate_limit_hits`, at most `limit` of them per key and window, and expired rows are swept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# One transaction per attempt: the advisory lock serialises concurrent attempts on one key (from any
+# replica), so two of them can never both take the last free slot of a window.
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:bucket, 0))")
+_WINDOW = text(
+    "SELECT count(*) AS hits, EXTRACT(EPOCH FROM min(hit_at) + make_interval(secs => :window_s) - now()) AS wait "
+    "FROM rate_limit_hits WHERE bucket = :bucket AND hit_at > now() - make_interval(secs => :window_s)"
+)
+_HIT = text(
+    "INSERT INTO rate_limit_hits (bucket, expires_at) VALUES (:bucket, now() + make_interval(secs => :window_s))"
+)
+_FORGET_KEY = text("DELETE FROM rate_limit_hits WHERE bucket = :bucket AND expires_at <= now()")
+_SWEEP = text("DELETE FROM rate_limit_hits WHERE expires_at <= now()")
+
+
+class RateLimiter:
+    """At most `limit` attempts per key within any `window_s` seconds, across every replica."""
+
+    def __init__(self, engine: AsyncEngine, scope: str, limit: int, window_s: float = 60.0) -> None:
+        self.engine = engine
+        self.scope = scope
+        self.limit = limit
+        self.window_s = window_s
+        self._last_sweep = 0.0
+
+    def bucket(self, key: str) -> str:
+        return hashlib.sha256(f"{self.scope}\x00{key}".encode()).hexdigest()
+
+    async def retry_after(self, key: str) -> int | None:
+        """Registers an attempt; the seconds to wait when the key is over its limit, else None."""
+        params = {"bucket": self.bucket(key), "window_s": self.window_s}
+        async with self.engine.begin() as connection:
+            await connection.execute(_LOCK, params)
+            await connection.execute(_FORGET_KEY, params)
+            window = (await connection.execute(_WINDOW, params)).one()
+            if window.hits >= self.limit:
+                return max(1, math.ceil(float(window.wait)))
+            await connection.execute(_HIT, params)
+        await self._sweep()
+        return None
+
+    async def _sweep(self) -> None:
+        """Expired hits of keys never seen again, removed at most once per window by each replica."""
+        moment = time.monotonic()
+        if moment - self._last_sweep < self.window_s:
+            return
+        self._last_sweep = moment
+        async with self.engine.begin() as connection:
+            await connection.execute(_SWEEP)
