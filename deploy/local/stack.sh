@@ -109,8 +109,9 @@ start_rabbitmq() {
     rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
     rabbitmqctl -q set_permissions -p "$vhost" fmhl '.*' '.*' '.*' >/dev/null
   done
-  for _ in $(seq 1 30); do
-    curl -fsS -o /dev/null -u "fmhl:$password" http://127.0.0.1:15672/api/overview && return 0
+  # The management listener comes up a few seconds after the plugin is enabled; slow machines need longer.
+  for _ in $(seq 1 90); do
+    curl -fsS -o /dev/null -u "fmhl:$password" http://127.0.0.1:15672/api/overview 2>/dev/null && return 0
     sleep 1
   done
   die "RabbitMQ management API did not answer on 127.0.0.1:15672"
