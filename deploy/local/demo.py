@@ -129,8 +129,9 @@ async def main() -> None:
         print(f"  {queue['name']:<14} depth={known['depth']} active={known['active']} "
               f"consumers={known['consumers']} dlq_size={queue['dlq_size']} "
               f"failed_last_hour={queue['failed_last_hour']}")  # fmt: skip
-    if any(queue.get("error") for queue in overview):
-        print(f"  (? = unknown: {next(queue['error'] for queue in overview if queue.get('error'))})")
+    unknown = next((queue["error"] for queue in overview if queue.get("error")), None)
+    if unknown:
+        print(f"  (? = unknown: {unknown})")
     if listed["items"]:
         first = listed["items"][0]["id"]
         print(f"\nretry one:   curl -X POST -H 'Authorization: Bearer <token>' {DLQ_API}/dlq/{first}/retry")

@@ -79,10 +79,3 @@ async def credit_refund(
         {"id": provider_id, "amount": amount_cents, "refund": refund_id},
     )
     return int(new_balance)
-
-
-async def ledger_sum(connection: AsyncConnection, provider_id: uuid.UUID) -> int:
-    value = await connection.scalar(
-        text("SELECT COALESCE(SUM(amount_cents), 0) FROM ledger_entries WHERE provider_id = :id"), {"id": provider_id}
-    )
-    return int(value or 0)

@@ -2,7 +2,8 @@
 
 A per-process counter lets N replicas accept N times the limit, and a dict keyed by whatever the client
 sends (an e-mail address, say) grows without bound under a flood of distinct keys. Here the hits of a key
-live in `rate_limit_hits`, at most `limit` of them per key and window, and expired rows are swept.
+live in `rate_limit_hits`, at most `limit` of them per key within a window; expired rows of every key are
+swept once per window, off the per-attempt path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ _WINDOW = text(
 _HIT = text(
     "INSERT INTO rate_limit_hits (bucket, expires_at) VALUES (:bucket, now() + make_interval(secs => :window_s))"
 )
-_FORGET_KEY = text("DELETE FROM rate_limit_hits WHERE bucket = :bucket AND expires_at <= now()")
 _SWEEP = text("DELETE FROM rate_limit_hits WHERE expires_at <= now()")
 
 
@@ -46,7 +46,6 @@ class RateLimiter:
         params = {"bucket": self.bucket(key), "window_s": self.window_s}
         async with self.engine.begin() as connection:
             await connection.execute(_LOCK, params)
-            await connection.execute(_FORGET_KEY, params)
             window = (await connection.execute(_WINDOW, params)).one()
             if window.hits >= self.limit:
                 return max(1, math.ceil(float(window.wait)))
