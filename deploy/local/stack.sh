@@ -39,6 +39,7 @@ DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl
 RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl
 RABBITMQ_MANAGEMENT_URL=http://fmhl:${mq_password}@127.0.0.1:15672
 TEST_DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl_test
+TEST_SCHEMA_DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl_test_schema
 TEST_RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl-test
 JWT_SECRET=${jwt_secret}
 EXPORT_DIR=$RUN/exports
@@ -135,7 +136,8 @@ start_postgres() {
     psql_admin -c "CREATE ROLE fmhl LOGIN"
   fi
   psql_admin -c "ALTER ROLE fmhl PASSWORD '$password'"
-  for db in fmhl fmhl_test; do
+  # fmhl_test_schema: migrated from scratch by the schema drift test, compared with the models.
+  for db in fmhl fmhl_test fmhl_test_schema; do
     if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
       psql_admin -c "CREATE DATABASE $db OWNER fmhl"
     fi

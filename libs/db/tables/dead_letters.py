@@ -1,0 +1,214 @@
+"""The dead-letter store: one entry per failed message, every failure of it (events), every retry, and redrives.
+
+The first columns are the plan's `dead_letter_queue`, column for column; the rest is what capture, grouping
+and retry need. The raw body is bytea: jsonb and text reject NUL characters and invalid UTF-8, and a dead
+letter must never be lost for that.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    Uuid,
+    false,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from libs.db.tables.columns import created_now, one_of, serial_pk, stored_enum, timestamp, uuid_pk
+
+
+class DeadLetterReason(enum.StrEnum):
+    """`error` comes from our consumer policy; the others are RabbitMQ's own `x-death` reasons."""
+
+    error = "error"
+    rejected = "rejected"
+    expired = "expired"
+    maxlen = "maxlen"
+    delivery_limit = "delivery_limit"
+
+
+class DeadLetterStatus(enum.StrEnum):
+    failed = "failed"
+    retrying = "retrying"
+    resolved = "resolved"
+
+
+class Resolution(enum.StrEnum):
+    manual = "manual"
+    retry_succeeded = "retry_succeeded"
+
+
+class RetryOutcome(enum.StrEnum):
+    sent = "sent"
+    publish_failed = "publish_failed"
+    succeeded = "succeeded"
+    failed_again = "failed_again"
+
+
+class RedriveStatus(enum.StrEnum):
+    running = "running"
+    completed = "completed"
+    cancelled = "cancelled"
+
+
+class RedriveItemState(enum.StrEnum):
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"
+    skipped = "skipped"
+
+
+def _entry_fk() -> Any:
+    return Field(sa_column=Column(Uuid, ForeignKey("dead_letter_queue.id", ondelete="CASCADE"), nullable=False))
+
+
+class DeadLetter(SQLModel, table=True):
+    __tablename__ = "dead_letter_queue"
+    __table_args__ = (
+        one_of("reason", DeadLetterReason, "dead_letter_queue_reason_check"),
+        one_of("status", DeadLetterStatus, "dead_letter_queue_status_check"),
+        Index("idx_dlq_queue_failed_at", "queue_name", text("failed_at DESC")),
+        Index("idx_dlq_resolved", "resolved", text("failed_at DESC")),
+        Index("idx_dlq_fingerprint", "fingerprint", "status"),
+        Index("idx_dlq_message_id", "message_id"),
+        Index("idx_dlq_list", text("created_at DESC"), text("id DESC")),
+        Index("idx_dlq_status_queue", "status", "queue_name"),
+    )
+
+    id: uuid.UUID = uuid_pk()
+    queue_name: str = Field(max_length=100)
+    job_id: str | None = Field(default=None, max_length=100)
+    payload: Any | None = Field(default=None, sa_type=JSONB)
+    error_message: str | None = Field(default=None, sa_type=Text)
+    stack_trace: str | None = Field(default=None, sa_type=Text)
+    attempts: int | None = Field(default=None, sa_type=Integer)
+    failed_at: datetime = timestamp(nullable=False)
+    # The plan's flag, kept in step with `status` (resolved <=> status = 'resolved').
+    resolved: bool | None = Field(default=False, sa_type=Boolean, sa_column_kwargs={"server_default": false()})
+    resolved_at: datetime | None = timestamp()
+    resolved_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
+    created_at: datetime = created_now()
+    original_exchange: str | None = Field(default=None, max_length=255)
+    original_routing_key: str | None = Field(default=None, max_length=255)
+    message_id: str | None = Field(default=None, max_length=200)
+    correlation_id: str | None = Field(default=None, max_length=128)
+    headers: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs={"server_default": text("'{}'")}
+    )
+    raw_body: bytes = Field(default=b"", sa_type=LargeBinary, sa_column_kwargs={"server_default": text("'\\x'")})
+    reason: DeadLetterReason = Field(
+        default=DeadLetterReason.error,
+        sa_type=stored_enum(DeadLetterReason, 32),
+        sa_column_kwargs={"server_default": DeadLetterReason.error.value},
+    )
+    error_type: str | None = Field(default=None, max_length=200)
+    fingerprint: str | None = Field(default=None, max_length=64)
+    service: str | None = Field(default=None, max_length=100)
+    first_failed_at: datetime | None = timestamp()
+    last_failed_at: datetime | None = timestamp()
+    retry_count: int = Field(default=0, sa_type=Integer, sa_column_kwargs={"server_default": text("0")})
+    status: DeadLetterStatus = Field(
+        default=DeadLetterStatus.failed,
+        sa_type=stored_enum(DeadLetterStatus, 16),
+        sa_column_kwargs={"server_default": DeadLetterStatus.failed.value},
+    )
+    resolution: Resolution | None = Field(default=None, sa_type=stored_enum(Resolution, 32))
+    message_type: str | None = Field(default=None, max_length=100)
+    content_type: str | None = Field(default=None, max_length=100)
+
+
+class DeadLetterEvent(SQLModel, table=True):
+    """One row per dead letter received: its dedupe key recognises a redelivered one."""
+
+    __tablename__ = "dead_letter_events"
+    __table_args__ = (Index("idx_dlq_events_entry", "entry_id", "id"),)
+
+    id: int = serial_pk()
+    entry_id: uuid.UUID = _entry_fk()
+    dedupe_key: str = Field(max_length=64, unique=True)
+    reason: DeadLetterReason = Field(sa_type=stored_enum(DeadLetterReason, 32))
+    error_type: str | None = Field(default=None, max_length=200)
+    error_message: str | None = Field(default=None, sa_type=Text)
+    attempts: int | None = Field(default=None, sa_type=Integer)
+    failed_at: datetime = timestamp(nullable=False)
+    received_at: datetime = created_now()
+
+
+class Redrive(SQLModel, table=True):
+    """A bulk retry: its selection is fixed when it starts (redrive_items), then sent at its rate."""
+
+    __tablename__ = "redrives"
+    __table_args__ = (
+        CheckConstraint("rate_per_second > 0", name="redrives_rate_per_second_check"),
+        one_of("status", RedriveStatus, "redrives_status_check"),
+    )
+
+    id: uuid.UUID = uuid_pk()
+    requested_by: str = Field(max_length=200)
+    selection: dict[str, Any] = Field(sa_type=JSONB)
+    rate_per_second: int = Field(sa_type=Integer)
+    status: RedriveStatus = Field(
+        default=RedriveStatus.running,
+        sa_type=stored_enum(RedriveStatus, 16),
+        sa_column_kwargs={"server_default": RedriveStatus.running.value},
+    )
+    selected: int = Field(default=0, sa_type=Integer, sa_column_kwargs={"server_default": text("0")})
+    sent: int = Field(default=0, sa_type=Integer, sa_column_kwargs={"server_default": text("0")})
+    failed: int = Field(default=0, sa_type=Integer, sa_column_kwargs={"server_default": text("0")})
+    skipped: int = Field(default=0, sa_type=Integer, sa_column_kwargs={"server_default": text("0")})
+    created_at: datetime = created_now()
+    finished_at: datetime | None = timestamp()
+
+
+class RedriveItem(SQLModel, table=True):
+    __tablename__ = "redrive_items"
+    __table_args__ = (one_of("state", RedriveItemState, "redrive_items_state_check"),)
+
+    redrive_id: uuid.UUID = Field(
+        sa_column=Column(Uuid, ForeignKey("redrives.id", ondelete="CASCADE"), primary_key=True)
+    )
+    position: int = Field(sa_type=Integer, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    entry_id: uuid.UUID = _entry_fk()
+    state: RedriveItemState = Field(
+        default=RedriveItemState.pending,
+        sa_type=stored_enum(RedriveItemState, 16),
+        sa_column_kwargs={"server_default": RedriveItemState.pending.value},
+    )
+
+
+class DeadLetterRetry(SQLModel, table=True):
+    """Every republish of an entry, single or part of a redrive, and what became of it."""
+
+    __tablename__ = "dead_letter_retries"
+    __table_args__ = (
+        one_of("outcome", RetryOutcome, "dead_letter_retries_outcome_check"),
+        Index("idx_dlq_retries_entry", "entry_id", "id"),
+    )
+
+    id: int = serial_pk()
+    entry_id: uuid.UUID = _entry_fk()
+    redrive_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(Uuid, ForeignKey("redrives.id", ondelete="SET NULL"), nullable=True)
+    )
+    requested_by: str = Field(max_length=200)
+    requested_at: datetime = created_now()
+    outcome: RetryOutcome = Field(
+        default=RetryOutcome.sent,
+        sa_type=stored_enum(RetryOutcome, 16),
+        sa_column_kwargs={"server_default": RetryOutcome.sent.value},
+    )
+    outcome_at: datetime | None = timestamp()
