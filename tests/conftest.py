@@ -40,6 +40,6 @@ def service_env(rabbitmq_url: str, database_url: str, tmp_path_factory: pytest.T
         "JWT_SECRET": TEST_JWT_SECRET,
         "EXPORT_DIR": str(tmp_path_factory.mktemp("exports")),
         "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": "2626",
+        "SMTP_PORT": os.environ.get("TEST_SMTP_PORT", "2626"),
         "RABBITMQ_MANAGEMENT_URL": os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"),
     }
