@@ -6,10 +6,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.db.tables import AuditEntry
 from libs.logging import current_correlation_id
+
+_RECORD = insert(AuditEntry).values(
+    actor=bindparam("actor"),
+    action=bindparam("action"),
+    entity_type=bindparam("entity_type"),
+    entity_id=bindparam("entity_id"),
+    correlation_id=bindparam("correlation_id"),
+    details=bindparam("details"),
+)
 
 
 async def record(
@@ -21,17 +31,13 @@ async def record(
     entity_id: str | None,
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    await connection.execute(
-        text(
-            "INSERT INTO audit_log (actor, action, entity_type, entity_id, correlation_id, metadata) "
-            "VALUES (:actor, :action, :entity_type, :entity_id, :correlation_id, CAST(:metadata AS jsonb))"
-        ),
-        {
-            "actor": actor,
-            "action": action,
-            "entity_type": entity_type,
-            "entity_id": entity_id,
-            "correlation_id": current_correlation_id(),
-            "metadata": orjson.dumps(dict(metadata or {}), default=str).decode(),
-        },
-    )
+    params = {
+        "actor": actor,
+        "action": action,
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "correlation_id": current_correlation_id(),
+        # Values JSON cannot hold (UUIDs, datetimes, enums) are stored as their text.
+        "details": orjson.loads(orjson.dumps(dict(metadata or {}), default=str)),
+    }
+    await connection.execute(_RECORD, params)

@@ -11,21 +11,27 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from datetime import timedelta
 
-from sqlalchemy import text
+from sqlalchemy import BindParameter, Interval, bindparam, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
+
+from libs.db.tables import RateLimitHit
+
+_BUCKET: BindParameter[str] = bindparam("bucket")
+_WINDOW_LENGTH = bindparam("window", type_=Interval())
 
 # One transaction per attempt: the advisory lock serialises concurrent attempts on one key (from any
 # replica), so two of them can never both take the last free slot of a window.
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:bucket, 0))")
-_WINDOW = text(
-    "SELECT count(*) AS hits, EXTRACT(EPOCH FROM min(hit_at) + make_interval(secs => :window_s) - now()) AS wait "
-    "FROM rate_limit_hits WHERE bucket = :bucket AND hit_at > now() - make_interval(secs => :window_s)"
-)
-_HIT = text(
-    "INSERT INTO rate_limit_hits (bucket, expires_at) VALUES (:bucket, now() + make_interval(secs => :window_s))"
-)
-_SWEEP = text("DELETE FROM rate_limit_hits WHERE expires_at <= now()")
+_WINDOW = select(
+    func.count().label("hits"),
+    # Seconds until the oldest hit in the window leaves it, freeing a slot.
+    func.extract("epoch", func.min(col(RateLimitHit.hit_at)) + _WINDOW_LENGTH - func.now()).label("wait"),
+).where(col(RateLimitHit.bucket) == _BUCKET, col(RateLimitHit.hit_at) > func.now() - _WINDOW_LENGTH)
+_HIT = insert(RateLimitHit).values(bucket=_BUCKET, expires_at=func.now() + _WINDOW_LENGTH)
+_SWEEP = delete(RateLimitHit).where(col(RateLimitHit.expires_at) <= func.now())
 
 
 class RateLimiter:
@@ -43,7 +49,7 @@ class RateLimiter:
 
     async def retry_after(self, key: str) -> int | None:
         """Registers an attempt; the seconds to wait when the key is over its limit, else None."""
-        params = {"bucket": self.bucket(key), "window_s": self.window_s}
+        params = {"bucket": self.bucket(key), "window": timedelta(seconds=self.window_s)}
         async with self.engine.begin() as connection:
             await connection.execute(_LOCK, params)
             window = (await connection.execute(_WINDOW, params)).one()

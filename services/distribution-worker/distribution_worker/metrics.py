@@ -1,10 +1,12 @@
 """distribution-worker's own instruments (the queue metrics come with the consumer policy)."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 from opentelemetry.metrics import Counter, Histogram
 
-from libs.telemetry import Telemetry, duration_histogram
+from libs.telemetry import Telemetry, counter, duration_histogram
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,7 @@ class DistributionMetrics:
     leads_unassigned: Counter
 
     @classmethod
-    def create(cls, telemetry: Telemetry) -> "DistributionMetrics":
+    def create(cls, telemetry: Telemetry) -> DistributionMetrics:
         meter = telemetry.meter
         return cls(
             distribution_duration=duration_histogram(
@@ -27,21 +29,17 @@ class DistributionMetrics:
             billing_duration=duration_histogram(
                 meter, "fmhl_billing_operation_duration_ms", "Time of one conditional charge."
             ),
-            assignments_created=meter.create_counter(
-                "fmhl_assignments_created_total", unit="", description="Leads assigned (and charged) to providers."
+            assignments_created=counter(
+                meter, "fmhl_assignments_created_total", "Leads assigned (and charged) to providers."
             ),
-            skipped_insufficient_balance=meter.create_counter(
+            skipped_insufficient_balance=counter(
+                meter,
                 "fmhl_assignments_skipped_insufficient_balance_total",
-                unit="",
-                description="Matching providers skipped because their balance did not cover the price.",
+                "Matching providers skipped because their balance did not cover the price.",
             ),
-            billing_failures=meter.create_counter(
-                "fmhl_billing_failures_total", unit="", description="Charges that failed with an error."
+            billing_failures=counter(meter, "fmhl_billing_failures_total", "Charges that failed with an error."),
+            leads_approved=counter(
+                meter, "fmhl_leads_approved_total", "Leads approved, by who approved (admin, auto)."
             ),
-            leads_approved=meter.create_counter(
-                "fmhl_leads_approved_total", unit="", description="Leads approved, by who approved (admin, auto)."
-            ),
-            leads_unassigned=meter.create_counter(
-                "fmhl_leads_unassigned_total", unit="", description="Approved leads no provider could take."
-            ),
+            leads_unassigned=counter(meter, "fmhl_leads_unassigned_total", "Approved leads no provider could take."),
         )

@@ -3,11 +3,9 @@ DLQ size, redriver, queue stats -> admin API app."""
 
 import httpx
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
 from dlq_service.dependencies import build_dependencies
-from dlq_service.metrics import DlqMetrics, DlqSizePoller
+from dlq_service.metrics import DlqMetrics, dlq_size_gauge
 from dlq_service.queue_stats import QueueStats, vhost_of
 from dlq_service.retries import Redriver
 from dlq_service.routes import QueuesController
@@ -18,30 +16,19 @@ from libs.health import Readiness
 from libs.messaging.topology import DLQ_QUEUE
 from libs.runtime import ServiceRuntime, run_service
 from libs.telemetry import Telemetry
-
-OPENAPI = OpenAPIConfig(
-    title="fmhl dlq-service admin API",
-    version="1.0.0",
-    path="/schema",
-    components=Components(
-        security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
-    ),
-)
+from libs.web import openapi_config
 
 
 def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness]:
     runtime = ServiceRuntime.create(settings, telemetry, consumes=DLQ_QUEUE, prefetch=settings.prefetch)
     metrics = DlqMetrics.create(telemetry)
-    sizes = DlqSizePoller(runtime.engine, metrics, settings.dlq_size_poll_s)
+    sizes = dlq_size_gauge(telemetry, runtime.engine, settings.dlq_size_poll_s)
     runtime.broker.include_router(
         build_router(
             runtime.engine, runtime.publisher, telemetry, metrics, sizes,
             nack_backoff_s=settings.nack_backoff_s, handler_timeout_s=settings.handler_timeout_s,
         )
     )  # fmt: skip
-    tokens = Tokens(
-        settings.jwt_secret.get_secret_value(), settings.jwt_issuer, settings.jwt_audience, settings.token_ttl_s
-    )
     http = httpx.AsyncClient(timeout=settings.health_check_timeout_s)
     queue_stats = QueueStats(
         runtime.broker,
@@ -56,9 +43,9 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         on_startup=[sizes.start, redriver.resume],
         on_shutdown=[redriver.stop, sizes.stop, http.aclose],
         dependencies=build_dependencies(
-            settings, runtime.engine, runtime.publisher, tokens, queue_stats, http, redriver
+            settings, runtime.engine, runtime.publisher, Tokens.from_settings(settings), queue_stats, http, redriver
         ),
-        openapi_config=OPENAPI,
+        openapi_config=openapi_config("fmhl dlq-service admin API"),
     )
     return app, runtime.readiness
 

@@ -1,61 +1,50 @@
-"""dlq-service instruments: dead letters received, and unresolved entries per original queue."""
+"""dlq-service instruments: dead letters received, retry outcomes, and unresolved entries per original queue."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from opentelemetry.metrics import CallbackOptions, Counter, Observation
-from sqlalchemy import text
+from opentelemetry.metrics import Counter
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 
-from libs.telemetry import PeriodicRefresh, Telemetry
+from libs.db.tables import DeadLetter, DeadLetterStatus
+from libs.telemetry import DatabaseGauge, Telemetry, counter
+
+# Every queue that ever had an entry is counted, so a queue whose last entry resolved reports 0, not a stale count.
+UNRESOLVED_PER_QUEUE: Select[str, int] = select(
+    col(DeadLetter.queue_name).label("queue"),
+    func.count().filter(col(DeadLetter.status) != DeadLetterStatus.resolved).label("value"),
+).group_by(col(DeadLetter.queue_name))
+
+# The capture and retry paths refresh it after a write, so the gauge moves without waiting for the next poll.
+DlqSizePoller = DatabaseGauge
 
 
-@dataclass
+@dataclass(frozen=True)
 class DlqMetrics:
     received: Counter
     retry_outcomes: Counter
-    sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def create(cls, telemetry: Telemetry) -> DlqMetrics:
         meter = telemetry.meter
-        metrics = cls(
-            received=meter.create_counter(
-                "fmhl_dead_letters_received_total", unit="", description="Dead letters received, by queue and reason."
-            ),
-            retry_outcomes=meter.create_counter(
-                "fmhl_dlq_retry_outcomes_total",
-                unit="",
-                description="Retried entries by outcome (succeeded, failed_again).",
+        return cls(
+            received=counter(meter, "fmhl_dead_letters_received_total", "Dead letters received, by queue and reason."),
+            retry_outcomes=counter(
+                meter, "fmhl_dlq_retry_outcomes_total", "Retried entries by outcome (succeeded, failed_again)."
             ),
         )
-        meter.create_observable_gauge(
-            "fmhl_dlq_size", callbacks=[metrics._observe], unit="", description="Unresolved dead letters per queue."
-        )
-        return metrics
-
-    def _observe(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(count, {"queue": queue}) for queue, count in self.sizes.items()]
 
 
-class DlqSizePoller:
-    """Recounts unresolved entries per queue; a queue whose last entry resolved reports 0, not a stale count."""
-
-    def __init__(self, engine: AsyncEngine, metrics: DlqMetrics, interval_s: float) -> None:
-        self.engine = engine
-        self.metrics = metrics
-        self._refresh = PeriodicRefresh(self.refresh, interval_s, "dlq-size")
-        self.start = self._refresh.start
-        self.stop = self._refresh.stop
-
-    async def refresh(self) -> None:
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT queue_name, count(*) FILTER (WHERE status <> 'resolved') FROM dead_letter_queue "
-                    "GROUP BY queue_name"
-                )
-            )
-            self.metrics.sizes = {queue: int(count) for queue, count in rows}
+def dlq_size_gauge(telemetry: Telemetry, engine: AsyncEngine, interval_s: float) -> DlqSizePoller:
+    return DatabaseGauge(
+        telemetry.meter,
+        "fmhl_dlq_size",
+        "Unresolved dead letters per queue.",
+        engine=engine,
+        statement=UNRESOLVED_PER_QUEUE,
+        label="queue",
+        interval_s=interval_s,
+    )

@@ -1,10 +1,12 @@
 """email-worker instruments."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 from opentelemetry.metrics import Counter
 
-from libs.telemetry import Telemetry
+from libs.telemetry import Telemetry, counter
 
 
 @dataclass(frozen=True)
@@ -13,11 +15,9 @@ class EmailMetrics:
     skipped_duplicates: Counter
 
     @classmethod
-    def create(cls, telemetry: Telemetry) -> "EmailMetrics":
+    def create(cls, telemetry: Telemetry) -> EmailMetrics:
         meter = telemetry.meter
         return cls(
-            sent=meter.create_counter("fmhl_emails_sent_total", unit="", description="Emails accepted by SMTP."),
-            skipped_duplicates=meter.create_counter(
-                "fmhl_emails_duplicate_skipped_total", unit="", description="Redelivered jobs already sent."
-            ),
+            sent=counter(meter, "fmhl_emails_sent_total", "Emails accepted by SMTP."),
+            skipped_duplicates=counter(meter, "fmhl_emails_duplicate_skipped_total", "Redelivered jobs already sent."),
         )

@@ -1,10 +1,12 @@
 """export-worker instruments."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 from opentelemetry.metrics import Counter, Histogram
 
-from libs.telemetry import Telemetry, duration_histogram
+from libs.telemetry import Telemetry, counter, duration_histogram
 
 
 @dataclass(frozen=True)
@@ -13,9 +15,9 @@ class ExportMetrics:
     export_duration: Histogram
 
     @classmethod
-    def create(cls, telemetry: Telemetry) -> "ExportMetrics":
+    def create(cls, telemetry: Telemetry) -> ExportMetrics:
         meter = telemetry.meter
         return cls(
-            rows_written=meter.create_counter("fmhl_export_rows_total", unit="", description="CSV rows written."),
+            rows_written=counter(meter, "fmhl_export_rows_total", "CSV rows written."),
             export_duration=duration_histogram(meter, "fmhl_export_duration_ms", "Time to write one export."),
         )

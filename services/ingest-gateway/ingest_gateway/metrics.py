@@ -1,10 +1,12 @@
 """ingest-gateway instruments."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 from opentelemetry.metrics import Counter, Histogram
 
-from libs.telemetry import Telemetry, duration_histogram
+from libs.telemetry import Telemetry, counter, duration_histogram
 
 
 @dataclass(frozen=True)
@@ -16,21 +18,15 @@ class GatewayMetrics:
     inbox_query_duration: Histogram
 
     @classmethod
-    def create(cls, telemetry: Telemetry) -> "GatewayMetrics":
+    def create(cls, telemetry: Telemetry) -> GatewayMetrics:
         meter = telemetry.meter
         return cls(
-            leads_submitted=meter.create_counter(
-                "fmhl_leads_submitted_total", unit="", description="Leads accepted (202) at the HTTP edge."
+            leads_submitted=counter(meter, "fmhl_leads_submitted_total", "Leads accepted (202) at the HTTP edge."),
+            leads_approved=counter(
+                meter, "fmhl_leads_approved_total", "Leads approved, by who approved (admin, auto)."
             ),
-            leads_approved=meter.create_counter(
-                "fmhl_leads_approved_total", unit="", description="Leads approved, by who approved (admin, auto)."
-            ),
-            bad_leads_reported=meter.create_counter(
-                "fmhl_bad_leads_reported_total", unit="", description="Bad-lead reports filed by providers."
-            ),
-            refunds_approved=meter.create_counter(
-                "fmhl_refunds_approved_total", unit="", description="Bad-lead reports approved and refunded."
-            ),
+            bad_leads_reported=counter(meter, "fmhl_bad_leads_reported_total", "Bad-lead reports filed by providers."),
+            refunds_approved=counter(meter, "fmhl_refunds_approved_total", "Bad-lead reports approved and refunded."),
             inbox_query_duration=duration_histogram(
                 meter, "fmhl_inbox_query_duration_ms", "Time of the inbox query in the database."
             ),

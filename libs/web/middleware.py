@@ -1,0 +1,77 @@
+"""Every HTTP request gets a correlation id, a server span, a log line and a duration by route template."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+
+from libs.logging import correlation_scope, get_logger
+from libs.telemetry import Telemetry, duration_histogram
+
+CORRELATION_HEADER = "x-correlation-id"
+_VALID_CORRELATION = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Probes and scrapes come every few seconds; a log line each would drown the requests that matter.
+_QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
+log = get_logger("fmhl.http")
+
+
+def accept_correlation_id(value: str | None) -> str:
+    """A caller's id is kept when it is a sane token; anything else gets a fresh UUID (it lands in logs)."""
+    if value and _VALID_CORRELATION.match(value):
+        return value
+    return str(uuid.uuid4())
+
+
+class RequestContext:
+    """ASGI middleware: binds the correlation id and a server span, times the request by route template.
+
+    It runs after routing, so `path_template` is known; a request that matches no route is answered by
+    Litestar before it and is not timed.
+    """
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app = app
+        self.tracer = telemetry.tracer
+        self.duration = duration_histogram(
+            telemetry.meter, "fmhl_http_request_duration_ms", "HTTP request duration by route template."
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        correlation_id = accept_correlation_id(headers.get(CORRELATION_HEADER))
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_correlation(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (CORRELATION_HEADER.encode(), correlation_id.encode())]  # fmt: skip
+            await send(message)
+
+        parent = propagate.extract(headers)
+        with (
+            correlation_scope(correlation_id),
+            self.tracer.start_as_current_span(f"{scope['method']} http", context=parent, kind=SpanKind.SERVER),
+        ):
+            try:
+                await self.app(scope, receive, send_with_correlation)
+            finally:
+                route = scope.get("path_template") or "unmatched"
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                attributes = {"method": method, "route": route, "status": str(status)}
+                self.duration.record(elapsed_ms, attributes)
+                trace.get_current_span().set_attribute("http.route", route)
+                if route not in _QUIET_ROUTES:
+                    log.info("http.request", {**attributes, "duration_ms": round(elapsed_ms, 1)})
