@@ -9,7 +9,9 @@ from datetime import datetime
 
 
 @dataclass(frozen=True)
-class Subscription:
+class MatchingSubscription:
+    """An active subscription whose category and zip codes match the lead, with its provider's terms."""
+
     id: uuid.UUID
     provider_id: uuid.UUID
     provider_email: str
@@ -21,17 +23,17 @@ class Subscription:
     assigned_today: int
 
 
-def _fairness_key(subscription: Subscription) -> tuple[bool, datetime, datetime, uuid.UUID]:
+def _fairness_key(subscription: MatchingSubscription) -> tuple[bool, datetime, datetime, uuid.UUID]:
     never = subscription.last_assigned_at is None
     last = subscription.last_assigned_at or subscription.created_at
     # Never-assigned first, then the longest-waiting; ties broken by age, then id, so the order is total.
     return (not never, last, subscription.created_at, subscription.id)
 
 
-def candidates(subscriptions: Iterable[Subscription]) -> list[Subscription]:
+def candidates(subscriptions: Iterable[MatchingSubscription]) -> list[MatchingSubscription]:
     """One subscription per provider (its longest-waiting one under its daily cap), in fair order."""
     open_ = [s for s in subscriptions if s.daily_cap is None or s.assigned_today < s.daily_cap]
-    best: dict[uuid.UUID, Subscription] = {}
+    best: dict[uuid.UUID, MatchingSubscription] = {}
     for subscription in sorted(open_, key=_fairness_key):
         best.setdefault(subscription.provider_id, subscription)
     return sorted(best.values(), key=_fairness_key)

@@ -11,12 +11,26 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
+from sqlalchemy import String, and_, any_, bindparam, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlmodel import col
 
-from distribution_worker.assignment import Subscription, candidates, crossed_low_balance
+from distribution_worker.assignment import MatchingSubscription, candidates, crossed_low_balance
+from distribution_worker.lead_state import LeadEvent, Step, next_step
 from distribution_worker.metrics import DistributionMetrics
 from libs import ledger
+from libs.db.tables import (
+    Assignment,
+    Lead,
+    LeadSource,
+    LeadStatus,
+    PausedReason,
+    ProcessedMessage,
+    Provider,
+    Subscription,
+    SubscriptionStatus,
+)
 from libs.messaging.errors import BusinessRuleViolation, TransientError
 
 CONSUMER = "distribution-worker"
@@ -35,40 +49,105 @@ class Assigned:
 @dataclass
 class Outcome:
     lead_id: uuid.UUID
-    status: str
+    status: LeadStatus
     assigned: list[Assigned] = field(default_factory=list)
     skipped_providers: list[uuid.UUID] = field(default_factory=list)
     newly_distributed: bool = False
 
 
-async def _matching(connection: AsyncConnection, category: str, zip_code: str) -> list[Subscription]:
-    rows = (
-        await connection.execute(
-            text(
-                "SELECT s.id, s.provider_id, p.email, s.price_cents, p.low_balance_threshold_cents, "
-                "s.last_assigned_at, s.created_at, s.daily_cap, "
-                "(SELECT count(*) FROM assignments a WHERE a.subscription_id = s.id "
-                " AND a.created_at >= date_trunc('day', now())) AS assigned_today "
-                "FROM subscriptions s JOIN providers p ON p.id = s.provider_id "
-                "WHERE s.status = 'active' AND s.category = :category "
-                "AND (:zip = ANY(s.zip_codes) OR (s.zip_prefix IS NOT NULL AND :zip LIKE s.zip_prefix || '%'))"
-            ),
-            {"category": category, "zip": zip_code},
-        )
-    ).all()
-    return [Subscription(*row) for row in rows]
+# The transaction's statements, built once: this is the hot path.
+
+LOCK_LEAD = (
+    select(col(Lead.status), col(Lead.category), col(Lead.zip), col(LeadSource.trusted))
+    .join(LeadSource, col(LeadSource.id) == col(Lead.source_id))
+    .where(col(Lead.id) == bindparam("lead_id"))
+    .with_for_update(of=Lead)
+)
+
+AUTO_APPROVE = (
+    update(Lead).where(col(Lead.id) == bindparam("lead_id")).values(status=LeadStatus.approved, decided_at=func.now())
+)
+
+FIRST_DELIVERY = (
+    insert(ProcessedMessage)
+    .values(consumer=CONSUMER, message_id=bindparam("delivery_id"))
+    .on_conflict_do_nothing()
+    .returning(col(ProcessedMessage.message_id))
+)
+
+_ZIP = bindparam("zip", type_=String)
+_ASSIGNED_TODAY = (
+    select(func.count())
+    .where(
+        col(Assignment.subscription_id) == col(Subscription.id),
+        col(Assignment.created_at) >= func.date_trunc("day", func.now()),
+    )
+    .scalar_subquery()
+)
+# The columns are MatchingSubscription's fields, by name.
+MATCHING = (
+    select(
+        col(Subscription.id),
+        col(Subscription.provider_id),
+        col(Provider.email).label("provider_email"),
+        col(Subscription.price_cents),
+        col(Provider.low_balance_threshold_cents),
+        col(Subscription.last_assigned_at),
+        col(Subscription.created_at),
+        col(Subscription.daily_cap),
+        _ASSIGNED_TODAY.label("assigned_today"),
+    )
+    .join(Provider, col(Provider.id) == col(Subscription.provider_id))
+    .where(
+        col(Subscription.status) == SubscriptionStatus.active,
+        col(Subscription.category) == bindparam("category"),
+        or_(
+            any_(col(Subscription.zip_codes)) == _ZIP,
+            and_(col(Subscription.zip_prefix).is_not(None), _ZIP.like(col(Subscription.zip_prefix).concat("%"))),
+        ),
+    )
+)
+
+EXISTING = (
+    select(col(Assignment.id), col(Assignment.provider_id), col(Provider.email), col(Assignment.price_cents))
+    .join(Provider, col(Provider.id) == col(Assignment.provider_id))
+    .where(col(Assignment.lead_id) == bindparam("lead_id"))
+)
+
+PAUSE_UNPAID = (
+    update(Subscription)
+    .where(col(Subscription.id) == bindparam("subscription_id"), col(Subscription.status) == SubscriptionStatus.active)
+    .values(status=SubscriptionStatus.paused, paused_reason=PausedReason.insufficient_balance)
+)
+
+ASSIGN = (
+    insert(Assignment)
+    .values(
+        lead_id=bindparam("lead_id"),
+        provider_id=bindparam("provider_id"),
+        subscription_id=bindparam("subscription_id"),
+        price_cents=bindparam("price_cents"),
+    )
+    .returning(col(Assignment.id))
+)
+
+# clock_timestamp(), not now(): two assignments in one transaction must not tie in the round-robin order.
+TOUCH_SUBSCRIPTION = (
+    update(Subscription)
+    .where(col(Subscription.id) == bindparam("subscription_id"))
+    .values(last_assigned_at=func.clock_timestamp())
+)
+
+SET_LEAD_STATUS = update(Lead).where(col(Lead.id) == bindparam("lead_id")).values(status=bindparam("status"))
+
+
+async def _matching(connection: AsyncConnection, category: str, zip_code: str) -> list[MatchingSubscription]:
+    rows = (await connection.execute(MATCHING, {"category": category, "zip": zip_code})).mappings()
+    return [MatchingSubscription(**row) for row in rows]
 
 
 async def _existing(connection: AsyncConnection, lead_id: uuid.UUID) -> list[Assigned]:
-    rows = (
-        await connection.execute(
-            text(
-                "SELECT a.id, a.provider_id, p.email, a.price_cents FROM assignments a "
-                "JOIN providers p ON p.id = a.provider_id WHERE a.lead_id = :lead"
-            ),
-            {"lead": lead_id},
-        )
-    ).all()
+    rows = await connection.execute(EXISTING, {"lead_id": lead_id})
     return [Assigned(row.id, row.provider_id, row.email, row.price_cents, None, False) for row in rows]
 
 
@@ -77,96 +156,80 @@ async def distribute(
     lead_id: uuid.UUID,
     *,
     message_id: str,
-    approved_by: str | None,
+    event: LeadEvent,
     max_providers: int,
     metrics: DistributionMetrics,
 ) -> Outcome:
-    """`approved_by` None means the event was `lead.submitted`: only a trusted source's lead is distributed."""
     started = time.perf_counter()
     async with engine.begin() as connection:
-        lead = (
-            await connection.execute(
-                text(
-                    "SELECT l.status, l.category, l.zip, s.trusted FROM leads l "
-                    "JOIN lead_sources s ON s.id = l.source_id WHERE l.id = :id FOR UPDATE OF l"
-                ),
-                {"id": lead_id},
-            )
-        ).first()
+        lead = (await connection.execute(LOCK_LEAD, {"lead_id": lead_id})).first()
         if lead is None:
             raise BusinessRuleViolation(f"lead {lead_id} does not exist")
-        if lead.status in ("distributed", "unassigned"):
-            return Outcome(lead_id, lead.status, await _existing(connection, lead_id))
-        if lead.status == "rejected":
-            raise BusinessRuleViolation(f"lead {lead_id} was rejected")
-        if approved_by is None:
-            if lead.status != "submitted" or not lead.trusted:
+        match next_step(lead.status, trusted=lead.trusted, event=event):
+            case Step.report_existing:
+                return Outcome(lead_id, lead.status, await _existing(connection, lead_id))
+            case Step.refuse:
+                raise BusinessRuleViolation(f"lead {lead_id} was rejected")
+            case Step.ignore:
                 return Outcome(lead_id, lead.status)
-            await connection.execute(
-                text("UPDATE leads SET status = 'approved', decided_at = now() WHERE id = :id"), {"id": lead_id}
-            )
-            metrics.leads_approved.add(1, {"by": "auto"})
-        elif lead.status == "submitted":
-            # The gateway publishes before it commits the approval; its commit becomes visible in a moment.
-            raise TransientError(f"approval of lead {lead_id} is not committed yet")
-        first_time = await connection.scalar(
-            text(
-                "INSERT INTO processed_messages (consumer, message_id) VALUES (:consumer, :message) "
-                "ON CONFLICT DO NOTHING RETURNING 1"
-            ),
-            {"consumer": CONSUMER, "message": message_id},
-        )
-        if first_time is None:
+            case Step.retry_later:
+                raise TransientError(f"approval of lead {lead_id} is not committed yet")
+            case Step.approve_and_distribute:
+                await connection.execute(AUTO_APPROVE, {"lead_id": lead_id})
+                metrics.leads_approved.add(1, {"by": "auto"})
+            case Step.distribute:
+                pass
+        if await connection.scalar(FIRST_DELIVERY, {"delivery_id": message_id}) is None:
             return Outcome(lead_id, lead.status, await _existing(connection, lead_id))
-        outcome = Outcome(lead_id, "unassigned", newly_distributed=True)
-        for subscription in candidates(await _matching(connection, lead.category, lead.zip)):
-            if len(outcome.assigned) >= max_providers:
-                break
-            assigned = await _charge_and_assign(connection, lead_id, subscription, metrics)
-            if assigned is None:
-                outcome.skipped_providers.append(subscription.provider_id)
-            else:
-                outcome.assigned.append(assigned)
-        outcome.status = "distributed" if outcome.assigned else "unassigned"
-        await connection.execute(
-            text("UPDATE leads SET status = :status WHERE id = :id"), {"status": outcome.status, "id": lead_id}
-        )
+        outcome = await _assign(connection, lead_id, lead.category, lead.zip, max_providers, metrics)
+        await connection.execute(SET_LEAD_STATUS, {"lead_id": lead_id, "status": outcome.status})
     metrics.distribution_duration.record((time.perf_counter() - started) * 1000)
     metrics.assignments_created.add(len(outcome.assigned))
     metrics.skipped_insufficient_balance.add(len(outcome.skipped_providers))
-    if outcome.status == "unassigned":
+    if outcome.status == LeadStatus.unassigned:
         metrics.leads_unassigned.add(1)
     return outcome
 
 
+async def _assign(
+    connection: AsyncConnection,
+    lead_id: uuid.UUID,
+    category: str,
+    zip_code: str,
+    max_providers: int,
+    metrics: DistributionMetrics,
+) -> Outcome:
+    outcome = Outcome(lead_id, LeadStatus.unassigned, newly_distributed=True)
+    for subscription in candidates(await _matching(connection, category, zip_code)):
+        if len(outcome.assigned) >= max_providers:
+            break
+        assigned = await _charge_and_assign(connection, lead_id, subscription, metrics)
+        if assigned is None:
+            outcome.skipped_providers.append(subscription.provider_id)
+        else:
+            outcome.assigned.append(assigned)
+    outcome.status = LeadStatus.distributed if outcome.assigned else LeadStatus.unassigned
+    return outcome
+
+
 async def _charge_and_assign(
-    connection: AsyncConnection, lead_id: uuid.UUID, subscription: Subscription, metrics: DistributionMetrics
+    connection: AsyncConnection, lead_id: uuid.UUID, subscription: MatchingSubscription, metrics: DistributionMetrics
 ) -> Assigned | None:
     started = time.perf_counter()
     try:
         balance_after = await ledger.debit(connection, subscription.provider_id, subscription.price_cents)
         if balance_after is None:
-            await connection.execute(
-                text(
-                    "UPDATE subscriptions SET status = 'paused', paused_reason = 'insufficient_balance' "
-                    "WHERE id = :id AND status = 'active'"
-                ),
-                {"id": subscription.id},
-            )
+            await connection.execute(PAUSE_UNPAID, {"subscription_id": subscription.id})
             return None
-        assignment_id = await connection.scalar(
-            text(
-                "INSERT INTO assignments (lead_id, provider_id, subscription_id, price_cents) "
-                "VALUES (:lead, :provider, :subscription, :price) RETURNING id"
-            ),
-            {"lead": lead_id, "provider": subscription.provider_id, "subscription": subscription.id,
-             "price": subscription.price_cents},
-        )  # fmt: skip
+        values = {
+            "lead_id": lead_id,
+            "provider_id": subscription.provider_id,
+            "subscription_id": subscription.id,
+            "price_cents": subscription.price_cents,
+        }
+        assignment_id = (await connection.execute(ASSIGN, values)).scalar_one()
         await ledger.record_charge(connection, subscription.provider_id, subscription.price_cents, assignment_id)
-        await connection.execute(
-            text("UPDATE subscriptions SET last_assigned_at = clock_timestamp() WHERE id = :id"),
-            {"id": subscription.id},
-        )
+        await connection.execute(TOUCH_SUBSCRIPTION, {"subscription_id": subscription.id})
     except Exception:
         metrics.billing_failures.add(1)
         raise

@@ -8,6 +8,7 @@ from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from distribution_worker.distribution import Outcome, distribute
+from distribution_worker.lead_state import LeadEvent
 from distribution_worker.metrics import DistributionMetrics
 from libs.contracts import LeadApproved, LeadSubmitted, SendEmail
 from libs.logging import get_logger
@@ -49,14 +50,14 @@ def build_router(
 
     async def on_lead_submitted(event: LeadSubmitted, delivery: Delivery) -> None:
         outcome = await distribute(
-            engine, event.lead_id, message_id=delivery.message_id, approved_by=None,
+            engine, event.lead_id, message_id=delivery.message_id, event=LeadEvent.submitted,
             max_providers=max_providers, metrics=metrics,
         )  # fmt: skip
         await announce(outcome)
 
     async def on_lead_approved(event: LeadApproved, delivery: Delivery) -> None:
         outcome = await distribute(
-            engine, event.lead_id, message_id=delivery.message_id, approved_by=event.approved_by,
+            engine, event.lead_id, message_id=delivery.message_id, event=LeadEvent.approved,
             max_providers=max_providers, metrics=metrics,
         )  # fmt: skip
         await announce(outcome)
