@@ -1,0 +1,154 @@
+"""DLQ capture throughput: dead letters recorded per second by one dlq-service process into an empty table,
+from the `dlq` queue already holding them, against a bare consume+ack of the same messages in the same run.
+
+Alone, on this checkout: python -m bench.dlq_capture [--runs 1] [--letters 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+from sqlalchemy import text
+
+from bench.broker import channel, consume_and_ack, declare_topology, depth, publish_all, purge_topology
+from bench.harness import (
+    BenchEnv,
+    BenchError,
+    load_average,
+    reset_tables,
+    running,
+    start_service,
+    time_drain,
+    wait_until,
+)
+from bench.report import Measurement
+from bench.runner import run_alone
+from libs.contracts import LeadApproved
+from libs.messaging import headers as h
+from libs.messaging.topology import DEAD_LETTER_EXCHANGE, DLQ_QUEUE, EVENTS_EXCHANGE
+
+PREFETCH = 10
+"""dlq-service's default prefetch (WorkerSettings): the raw consumer gets the same."""
+TRUNCATE = "TRUNCATE dead_letter_queue, dead_letter_events, dead_letter_retries, redrive_items, redrives CASCADE"
+CAPTURED = text("SELECT count(*) FROM dead_letter_queue WHERE queue_name = :queue")
+
+STACK = """Traceback (most recent call last):
+  File "/app/libs/messaging/consumer.py", line 112, in handle
+    await self.handlers[decoded.message_type](decoded, delivery)
+  File "/app/services/distribution-worker/distribution_worker/subscribers.py", line 58, in on_lead_approved
+    outcome = await distribute(
+              ^^^^^^^^^^^^^^^^^
+  File "/app/services/distribution-worker/distribution_worker/distribution.py", line {line}, in distribute
+    raise {error_type}(f"{message}")
+{module}.{error_type}: {message}
+"""
+FAILURES = (
+    ("BusinessRuleViolation", "lead {lead} does not exist", "permanent", 1, 97),
+    ("TransientError", "approval of lead {lead} is not committed yet", "transient", 4, 108),
+    ("SchemaMismatch", "lead.approved: approved_by: String should have at most 200 characters", "permanent", 1, 60),
+    ("ConnectionDoesNotExistError", "connection was closed in the middle of operation", "transient", 4, 121),
+)
+"""A few failure groups, as the consumer policy reports them: error type, message, class, attempts, line."""
+
+
+def dead_letter(number: int, queue: str) -> aio_pika.Message:
+    """A final failure as libs/messaging/consumer.py publishes it to the dead-letter exchange: the original
+    body and properties, our error headers (type, class, message, stack, attempts, times, origin)."""
+    lead_id = uuid.uuid4()
+    error_type, template, error_class, attempts, line = FAILURES[number % len(FAILURES)]
+    message = template.format(lead=lead_id)
+    last = datetime.now(UTC)
+    first = last - timedelta(seconds=36 if attempts > 1 else 0)
+    message_id = f"lead.approved:{lead_id}"
+    return aio_pika.Message(
+        LeadApproved(lead_id=lead_id, approved_by=str(uuid.uuid4())).model_dump_json().encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        correlation_id=message_id,
+        type=LeadApproved.message_type,
+        headers={
+            h.CORRELATION_ID: message_id,
+            h.ATTEMPT: attempts,
+            h.FIRST_FAILURE_AT: first.isoformat(timespec="milliseconds"),
+            h.LAST_FAILURE_AT: last.isoformat(timespec="milliseconds"),
+            h.ORIGINAL_EXCHANGE: EVENTS_EXCHANGE,
+            h.ORIGINAL_QUEUE: queue,
+            h.ORIGINAL_ROUTING_KEY: LeadApproved.message_type,
+            h.ERROR_TYPE: error_type,
+            h.ERROR_CLASS: error_class,
+            h.ERROR_MESSAGE: message,
+            h.REASON: "error",
+            h.ATTEMPTS: attempts,
+            h.SERVICE: "distribution-worker",
+            h.ERROR_STACK: STACK.format(line=line, error_type=error_type, message=message, module="libs.errors"),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class DlqCapture:
+    letters: int = 5000
+    port: int = 18521
+    name = "dlq_capture"
+    unit = "dead letters/s"
+    baseline_label = "consume+ack of a quorum queue"
+
+    @property
+    def figure(self) -> str:
+        return "DLQ capture into an empty table"
+
+    async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
+        load = load_average()
+        # The letters' original queue is the run's own name: what the run captured is counted apart from any
+        # other dead letter in the table.
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        letters = [dead_letter(number, queue) for number in range(self.letters)]
+        engine = env.engine()
+
+        async def captured() -> int:
+            async with engine.connect() as connection:
+                return int(await connection.scalar(CAPTURED, {"queue": queue}) or 0)
+
+        try:
+            if env.fresh_tables:
+                await reset_tables(engine, TRUNCATE)
+            async with channel(env.rabbitmq_url) as chan:
+                await declare_topology(chan)
+                await purge_topology(chan)
+                dead_letters = await chan.get_exchange(DEAD_LETTER_EXCHANGE)
+                await publish_all(dead_letters, [(queue, letter) for letter in letters])
+                service = start_service(checkout, "dlq-service", env, self.port)
+                async with running(service, wait_ready=False) as dlq_service:
+                    drain = await time_drain(captured, self.letters, dlq_service, timeout_s=max(120, self.letters / 20))
+                await wait_until(lambda: self._empty(chan), 10, f"{DLQ_QUEUE} queue empty after dlq-service stopped")
+            if (stored := await captured()) != self.letters:
+                raise BenchError(f"{stored} entries for {self.letters} dead letters")
+            raw = await consume_and_ack(env.rabbitmq_url, letters, prefetch=PREFETCH, timeout_s=120)
+        finally:
+            async with channel(env.rabbitmq_url) as chan:
+                await declare_topology(chan)
+                await purge_topology(chan)
+            await engine.dispose()
+        return Measurement(value=drain.rate, baseline=raw, count=drain.items, load=load)
+
+    @staticmethod
+    async def _empty(chan: AbstractChannel) -> bool:
+        return await depth(chan, DLQ_QUEUE) == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.dlq_capture", description=__doc__)
+    parser.add_argument("--letters", type=int, default=DlqCapture.letters)
+    arguments, rest = parser.parse_known_args()
+    run_alone(DlqCapture(letters=arguments.letters), rest)
+
+
+if __name__ == "__main__":
+    main()

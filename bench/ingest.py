@@ -1,0 +1,154 @@
+"""Ingest throughput: POST /api/v1/leads on one ingest-gateway process at 64 connections (wrk, a new lead per
+request), against a constant Litestar route on the same server settings in the same run.
+
+Alone, on this checkout: python -m bench.ingest [--runs 1] [--duration 20] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import secrets
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from sqlalchemy import text
+
+from bench.broker import channel, declare_topology, purge_topology
+from bench.harness import (
+    ROOT,
+    BenchEnv,
+    BenchError,
+    load_average,
+    reset_tables,
+    running,
+    start_process,
+    start_service,
+)
+from bench.report import Measurement
+from bench.runner import run_alone
+
+SCRIPT = Path(__file__).with_name("ingest.lua")
+TRUNCATE = "TRUNCATE leads, lead_sources CASCADE"
+NEW_SOURCE = text("INSERT INTO lead_sources (name, api_key_hash) VALUES (:name, :hash) RETURNING id")
+STORED = text("SELECT count(*) FROM leads WHERE source_id = :source")
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def api_key_hash(api_key: str) -> str:
+    """As the gateway stores a lead source's key (ingest_gateway/accounts.py): SHA-256, hex."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Ingest:
+    duration_s: int = 20
+    connections: int = 64
+    warmup_s: int = 3
+    port: int = 18501
+    baseline_port: int = 18502
+    name = "ingest"
+    unit = "req/s"
+    baseline_label = "constant Litestar route, same server settings"
+
+    @property
+    def figure(self) -> str:
+        return f"ingest `POST /api/v1/leads`, {self.connections} connections"
+
+    async def wrk(self, url: str, api_key: str, run: str, seconds: int) -> WrkResult:
+        """Every response must be a 2xx: a figure made of errors is refused."""
+        if shutil.which("wrk") is None:
+            raise BenchError("wrk is not installed: apt-get install -y wrk")
+        process = await asyncio.create_subprocess_exec(
+            "wrk", f"-t{min(2, self.connections)}", f"-c{self.connections}", f"-d{seconds}s", "--timeout", "10s",
+            "-s", str(SCRIPT), url,
+            env={"BENCH_API_KEY": api_key, "BENCH_RUN": run, "PATH": "/usr/bin:/bin"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+        lines = [line for line in out.decode().splitlines() if line.startswith("BENCH_JSON ")]
+        if process.returncode != 0 or not lines:
+            raise BenchError(f"wrk failed ({process.returncode}): {out.decode()[-1000:]} {err.decode()[-1000:]}")
+        result = orjson.loads(lines[-1].removeprefix("BENCH_JSON "))
+        errors = {name: result[name] for name in result if name.endswith(("_errors", "timeouts")) and result[name]}
+        if errors or not result["requests"]:
+            raise BenchError(f"{url}: {result['requests']} requests with errors {errors} (run {run})")
+        return WrkResult(
+            requests=result["requests"],
+            seconds=result["duration_us"] / 1e6,
+            p50_ms=result["p50_us"] / 1000,
+            p99_ms=result["p99_us"] / 1000,
+        )
+
+    async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
+        load = load_average()
+        run = uuid.uuid4().hex[:8]
+        api_key = "fmhl_bench_" + secrets.token_urlsafe(24)
+        engine = env.engine()
+        try:
+            if env.fresh_tables:
+                await reset_tables(engine, TRUNCATE)
+            async with channel(env.rabbitmq_url) as chan:
+                await declare_topology(chan)
+                await purge_topology(chan)
+            async with engine.begin() as connection:
+                source = await connection.scalar(NEW_SOURCE, {"name": f"bench-{run}", "hash": api_key_hash(api_key)})
+            async with running(start_service(checkout, "ingest-gateway", env, self.port)) as gateway:
+                url = gateway.url("/api/v1/leads")
+                await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
+                measured = await self.wrk(url, api_key, run, self.duration_s)
+            async with engine.connect() as connection:
+                stored = int(await connection.scalar(STORED, {"source": source}) or 0)
+            if stored < measured.requests:
+                raise BenchError(f"{measured.requests} leads accepted but {stored} stored")
+            constant_route = start_process(
+                "constant-route",
+                [sys.executable, "-m", "bench.constant_app", str(self.baseline_port)],
+                cwd=ROOT,
+                environ=env.service_environ(ROOT, self.baseline_port),
+                port=self.baseline_port,
+                log=env.log_dir / f"constant-route-{self.baseline_port}.log",
+            )
+            async with running(constant_route) as constant:
+                url = constant.url("/api/v1/leads")
+                await self.wrk(url, api_key, f"{run}-baseline-warmup", self.warmup_s)
+                baseline = await self.wrk(url, api_key, f"{run}-baseline", self.duration_s)
+        finally:
+            async with channel(env.rabbitmq_url) as chan:
+                await purge_topology(chan)
+            await engine.dispose()
+        return Measurement(
+            value=measured.rate,
+            baseline=baseline.rate,
+            count=measured.requests,
+            load=load,
+            details={"p50_ms": measured.p50_ms, "p99_ms": measured.p99_ms, "baseline_p99_ms": baseline.p99_ms},
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser.add_argument("--duration", type=int, default=Ingest.duration_s, help="seconds measured")
+    parser.add_argument("--connections", type=int, default=Ingest.connections)
+    arguments, rest = parser.parse_known_args()
+    run_alone(Ingest(duration_s=arguments.duration, connections=arguments.connections), rest)
+
+
+if __name__ == "__main__":
+    main()
