@@ -5,39 +5,48 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from sqlalchemy import ColumnElement, select
+from sqlmodel import col
 
 from libs.contracts import SendEmail
+from libs.db.tables import EmailLog, EmailStatus
 from libs.messaging import headers as h
 from tests.services.conftest import REFUSED_DOMAIN, DeadLetters, Pipeline, eventually, metric_value, publisher_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
+DUPLICATES_SKIPPED = "fmhl_emails_duplicate_skipped_total"
+RETRIED = 'fmhl_jobs_failed_total{outcome="retried"'
 
 
 def job(to: str) -> SendEmail:
     return SendEmail(template="export_ready", to=to, params={"export_id": "e-1", "row_count": 3})
 
 
+async def logged(pipeline: Pipeline, where: ColumnElement[bool]) -> list[EmailStatus]:
+    async with pipeline.engine.connect() as connection:
+        return list((await connection.scalars(select(col(EmailLog.status)).where(where))).all())
+
+
+async def email_metric(pipeline: Pipeline, line_start: str) -> float:
+    return metric_value(await pipeline.metrics(pipeline.workers["email"]), line_start)
+
+
 async def test_a_job_is_rendered_and_sent_once_even_when_delivered_twice(pipeline: Pipeline) -> None:
     address = f"once-{uuid.uuid4().hex[:6]}@example.com"
+    skipped_before = await email_metric(pipeline, DUPLICATES_SKIPPED)
     publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
     await publisher.publish(job(address), message_id=f"email-test:{address}")
     await publisher.publish(job(address), message_id=f"email-test:{address}")
     await broker.stop()
 
-    async def logged() -> bool:
-        return bool(await pipeline.scalar("SELECT count(*) FROM email_log WHERE to_address = :a", a=address))
+    async def second_delivery_skipped() -> bool:
+        return await email_metric(pipeline, DUPLICATES_SKIPPED) > skipped_before
 
-    await eventually(logged)
-    await eventually(lambda: _skipped_duplicate(pipeline))
+    await eventually(second_delivery_skipped)
     [mail] = pipeline.mail.to(address)
     assert mail["Subject"] == "Your export is ready"
     assert "3 rows" in str(mail.get_payload())
-    assert await pipeline.scalar("SELECT status FROM email_log WHERE to_address = :a", a=address) == "sent"
-
-
-async def _skipped_duplicate(pipeline: Pipeline) -> bool:
-    metrics = await pipeline.metrics(pipeline.workers["email"])
-    return metric_value(metrics, "fmhl_emails_duplicate_skipped_total") >= 1
+    assert await logged(pipeline, col(EmailLog.to_address) == address) == [EmailStatus.sent]
 
 
 async def test_a_refused_address_goes_to_the_dlq_at_once_with_the_smtp_reply(
@@ -54,12 +63,13 @@ async def test_a_refused_address_goes_to_the_dlq_at_once_with_the_smtp_reply(
     assert str(headers[h.ERROR_MESSAGE]).startswith("550")
     assert headers[h.ATTEMPTS] == 1
     assert headers[h.ORIGINAL_QUEUE] == "email"
-    assert await pipeline.scalar("SELECT status FROM email_log WHERE job_id = :j", j=message_id) == "failed"
+    assert await logged(pipeline, col(EmailLog.job_id) == message_id) == [EmailStatus.failed]
+    assert not pipeline.mail.to(address)
 
 
 async def test_an_smtp_outage_is_retried_until_the_server_is_back(pipeline: Pipeline) -> None:
     address = f"later-{uuid.uuid4().hex[:6]}@example.com"
-    before = metric_value(await pipeline.metrics(pipeline.workers["email"]), 'fmhl_jobs_failed_total{outcome="retried"')
+    retried_before = await email_metric(pipeline, RETRIED)
     pipeline.smtp.stop()
     try:
         publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
@@ -67,10 +77,10 @@ async def test_an_smtp_outage_is_retried_until_the_server_is_back(pipeline: Pipe
         await broker.stop()
 
         async def retried() -> bool:
-            metrics = await pipeline.metrics(pipeline.workers["email"])
-            return metric_value(metrics, 'fmhl_jobs_failed_total{outcome="retried"') > before
+            return await email_metric(pipeline, RETRIED) > retried_before
 
         await eventually(retried)
+        assert await logged(pipeline, col(EmailLog.to_address) == address) == []
     finally:
         pipeline.restart_smtp()
 
@@ -78,3 +88,5 @@ async def test_an_smtp_outage_is_retried_until_the_server_is_back(pipeline: Pipe
         return bool(pipeline.mail.to(address))
 
     await eventually(delivered, timeout=20)
+    assert len(pipeline.mail.to(address)) == 1
+    assert await logged(pipeline, col(EmailLog.to_address) == address) == [EmailStatus.sent]

@@ -6,11 +6,42 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 import aiosmtplib
-from sqlalchemy import text
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 
 from email_worker.settings import Settings
+from libs.db.tables import EmailLog, EmailStatus
 from libs.messaging.errors import PermanentError, TransientError
+
+# Two deliveries of one job (a redelivery racing a slow first attempt) queue here, one at a time.
+LOCK_JOB = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("job_id"))))
+
+ALREADY_SENT = select(col(EmailLog.id)).where(
+    col(EmailLog.job_id) == bindparam("job_id"), col(EmailLog.status) == EmailStatus.sent
+)
+
+_LOG = insert(EmailLog).values(
+    job_id=bindparam("job_id"),
+    smtp_message_id=bindparam("smtp_message_id"),
+    to_address=bindparam("to_address"),
+    template=bindparam("template"),
+    status=bindparam("status"),
+    smtp_response=bindparam("smtp_response"),
+)
+LOG_SENT = _LOG.on_conflict_do_update(
+    index_elements=[col(EmailLog.job_id)],
+    set_={
+        "status": _LOG.excluded.status,
+        "smtp_message_id": _LOG.excluded.smtp_message_id,
+        "smtp_response": _LOG.excluded.smtp_response,
+    },
+)
+LOG_FAILED = _LOG.on_conflict_do_update(
+    index_elements=[col(EmailLog.job_id)],
+    set_={"status": _LOG.excluded.status, "smtp_response": _LOG.excluded.smtp_response},
+)
 
 
 class SmtpRefused(PermanentError):
@@ -38,12 +69,8 @@ async def deliver(
 ) -> str | None:
     """Sends unless this job was already accepted; returns the Message-ID sent, or None when skipped."""
     async with engine.begin() as connection:
-        # Two deliveries of one job (a redelivery racing a slow first attempt) queue here, one at a time.
-        await connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:job))"), {"job": job_id})
-        sent = await connection.scalar(
-            text("SELECT 1 FROM email_log WHERE job_id = :job AND status = 'sent'"), {"job": job_id}
-        )
-        if sent is not None:
+        await connection.execute(LOCK_JOB, {"job_id": job_id})
+        if await connection.scalar(ALREADY_SENT, {"job_id": job_id}) is not None:
             return None
         message = EmailMessage()
         message["From"] = settings.smtp_from
@@ -65,31 +92,21 @@ async def deliver(
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             failure = _classify(error)
             if isinstance(failure, SmtpRefused):
-                await _log(engine, job_id, to, template, "failed", None, str(failure))
+                await _log_failure(engine, job_id, to, template, str(failure))
             raise failure from error
         await connection.execute(
-            text(
-                "INSERT INTO email_log (job_id, smtp_message_id, to_address, template, status, smtp_response) "
-                "VALUES (:job, :mid, :to, :template, 'sent', :response) "
-                "ON CONFLICT (job_id) DO UPDATE SET status = 'sent', smtp_message_id = EXCLUDED.smtp_message_id, "
-                "smtp_response = EXCLUDED.smtp_response"
-            ),
-            {"job": job_id, "mid": message["Message-ID"], "to": to, "template": template,
-             "response": str(response[1])[:1000]},
+            LOG_SENT,
+            {"job_id": job_id, "smtp_message_id": message["Message-ID"], "to_address": to, "template": template,
+             "status": EmailStatus.sent, "smtp_response": str(response[1])[:1000]},
         )  # fmt: skip
     return str(message["Message-ID"])
 
 
-async def _log(
-    engine: AsyncEngine, job_id: str, to: str, template: str, status: str, message_id: str | None, response: str
-) -> None:
+async def _log_failure(engine: AsyncEngine, job_id: str, to: str, template: str, response: str) -> None:
+    """In its own transaction: the caller's rolls back with the error it raises."""
     async with engine.begin() as connection:
         await connection.execute(
-            text(
-                "INSERT INTO email_log (job_id, smtp_message_id, to_address, template, status, smtp_response) "
-                "VALUES (:job, :mid, :to, :template, :status, :response) ON CONFLICT (job_id) DO UPDATE "
-                "SET status = EXCLUDED.status, smtp_response = EXCLUDED.smtp_response"
-            ),
-            {"job": job_id, "mid": message_id, "to": to, "template": template, "status": status,
-             "response": response[:1000]},
+            LOG_FAILED,
+            {"job_id": job_id, "smtp_message_id": None, "to_address": to, "template": template,
+             "status": EmailStatus.failed, "smtp_response": response[:1000]},
         )  # fmt: skip

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+
+WHOLE_CENTS = re.compile(r"-?[0-9]+")
 
 
 def _money(cents: object) -> str:
-    value = int(cents) if isinstance(cents, int | str) and str(cents).lstrip("-").isdigit() else 0
+    # Anything but whole cents shows as zero rather than failing the mail ("--5" and "²" pass str.isdigit checks).
+    value = int(cents) if isinstance(cents, int) or (isinstance(cents, str) and WHOLE_CENTS.fullmatch(cents)) else 0
     return f"${value // 100:,}.{value % 100:02d}" if value >= 0 else f"-${-value // 100:,}.{-value % 100:02d}"
 
 
