@@ -6,8 +6,35 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import text
+from sqlalchemy import BigInteger, Uuid, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import col
+
+from libs.db.tables import LedgerEntry, LedgerKind, Provider
+
+CREDITS = frozenset({LedgerKind.top_up, LedgerKind.refund})
+
+_PROVIDER = bindparam("provider", type_=Uuid)
+_CENTS = bindparam("cents", type_=BigInteger)
+
+_BALANCE = select(col(Provider.balance_cents)).where(col(Provider.id) == _PROVIDER)
+
+# The whole rule in one statement: the price is taken only while the balance covers it, so concurrent debits of
+# one provider can never overdraw it and nothing is read before it is written.
+_DEBIT = (
+    update(Provider)
+    .where(col(Provider.id) == _PROVIDER, col(Provider.balance_cents) >= _CENTS)
+    .values(balance_cents=col(Provider.balance_cents) - _CENTS)
+    .returning(col(Provider.balance_cents))
+)
+_CREDIT = (
+    update(Provider)
+    .where(col(Provider.id) == _PROVIDER)
+    .values(balance_cents=col(Provider.balance_cents) + _CENTS)
+    .returning(col(Provider.balance_cents))
+)
+# `inline()`: the caller needs no generated id back, so no RETURNING is added to the insert.
+_ENTRY = insert(LedgerEntry).inline()
 
 
 class UnknownProvider(Exception):
@@ -15,37 +42,41 @@ class UnknownProvider(Exception):
 
 
 async def balance(connection: AsyncConnection, provider_id: uuid.UUID) -> int:
-    value = await connection.scalar(text("SELECT balance_cents FROM providers WHERE id = :id"), {"id": provider_id})
+    value = await connection.scalar(_BALANCE, {"provider": provider_id})
     if value is None:
         raise UnknownProvider(str(provider_id))
     return int(value)
 
 
-async def top_up(connection: AsyncConnection, provider_id: uuid.UUID, amount_cents: int) -> int:
+async def credit(
+    connection: AsyncConnection,
+    provider_id: uuid.UUID,
+    amount_cents: int,
+    kind: LedgerKind,
+    *,
+    refund_id: uuid.UUID | None = None,
+) -> int:
+    """Adds to the balance and writes the matching ledger row; the new balance.
+
+    A refund names its refund (the ledger holds one credit per refund); a top-up names none.
+    """
     if amount_cents <= 0:
         raise ValueError("amount_cents must be positive")
-    new_balance = await connection.scalar(
-        text("UPDATE providers SET balance_cents = balance_cents + :amount WHERE id = :id RETURNING balance_cents"),
-        {"amount": amount_cents, "id": provider_id},
-    )
+    if kind not in CREDITS:
+        raise ValueError(f"{kind} is not a credit")
+    if (kind is LedgerKind.refund) != (refund_id is not None):
+        raise ValueError("a refund credit names its refund, and only a refund credit does")
+    new_balance = await connection.scalar(_CREDIT, {"provider": provider_id, "cents": amount_cents})
     if new_balance is None:
         raise UnknownProvider(str(provider_id))
-    await connection.execute(
-        text("INSERT INTO ledger_entries (provider_id, kind, amount_cents) VALUES (:id, 'top_up', :amount)"),
-        {"id": provider_id, "amount": amount_cents},
-    )
+    entry = {"provider_id": provider_id, "kind": kind, "amount_cents": amount_cents, "refund_id": refund_id}
+    await connection.execute(_ENTRY, entry)
     return int(new_balance)
 
 
 async def debit(connection: AsyncConnection, provider_id: uuid.UUID, price_cents: int) -> int | None:
     """Takes the price only if the balance covers it; the new balance, or None when it does not."""
-    new_balance = await connection.scalar(
-        text(
-            "UPDATE providers SET balance_cents = balance_cents - :price "
-            "WHERE id = :id AND balance_cents >= :price RETURNING balance_cents"
-        ),
-        {"price": price_cents, "id": provider_id},
-    )
+    new_balance = await connection.scalar(_DEBIT, {"provider": provider_id, "cents": price_cents})
     return None if new_balance is None else int(new_balance)
 
 
@@ -54,28 +85,11 @@ async def record_charge(
 ) -> None:
     """The ledger row of a debit; unique per assignment, so a charge can never be recorded twice."""
     await connection.execute(
-        text(
-            "INSERT INTO ledger_entries (provider_id, kind, amount_cents, assignment_id) "
-            "VALUES (:id, 'lead_charge', :amount, :assignment)"
-        ),
-        {"id": provider_id, "amount": -price_cents, "assignment": assignment_id},
+        _ENTRY,
+        {
+            "provider_id": provider_id,
+            "kind": LedgerKind.lead_charge,
+            "amount_cents": -price_cents,
+            "assignment_id": assignment_id,
+        },
     )
-
-
-async def credit_refund(
-    connection: AsyncConnection, provider_id: uuid.UUID, amount_cents: int, refund_id: uuid.UUID
-) -> int:
-    new_balance = await connection.scalar(
-        text("UPDATE providers SET balance_cents = balance_cents + :amount WHERE id = :id RETURNING balance_cents"),
-        {"amount": amount_cents, "id": provider_id},
-    )
-    if new_balance is None:
-        raise UnknownProvider(str(provider_id))
-    await connection.execute(
-        text(
-            "INSERT INTO ledger_entries (provider_id, kind, amount_cents, refund_id) "
-            "VALUES (:id, 'refund', :amount, :refund)"
-        ),
-        {"id": provider_id, "amount": amount_cents, "refund": refund_id},
-    )
-    return int(new_balance)

@@ -13,13 +13,15 @@ import uuid
 from pathlib import Path
 
 from pydantic import Field
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import hash_api_key, new_api_key
-from libs.auth import hash_password, new_totp_secret, totp_uri
+from ingest_gateway.accounts import create_lead_source, create_user
+from libs.auth import totp_uri
 from libs.db import create_engine
+from libs.db.tables import UserRole
 from libs.settings import ServiceSettings, load_or_exit
+
+# The account functions stay importable from here: operators' scripts and the tests seed through them.
+__all__ = ["create_lead_source", "create_user", "main"]
 
 
 class CliSettings(ServiceSettings):
@@ -27,38 +29,12 @@ class CliSettings(ServiceSettings):
     http_port: int = Field(1, description="Unused by the CLI.")
 
 
-async def create_user(
-    engine: AsyncEngine, email: str, role: str, password: str, provider_id: uuid.UUID | None, with_totp: bool
-) -> tuple[uuid.UUID, str | None]:
-    secret = new_totp_secret() if with_totp else None
-    async with engine.begin() as connection:
-        user_id = await connection.scalar(
-            text(
-                "INSERT INTO users (email, role, password_hash, totp_secret, provider_id) "
-                "VALUES (:email, :role, :hash, :secret, :provider) RETURNING id"
-            ),
-            {"email": email.lower(), "role": role, "hash": hash_password(password), "secret": secret,
-             "provider": provider_id},
-        )  # fmt: skip
-    return user_id, secret
-
-
-async def create_lead_source(engine: AsyncEngine, name: str, trusted: bool) -> tuple[uuid.UUID, str]:
-    api_key = new_api_key()
-    async with engine.begin() as connection:
-        source_id = await connection.scalar(
-            text("INSERT INTO lead_sources (name, api_key_hash, trusted) VALUES (:name, :hash, :trusted) RETURNING id"),
-            {"name": name, "hash": hash_api_key(api_key), "trusted": trusted},
-        )
-    return source_id, api_key
-
-
 async def run(arguments: argparse.Namespace, password: str | None) -> None:
     engine = create_engine(load_or_exit(CliSettings))
     try:
         if arguments.command == "create-user":
             assert password is not None
-            with_totp = arguments.role == "admin" or arguments.totp
+            with_totp = arguments.role == UserRole.admin or arguments.totp
             user_id, secret = await create_user(
                 engine, arguments.email, arguments.role, password, arguments.provider_id, with_totp
             )
@@ -78,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     user = commands.add_parser("create-user")
     user.add_argument("--email", required=True)
-    user.add_argument("--role", choices=["admin", "provider"], required=True)
+    user.add_argument("--role", choices=[role.value for role in UserRole], required=True)
     user.add_argument("--password-file", required=True, help="file holding the password (kept out of shell history)")
     user.add_argument("--provider-id", type=uuid.UUID)
     user.add_argument("--totp", action="store_true", help="also give a provider a TOTP secret")
@@ -86,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--name", required=True)
     source.add_argument("--trusted", action="store_true", help="its leads are approved without an admin")
     arguments = parser.parse_args(argv)
-    if arguments.command == "create-user" and arguments.role == "provider" and arguments.provider_id is None:
+    if arguments.command == "create-user" and arguments.role == UserRole.provider and arguments.provider_id is None:
         parser.error("--provider-id is required for a provider")
     password = None
     if arguments.command == "create-user":

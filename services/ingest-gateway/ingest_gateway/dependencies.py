@@ -9,7 +9,7 @@ from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import LeadSource, lead_source_for
+from ingest_gateway.accounts import AuthenticatedSource, lead_source_for
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.settings import Settings
 from libs.auth import Principal, Tokens, bearer_principal
@@ -27,7 +27,7 @@ def build_dependencies(
     async def principal(request: Request[Any, Any, Any]) -> Principal:
         return bearer_principal(request, tokens)
 
-    async def lead_source(request: Request[Any, Any, Any]) -> LeadSource:
+    async def lead_source(request: Request[Any, Any, Any]) -> AuthenticatedSource:
         api_key = request.headers.get("x-api-key")
         if not api_key:
             raise NotAuthorizedException("missing X-API-Key header")

@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, timedelta
-from typing import Any
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, Date, Select, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import SQLModel, col
 
-from libs.db.keyset import decode_cursor, encode_cursor
+from ingest_gateway.errors import Invalid
+from libs.contracts import Contact
+from libs.db.keyset import BadCursor, decode_cursor, encode_cursor
+from libs.db.tables import Assignment, AssignmentStatus, Lead
+
+
+class InboxItem(SQLModel):
+    assignment_id: uuid.UUID
+    lead_id: uuid.UUID
+    price_cents: int
+    status: AssignmentStatus
+    assigned_at: datetime
+    category: str
+    zip: str
+    contact: Contact
+
+
+class InboxPage(SQLModel):
+    items: list[InboxItem]
+    # Pass it back as `cursor` for the next (older) page; null on the last page.
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -18,46 +38,57 @@ class InboxQuery:
     provider_id: uuid.UUID
     limit: int
     cursor: str | None = None
-    status: str | None = None
+    status: AssignmentStatus | None = None
     date_from: date | None = None
     date_to: date | None = None
 
 
-async def inbox_page(connection: AsyncConnection, query: InboxQuery) -> tuple[list[dict[str, Any]], str | None]:
-    conditions = ["a.provider_id = :provider"]
-    params: dict[str, Any] = {"provider": query.provider_id, "limit": query.limit + 1}
-    if query.cursor:
-        params["cursor_at"], params["cursor_id"] = decode_cursor(query.cursor)
-        conditions.append("(a.created_at, a.id) < (:cursor_at, :cursor_id)")
-    if query.status:
-        conditions.append("a.status = :status")
-        params["status"] = query.status
-    if query.date_from:
-        conditions.append("a.created_at >= :date_from")
-        params["date_from"] = query.date_from
-    if query.date_to:
-        conditions.append("a.created_at < :date_to")
-        params["date_to"] = query.date_to + timedelta(days=1)
-    # Only the fixed condition strings above are joined in; every value is a bound parameter.
-    sql = (
-        "SELECT a.id, a.lead_id, a.price_cents, a.status, a.created_at, l.category, l.zip, l.contact "
-        "FROM assignments a JOIN leads l ON l.id = a.lead_id WHERE " + " AND ".join(conditions) + " "
-        "ORDER BY a.created_at DESC, a.id DESC LIMIT :limit"
+_ITEMS = (
+    select(
+        col(Assignment.id).label("assignment_id"),
+        col(Assignment.lead_id),
+        col(Assignment.price_cents),
+        col(Assignment.status),
+        col(Assignment.created_at).label("assigned_at"),
+        col(Lead.category),
+        col(Lead.zip),
+        col(Lead.contact),
     )
-    rows = (await connection.execute(text(sql), params)).all()
-    items = [
-        {
-            "assignment_id": row.id,
-            "lead_id": row.lead_id,
-            "price_cents": row.price_cents,
-            "status": row.status,
-            "assigned_at": row.created_at,
-            "category": row.category,
-            "zip": row.zip,
-            "contact": row.contact,
-        }
-        for row in rows[: query.limit]
-    ]
+    .join(Lead, col(Lead.id) == col(Assignment.lead_id))
+    .order_by(col(Assignment.created_at).desc(), col(Assignment.id).desc())
+)
+
+
+def statement(query: InboxQuery) -> Select[tuple[object, ...]]:
+    """The page's query: one row more than the limit, to know whether an older page follows.
+
+    Raises Invalid when the cursor is not one this API returned.
+    """
+    return _ITEMS.where(*conditions(query)).limit(query.limit + 1)
+
+
+def conditions(query: InboxQuery) -> list[ColumnElement[bool]]:
+    where = [col(Assignment.provider_id) == query.provider_id]
+    if query.cursor:
+        try:
+            cursor_at, cursor_id = decode_cursor(query.cursor)
+        except BadCursor as error:
+            raise Invalid(str(error), field="cursor") from None
+        # Strictly older than the last row shown, in the (created_at, id) order of the index.
+        where.append(tuple_(col(Assignment.created_at), col(Assignment.id)) < tuple_(cursor_at, cursor_id))
+    if query.status:
+        where.append(col(Assignment.status) == query.status)
+    if query.date_from:
+        where.append(col(Assignment.created_at) >= literal(query.date_from, Date))
+    if query.date_to:
+        # `to` is inclusive: everything before the next day starts.
+        where.append(col(Assignment.created_at) < literal(query.date_to + timedelta(days=1), Date))
+    return where
+
+
+async def inbox_page(connection: AsyncConnection, query: InboxQuery) -> InboxPage:
+    rows = (await connection.execute(statement(query))).all()
+    items = [InboxItem.model_validate(row._mapping) for row in rows[: query.limit]]
     more = len(rows) > query.limit
-    next_cursor = encode_cursor(rows[query.limit - 1].created_at, rows[query.limit - 1].id) if more else None
-    return items, next_cursor
+    next_cursor = encode_cursor(items[-1].assigned_at, items[-1].assignment_id) if more else None
+    return InboxPage(items=items, next_cursor=next_cursor)
