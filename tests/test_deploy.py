@@ -9,23 +9,19 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from libs.runtime import SERVICES, Service
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-FMHL_SERVICES = {
-    "ingest-gateway": "ingest_gateway",
-    "dlq-service": "dlq_service",
-    "distribution-worker": "distribution_worker",
-    "email-worker": "email_worker",
-    "export-worker": "export_worker",
-    "scheduler": "scheduler",
-}
+FMHL_SERVICES = {service.name: service.package for service in SERVICES}
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -118,3 +114,42 @@ def test_the_readme_documents_every_metric_the_code_exposes() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = sorted(name for name in defined_metric_names() if name not in readme)
     assert not missing, missing
+
+
+def bash_array(script: str, name: str) -> list[str]:
+    match = re.search(rf"^{name}=\((.*?)\)", script, re.MULTILINE | re.DOTALL)
+    assert match, f"stack.sh has no {name}=(...)"
+    return match.group(1).split()
+
+
+def bash_map(script: str, name: str) -> dict[str, str]:
+    match = re.search(rf"^declare -A {name}=\((.*?)\)", script, re.MULTILINE | re.DOTALL)
+    assert match, f"stack.sh has no declare -A {name}=(...)"
+    return dict(re.findall(r"\[([a-z-]+)\]=(\S+)", match.group(1)))
+
+
+def test_the_local_stack_starts_the_declared_services_on_their_ports() -> None:
+    script = (ROOT / "deploy" / "local" / "stack.sh").read_text()
+    assert bash_array(script, "SERVICES") == [service.name for service in SERVICES]
+    assert bash_map(script, "PORTS") == {service.name: str(service.port) for service in SERVICES}
+    assert bash_map(script, "MODULES") == FMHL_SERVICES
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda service: service.name)
+def test_each_service_settings_default_to_its_declared_name_and_port(service: Service) -> None:
+    fields = importlib.import_module(f"{service.package}.settings").Settings.model_fields
+    assert fields["service_name"].default == service.name
+    assert fields["http_port"].default == service.port
+
+
+def test_the_image_and_the_tools_find_every_declared_package() -> None:
+    folders = [f"/app/{service.folder}" for service in SERVICES]
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    match = re.search(r"PYTHONPATH=(\S+)", dockerfile)
+    assert match
+    assert match.group(1).split(":") == ["/app", *folders]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    first_party = pyproject["tool"]["ruff"]["lint"]["isort"]["known-first-party"]
+    assert set(first_party) == {"libs", *FMHL_SERVICES.values()}
+    mypy_path = set(pyproject["tool"]["mypy"]["mypy_path"].split(":"))
+    assert mypy_path == {"$MYPY_CONFIG_FILE_DIR", *(f"$MYPY_CONFIG_FILE_DIR/{s.folder}" for s in SERVICES)}

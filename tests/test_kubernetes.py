@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from libs.messaging.topology import TOPOLOGY
+from libs.runtime import SERVICES as DECLARED
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SERVICES = {"ingest-gateway", "dlq-service", "distribution-worker", "email-worker", "export-worker", "scheduler"}
+SERVICES = {service.name for service in DECLARED}
 
 
 def build(overlay: str) -> list[dict[str, Any]]:

@@ -14,27 +14,50 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pyotp
-from sqlalchemy import text
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import col
 
 from ingest_gateway.cli import create_lead_source, create_user
+from libs.db.tables import Assignment, Lead, LeadStatus, Provider, Subscription
+from libs.runtime import service
 
-GATEWAY = "http://127.0.0.1:8000"
-DLQ_API = "http://127.0.0.1:8001/api/v1/admin/queues"
-METRICS = {
-    "ingest-gateway": ("http://127.0.0.1:8000/metrics", ["fmhl_leads_submitted_total", "fmhl_leads_approved_total"]),
-    "distribution-worker": (
-        "http://127.0.0.1:8101/metrics",
-        ["fmhl_assignments_created_total", "fmhl_assignments_skipped_insufficient_balance_total",
-         "fmhl_distribution_duration_ms_count"],
-    ),
-    "email-worker": ("http://127.0.0.1:8102/metrics", ["fmhl_emails_sent_total", "fmhl_jobs_failed_total"]),
-    "dlq-service": ("http://127.0.0.1:8001/metrics", ["fmhl_dead_letters_received_total"]),
+
+def local_url(name: str, path: str = "") -> str:
+    """Where `stack.sh up` serves that service: its declared port on this machine."""
+    return f"http://127.0.0.1:{service(name).port}{path}"
+
+
+GATEWAY = local_url("ingest-gateway")
+DLQ_API = local_url("dlq-service", "/api/v1/admin/queues")
+COUNTERS = {
+    "ingest-gateway": ["fmhl_leads_submitted_total", "fmhl_leads_approved_total"],
+    "distribution-worker": ["fmhl_assignments_created_total", "fmhl_assignments_skipped_insufficient_balance_total",
+                            "fmhl_distribution_duration_ms_count"],
+    "email-worker": ["fmhl_emails_sent_total", "fmhl_jobs_failed_total"],
+    "dlq-service": ["fmhl_dead_letters_received_total"],
 }  # fmt: skip
+SETTLED = {LeadStatus.distributed, LeadStatus.unassigned}
+LEAD_STATUS = select(col(Lead.status)).where(col(Lead.id) == bindparam("id"))
+PROVIDER_SUMMARY = (
+    select(
+        col(Provider.balance_cents),
+        func.count(col(Assignment.id)).label("leads"),
+        col(Subscription.status),
+        col(Subscription.paused_reason),
+    )
+    .select_from(Provider)
+    .join(Subscription, col(Subscription.provider_id) == col(Provider.id))
+    .outerjoin(Assignment, col(Assignment.provider_id) == col(Provider.id))
+    .where(col(Provider.id) == bindparam("id"))
+    .group_by(col(Provider.balance_cents), col(Subscription.status), col(Subscription.paused_reason))
+)
 
 
 def counter_lines(url: str, names: list[str]) -> list[str]:
@@ -92,23 +115,29 @@ async def main() -> None:
         (await client.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)).raise_for_status()
         leads.append(lead_id)
         # One at a time, so the round-robin order is easy to follow.
-        await _wait_for(engine, "SELECT status IN ('distributed', 'unassigned') FROM leads WHERE id = :id", lead_id)
+        if not await _eventually(partial(_settled, engine, lead_id), within_s=30):
+            raise SystemExit(f"demo: lead {lead_id} was not distributed within 30s")
     print(f"submitted and approved {len(leads)} leads\n")
 
     async with engine.connect() as connection:
         print("assignments and balances")
         for name, provider_id in ids.items():
-            summary = text(
-                "SELECT p.balance_cents, count(a.id) AS leads, s.status, s.paused_reason FROM providers p "
-                "JOIN subscriptions s ON s.provider_id = p.id LEFT JOIN assignments a ON a.provider_id = p.id "
-                "WHERE p.id = :id GROUP BY p.balance_cents, s.status, s.paused_reason"
-            )
-            row = (await connection.execute(summary, {"id": provider_id})).one()
+            row = (await connection.execute(PROVIDER_SUMMARY, {"id": provider_id})).one()
             state = row.status + (f" ({row.paused_reason})" if row.paused_reason else "")
             print(f"  {name:<26} leads={row.leads}  balance=${row.balance_cents / 100:>7.2f}  subscription={state}")
     await engine.dispose()
 
-    await asyncio.sleep(3)  # the refused mails go through their worker and the DLQ
+    dlq = httpx.AsyncClient(base_url=DLQ_API, timeout=10, headers=admin)
+
+    async def dead_letters() -> list[dict[str, str]]:
+        return list((await dlq.get("/dlq", params={"q": run, "limit": 20})).json()["items"])
+
+    async def refused_mail_recorded() -> bool:
+        return bool(await dead_letters())
+
+    # The refused mail goes through the email-worker and into the DLQ store; the other mails go before it.
+    if not await _eventually(refused_mail_recorded, within_s=30):
+        print("(the refused mail has not reached the DLQ store within 30 s)")
     mail_dir = Path(os.environ["MAIL_DIR"])
     listing = mail_dir / "index.jsonl"
     mails = [json.loads(line) for line in listing.read_text().splitlines()] if listing.exists() else []
@@ -116,10 +145,9 @@ async def main() -> None:
     print(f"\nmails in the SMTP sink ({mail_dir}):")
     for mail in mine:
         print(f"  to {', '.join(mail['to']):<32} {mail['subject']}")
-    dlq = httpx.AsyncClient(base_url=DLQ_API, timeout=10, headers=admin)
-    listed = (await dlq.get("/dlq", params={"q": run, "limit": 20})).json()
+    listed = await dead_letters()
     print("\ndead letters in the DLQ store (GET /api/v1/admin/queues/dlq, contact details masked):")
-    for entry in listed["items"]:
+    for entry in listed:
         print(f"  {entry['id']}  queue={entry['queue']} reason={entry['reason']} status={entry['status']} "
               f"{entry['error_type']}: {entry['error_message']}")  # fmt: skip
     overview = (await dlq.get("")).json()["queues"]
@@ -132,24 +160,28 @@ async def main() -> None:
     unknown = next((queue["error"] for queue in overview if queue.get("error")), None)
     if unknown:
         print(f"  (? = unknown: {unknown})")
-    if listed["items"]:
-        first = listed["items"][0]["id"]
+    if listed:
+        first = listed[0]["id"]
         print(f"\nretry one:   curl -X POST -H 'Authorization: Bearer <token>' {DLQ_API}/dlq/{first}/retry")
     await dlq.aclose()
     print("\ncounters from /metrics:")
-    for service, (url, names) in METRICS.items():
-        for line in counter_lines(url, names):
-            print(f"  {service:<20} {line}")
+    for name, counters in COUNTERS.items():
+        for line in counter_lines(local_url(name, "/metrics"), counters):
+            print(f"  {name:<20} {line}")
 
 
-async def _wait_for(engine: AsyncEngine, sql: str, lead_id: str, within_s: float = 30.0) -> None:
+async def _settled(engine: AsyncEngine, lead_id: str) -> bool:
+    async with engine.connect() as connection:
+        return await connection.scalar(LEAD_STATUS, {"id": lead_id}) in SETTLED
+
+
+async def _eventually(condition: Callable[[], Awaitable[bool]], within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        async with engine.connect() as connection:
-            if await connection.scalar(text(sql), {"id": lead_id}):
-                return
+        if await condition():
+            return True
         await asyncio.sleep(0.2)
-    raise SystemExit(f"demo: lead {lead_id} was not distributed within {within_s:g}s")
+    return False
 
 
 if __name__ == "__main__":

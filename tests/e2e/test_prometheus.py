@@ -18,12 +18,13 @@ import aio_pika
 import httpx
 import pytest
 import yaml
-from sqlalchemy import text
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel import col
 
-from tests.e2e.conftest import Running, wait_for
+from libs.db.tables import DeadLetter, DeadLetterStatus, Resolution
+from tests.conftest import ServiceProcess, wait_for
 
-pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = "http://127.0.0.1:19090"
 ALERTMANAGER = "http://127.0.0.1:19093"
@@ -40,7 +41,7 @@ def dlq_size_twin() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(stack: list[Running], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def prometheus(stack: list[ServiceProcess], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     folder = tmp_path_factory.mktemp("prometheus")
     (folder / "twins.yml").write_text(yaml.safe_dump(dlq_size_twin()))
     (folder / "alertmanager.yml").write_text(yaml.safe_dump({
@@ -106,7 +107,7 @@ def in_alertmanager(name: str) -> bool:
     return any(alert["labels"]["alertname"] == name and alert["status"]["state"] == "active" for alert in alerts)
 
 
-def test_every_target_is_up(prometheus: None, stack: list[Running]) -> None:
+def test_every_target_is_up(prometheus: None, stack: list[ServiceProcess]) -> None:
     wait_for(lambda: len(targets()) == 7 and all(t["health"] == "up" for t in targets()), 30, "all targets up")
     jobs = {target["labels"]["job"] for target in targets()}
     assert jobs == {f"fmhl-{service.name}" for service in stack} | {"rabbitmq"}
@@ -138,9 +139,12 @@ async def _resolve_all(database_url: str) -> None:
     engine = create_async_engine(database_url)
     async with engine.begin() as connection:
         await connection.execute(
-            text("UPDATE dead_letter_queue SET status = 'resolved', resolved = TRUE, resolved_at = now(), "
-                 "resolution = 'manual' WHERE status <> 'resolved'")
-        )  # fmt: skip
+            update(DeadLetter)
+            .where(col(DeadLetter.status) != DeadLetterStatus.resolved)
+            .values(
+                status=DeadLetterStatus.resolved, resolved=True, resolved_at=func.now(), resolution=Resolution.manual
+            )
+        )
     await engine.dispose()
 
 

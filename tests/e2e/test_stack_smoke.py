@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import signal
 import subprocess
 import sys
-import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pyotp
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.e2e.conftest import Running, postgres_cluster, wait_for
+from ingest_gateway.cli import create_user
+from libs.messaging.topology import DISTRIBUTION, DLQ_QUEUE, EMAIL, REPORT_EXPORT, SCHEDULED_JOBS
+from libs.runtime import SERVICES
+from tests.conftest import ServiceProcess, wait_for
+from tests.e2e.conftest import postgres_cluster
 
-pytestmark = pytest.mark.stack
+CONSUMED_QUEUE = {
+    "distribution-worker": DISTRIBUTION.name,
+    "email-worker": EMAIL.name,
+    "export-worker": REPORT_EXPORT.name,
+    "dlq-service": DLQ_QUEUE,
+    "scheduler": SCHEDULED_JOBS.name,
+}
 
 
-def test_every_service_is_live_ready_and_exposes_metrics(stack: list[Running]) -> None:
+def named(stack: list[ServiceProcess], name: str) -> ServiceProcess:
+    return next(process for process in stack if process.name == name)
+
+
+def readiness_answers(service: ServiceProcess, status: int) -> Callable[[], bool]:
+    return lambda: httpx.get(service.url("/health/ready"), timeout=5).status_code == status
+
+
+def exposes(service: ServiceProcess, series: str) -> Callable[[], bool]:
+    return lambda: series in httpx.get(service.url("/metrics")).text
+
+
+def test_every_declared_service_is_live_ready_and_exposes_metrics(stack: list[ServiceProcess]) -> None:
+    assert [process.name for process in stack] == [declared.name for declared in SERVICES]
     for service in stack:
         assert httpx.get(service.url("/health/live")).json() == {"status": "alive"}
         ready = httpx.get(service.url("/health/ready")).json()
@@ -29,53 +55,40 @@ def test_every_service_is_live_ready_and_exposes_metrics(stack: list[Running]) -
         assert "fmhl_http_request_duration_ms_bucket" in metrics.text, service.name
 
 
-def test_workers_report_their_queue_depth(stack: list[Running]) -> None:
-    queues = {
-        "distribution-worker": "queue",
-        "email-worker": "queue",
-        "export-worker": "queue",
-        "dlq-service": "queue",
-    }
-    for service in stack:
-        if service.name in queues:
-            check = httpx.get(service.url("/health/ready")).json()["checks"]["queue"]
-            assert check["status"] == "up"
-            assert isinstance(check["depth"], int)
-    gauges = {"distribution-worker": "distribution", "email-worker": "email", "export-worker": "report-export"}
-    for service in stack:
-        if service.name in gauges:
-            metrics = httpx.get(service.url("/metrics")).text
-            assert f'fmhl_queue_depth{{queue="{gauges[service.name]}"}}' in metrics, service.name
+def test_each_consumer_reports_the_depth_of_its_own_queue(stack: list[ServiceProcess]) -> None:
+    for name, queue in CONSUMED_QUEUE.items():
+        service = named(stack, name)
+        check = httpx.get(service.url("/health/ready")).json()["checks"]["queue"]
+        assert check["status"] == "up", name
+        assert isinstance(check["depth"], int), name
+        # The gauge is first read in the background just after start.
+        series = f'fmhl_queue_depth{{queue="{queue}"}}'
+        wait_for(exposes(service, series), 15, f"{series} on {name}")
 
 
 @pytest.fixture(scope="module")
-def admin_token(stack: list[Running], database_url: str) -> str:
-    import asyncio
-
-    import pyotp
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from ingest_gateway.cli import create_user
+def admin_token(stack: list[ServiceProcess], database_url: str) -> str:
+    password = f"fuzzing-{uuid.uuid4().hex}"
 
     async def admin() -> tuple[str, str]:
         engine = create_async_engine(database_url)
-        email = f"fuzz-{os.getpid()}-{time.time_ns()}@example.com"
-        _, secret = await create_user(engine, email, "admin", "fuzzing-password-1", None, True)
+        email = f"fuzz-{uuid.uuid4().hex[:12]}@example.com"
+        _, secret = await create_user(engine, email, "admin", password, None, True)
         await engine.dispose()
         assert secret is not None
         return email, secret
 
     email, secret = asyncio.run(admin())
-    login = {"email": email, "password": "fuzzing-password-1", "totp_code": pyotp.TOTP(secret).now()}
-    response = httpx.post(stack[0].url("/api/v1/auth/token"), json=login)
+    login = {"email": email, "password": password, "totp_code": pyotp.TOTP(secret).now()}
+    response = httpx.post(named(stack, "ingest-gateway").url("/api/v1/auth/token"), json=login)
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
 
 
 @pytest.mark.parametrize("api", ["ingest-gateway", "dlq-service", "scheduler"])
-def test_no_generated_request_makes_the_api_answer_500(stack: list[Running], admin_token: str, api: str) -> None:
+def test_no_generated_request_makes_the_api_answer_500(stack: list[ServiceProcess], admin_token: str, api: str) -> None:
     """schemathesis derives requests from the published OpenAPI schema; none may end in a server error."""
-    service = next(s for s in stack if s.name == api)
+    service = named(stack, api)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "schemathesis"), "run", service.url("/schema/openapi.json"),
          "--checks", "not_a_server_error", "--header", f"Authorization: Bearer {admin_token}",
@@ -86,16 +99,12 @@ def test_no_generated_request_makes_the_api_answer_500(stack: list[Running], adm
     assert "Server error" not in result.stdout
 
 
-def test_readiness_follows_postgresql_while_liveness_does_not(stack: list[Running]) -> None:
+def test_readiness_follows_postgresql_while_liveness_does_not(stack: list[ServiceProcess]) -> None:
     cluster = postgres_cluster()
     subprocess.run(["pg_ctlcluster", *cluster, "stop", "-m", "fast"], check=True)
     try:
         for service in stack:
-            wait_for(
-                lambda s=service: httpx.get(s.url("/health/ready"), timeout=5).status_code == 503,
-                20,
-                f"{service.name} unready without PostgreSQL",
-            )
+            wait_for(readiness_answers(service, 503), 20, f"{service.name} unready without PostgreSQL")
             body = httpx.get(service.url("/health/ready"), timeout=5).json()
             assert "database" in body["failing"], (service.name, body)
             assert body["checks"]["database"]["status"] == "down"
@@ -104,14 +113,10 @@ def test_readiness_follows_postgresql_while_liveness_does_not(stack: list[Runnin
     finally:
         subprocess.run(["pg_ctlcluster", *cluster, "start"], check=True)
     for service in stack:
-        wait_for(
-            lambda s=service: httpx.get(s.url("/health/ready"), timeout=5).status_code == 200,
-            30,
-            f"{service.name} ready again",
-        )
+        wait_for(readiness_answers(service, 200), 30, f"{service.name} ready again")
 
 
-def test_sigterm_drains_and_stops_each_service(stack: list[Running]) -> None:
+def test_sigterm_drains_and_stops_each_service(stack: list[ServiceProcess]) -> None:
     for service in stack:
         service.process.send_signal(signal.SIGTERM)
     for service in stack:

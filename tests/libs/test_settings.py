@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.runtime import SERVICES, Service
 from libs.settings import ServiceSettings, SettingsError, load_settings
 
 VALID = {
@@ -76,14 +77,11 @@ def test_an_unreadable_secret_file_is_named(environment: pytest.MonkeyPatch, tmp
         load_settings(ServiceSettings)
 
 
-@pytest.mark.parametrize(
-    "module",
-    ["ingest_gateway", "dlq_service", "distribution_worker", "email_worker", "export_worker", "scheduler"],
-)
-def test_each_service_process_stops_at_start_naming_the_missing_variable(module: str) -> None:
+@pytest.mark.parametrize("service", SERVICES, ids=lambda service: service.name)
+def test_each_service_process_stops_at_start_naming_the_missing_variable(service: Service) -> None:
     environment = {"PATH": "/usr/bin:/bin", "RABBITMQ_URL": VALID["RABBITMQ_URL"]}
     result = subprocess.run(
-        [sys.executable, "-m", module],
+        [sys.executable, "-m", service.package],
         env=environment,
         capture_output=True,
         text=True,

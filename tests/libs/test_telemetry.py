@@ -1,6 +1,19 @@
-"""Metric names as Prometheus sees them are exactly the plan's."""
+"""Metric names as Prometheus sees them are exactly the plan's; gauges read from the database follow its rows."""
 
-from libs.telemetry import duration_histogram, setup_telemetry
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from opentelemetry.metrics import Observation
+from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import col
+
+from libs.db.tables import RateLimitHit
+from libs.telemetry import DatabaseGauge, counter, duration_histogram, gauge, setup_telemetry
 
 
 def test_ms_histogram_keeps_its_name_and_has_the_alert_boundaries() -> None:
@@ -15,7 +28,7 @@ def test_ms_histogram_keeps_its_name_and_has_the_alert_boundaries() -> None:
 
 def test_counter_ending_in_total_is_not_doubled() -> None:
     telemetry = setup_telemetry("svc")
-    telemetry.meter.create_counter("fmhl_leads_submitted_total", unit="").add(3)
+    counter(telemetry.meter, "fmhl_leads_submitted_total", "d").add(3)
     text = telemetry.exposition().decode()
     assert "fmhl_leads_submitted_total 3.0" in text
     assert "_total_total" not in text
@@ -23,6 +36,56 @@ def test_counter_ending_in_total_is_not_doubled() -> None:
 
 def test_labels_are_exposed_and_each_process_has_its_own_registry() -> None:
     first, second = setup_telemetry("a"), setup_telemetry("b")
-    first.meter.create_counter("fmhl_jobs_completed_total", unit="").add(1, {"queue": "email"})
+    counter(first.meter, "fmhl_jobs_completed_total", "d").add(1, {"queue": "email"})
     assert 'fmhl_jobs_completed_total{queue="email"} 1.0' in first.exposition().decode()
     assert "fmhl_jobs_completed_total" not in second.exposition().decode()
+
+
+def test_a_gauge_reports_what_its_callback_answers_at_scrape_time() -> None:
+    telemetry = setup_telemetry("svc")
+    switches = {"cleanup": True}
+    gauge(
+        telemetry.meter,
+        "fmhl_job_enabled",
+        "d",
+        lambda: [Observation(int(on), {"job": job}) for job, on in switches.items()],
+    )
+    assert 'fmhl_job_enabled{job="cleanup"} 1.0' in telemetry.exposition().decode()
+    switches["cleanup"] = False
+    assert 'fmhl_job_enabled{job="cleanup"} 0.0' in telemetry.exposition().decode()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_database_gauge_follows_its_rows_and_drops_a_label_whose_rows_are_gone(engine: AsyncEngine) -> None:
+    buckets = [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(2)]
+    hits_per_bucket: Select[str, int] = (
+        select(col(RateLimitHit.bucket).label("bucket"), func.count().label("value"))
+        .where(col(RateLimitHit.bucket).in_(buckets))
+        .group_by(col(RateLimitHit.bucket))
+    )
+    telemetry = setup_telemetry("svc")
+    hits = DatabaseGauge(
+        telemetry.meter, "fmhl_test_hits", "d", engine=engine, statement=hits_per_bucket, label="bucket",
+        interval_s=3600,
+    )  # fmt: skip
+    expires = datetime(2100, 1, 1, tzinfo=UTC)
+    async with engine.begin() as connection:
+        for bucket, count in zip(buckets, (2, 1), strict=True):
+            await connection.execute(insert(RateLimitHit), [{"bucket": bucket, "expires_at": expires}] * count)
+    await hits.refresh()
+    text = telemetry.exposition().decode()
+    assert f'fmhl_test_hits{{bucket="{buckets[0]}"}} 2.0' in text
+    assert f'fmhl_test_hits{{bucket="{buckets[1]}"}} 1.0' in text
+
+    async with engine.begin() as connection:
+        await connection.execute(delete(RateLimitHit).where(col(RateLimitHit.bucket) == buckets[1]))
+    await hits.refresh()
+    text = telemetry.exposition().decode()
+    assert f'fmhl_test_hits{{bucket="{buckets[0]}"}} 2.0' in text
+    assert buckets[1] not in text

@@ -35,11 +35,12 @@ from export_worker.settings import Settings as ExportSettings
 from ingest_gateway.cli import create_lead_source, create_user
 from ingest_gateway.main import build as build_gateway
 from ingest_gateway.settings import Settings as GatewaySettings
+from libs.health import Readiness
 from libs.messaging.broker import create_broker
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, TOPOLOGY
 from libs.settings import load_settings
-from libs.telemetry import setup_telemetry
+from libs.telemetry import Telemetry, setup_telemetry
 
 REFUSED_DOMAIN = "refused.example"
 PASSWORD = "correct horse battery staple"
@@ -70,6 +71,7 @@ class MailSink:
 
 
 Client = AsyncTestClient[Litestar]
+Build = Callable[[Any, Telemetry], tuple[Litestar, Readiness]]
 
 
 @dataclass
@@ -204,6 +206,12 @@ def settings_for(cls: type[Any], env: dict[str, str], **overrides: Any) -> Any:
     return load_settings(cls, **({key.lower(): value for key, value in env.items()} | overrides))
 
 
+def built_app(build: Build, settings_cls: type[Any], env: dict[str, str]) -> Litestar:
+    """What the service's `main` builds, from the test environment instead of the process environment."""
+    settings = settings_for(settings_cls, env)
+    return build(settings, setup_telemetry(settings.service_name))[0]
+
+
 @pytest.fixture(scope="module")
 async def pipeline(service_env: dict[str, str], database_url: str) -> AsyncIterator[Pipeline]:
     mail = MailSink()
@@ -211,15 +219,13 @@ async def pipeline(service_env: dict[str, str], database_url: str) -> AsyncItera
     controller.start()
     engine = create_async_engine(database_url)
     async with AsyncExitStack() as stack:
-        gateway_app, _ = build_gateway(settings_for(GatewaySettings, service_env), setup_telemetry("ingest-gateway"))
         apps = {
-            "distribution": build_distribution(
-                settings_for(DistributionSettings, service_env), setup_telemetry("distribution-worker")
-            )[0],
-            "email": build_email(settings_for(EmailSettings, service_env), setup_telemetry("email-worker"))[0],
-            "export": build_export(settings_for(ExportSettings, service_env), setup_telemetry("export-worker"))[0],
-            "dlq": build_dlq(settings_for(DlqSettings, service_env), setup_telemetry("dlq-service"))[0],
+            "distribution": built_app(build_distribution, DistributionSettings, service_env),
+            "email": built_app(build_email, EmailSettings, service_env),
+            "export": built_app(build_export, ExportSettings, service_env),
+            "dlq": built_app(build_dlq, DlqSettings, service_env),
         }
+        gateway_app = built_app(build_gateway, GatewaySettings, service_env)
         gateway = await stack.enter_async_context(AsyncTestClient(gateway_app))
         workers = {name: await stack.enter_async_context(AsyncTestClient(app)) for name, app in apps.items()}
         pipeline = Pipeline(gateway, workers, engine, mail, service_env, controller)

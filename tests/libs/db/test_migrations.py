@@ -9,7 +9,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-pytestmark = pytest.mark.database
 ROOT = Path(__file__).resolve().parents[3]
 
 

@@ -24,7 +24,6 @@ from libs.messaging.topology import DEAD_LETTER_EXCHANGE, Topology, WorkQueue
 from libs.telemetry import Telemetry, setup_telemetry
 from tests.libs.messaging.ping import Ping, ping_queue
 
-pytestmark = pytest.mark.broker
 Behaviour = Callable[[int], Awaitable[None]]
 
 

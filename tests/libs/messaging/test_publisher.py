@@ -10,8 +10,6 @@ from libs.messaging.publisher import Publisher, PublishFailed
 from libs.messaging.topology import TOPOLOGY
 from libs.telemetry import setup_telemetry
 
-pytestmark = pytest.mark.broker
-
 
 async def test_an_unroutable_message_is_an_error_not_a_silent_success(rabbitmq_url: str) -> None:
     telemetry = setup_telemetry("test")
