@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from faststream.rabbit import RabbitBroker
 from litestar import Litestar
@@ -18,11 +18,9 @@ from libs.logging import configure_logging
 from libs.messaging.broker import QueueDepthGauge, broker_check, broker_lifecycle, create_broker, queue_check
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import TOPOLOGY
-from libs.settings import ServiceSettings, load_or_exit
+from libs.settings import ServiceSettings, Settings, load_or_exit
 from libs.telemetry import Telemetry, setup_telemetry
 from libs.web import create_app, serve
-
-Settings = TypeVar("Settings", bound=ServiceSettings)
 
 
 @dataclass
