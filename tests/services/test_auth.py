@@ -9,15 +9,15 @@ import uuid
 import jwt
 import orjson
 import pyotp
-import pytest
-from sqlalchemy import text
+from sqlalchemy import select
+from sqlmodel import col
 
-from ingest_gateway.cli import create_user
+from ingest_gateway.accounts import create_user
 from libs.auth import Principal, Tokens
+from libs.db.tables import AuditEntry
 from tests.conftest import TEST_JWT_SECRET
 from tests.services.conftest import PASSWORD, Pipeline
 
-pytestmark = [pytest.mark.database]
 ADMIN_ROUTE = "/api/v1/providers"
 NEW_PROVIDER = {"name": "P", "email": "p@example.com"}
 
@@ -120,13 +120,11 @@ async def test_admin_actions_are_audited(pipeline: Pipeline) -> None:
     headers = await pipeline.admin_headers()
     provider_id = await pipeline.provider(headers, category="c", zips=["11111"], price_cents=1, balance_cents=500)
     async with pipeline.engine.connect() as connection:
-        actions = (
-            (
-                await connection.execute(
-                    text("SELECT action FROM audit_log WHERE entity_id = :id ORDER BY id"), {"id": str(provider_id)}
-                )
-            )
-            .scalars()
-            .all()
+        audited = await connection.execute(
+            select(col(AuditEntry.action), col(AuditEntry.actor))
+            .where(col(AuditEntry.entity_id) == str(provider_id))
+            .order_by(col(AuditEntry.id))
         )
-    assert actions == ["provider.created", "balance.topped_up"]
+        entries = [(entry.action, entry.actor) for entry in audited]
+    claims = jwt.decode(headers["Authorization"].removeprefix("Bearer "), options={"verify_signature": False})
+    assert entries == [("provider.created", claims["sub"]), ("balance.topped_up", claims["sub"])]

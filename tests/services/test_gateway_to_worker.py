@@ -1,7 +1,6 @@
 """One correlation id follows a lead from the HTTP request, through the broker, into the worker's logs;
 bad input at the HTTP edge is answered 4xx naming the field."""
 
-import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -10,9 +9,7 @@ import orjson
 import pytest
 
 from libs.logging import JsonFormatter
-from tests.services.conftest import Pipeline
-
-pytestmark = pytest.mark.broker
+from tests.services.conftest import Pipeline, eventually
 
 LEAD = {
     "external_id": "ext-1",
@@ -50,9 +47,10 @@ async def test_a_lead_carries_one_correlation_id_from_http_to_the_worker(
     assert response.headers["x-correlation-id"] == "cid-e2e-1"
     lead_id = response.json()["lead_id"]
 
-    async with asyncio.timeout(10):
-        while not any(line["logger"] == "distribution_worker" for line in events_with(log_lines, "cid-e2e-1")):
-            await asyncio.sleep(0.05)
+    async def the_worker_logged_it() -> bool:
+        return any(line["logger"] == "distribution_worker" for line in events_with(log_lines, "cid-e2e-1"))
+
+    await eventually(the_worker_logged_it, timeout=10)
     lines = events_with(log_lines, "cid-e2e-1")
     received = next(line for line in lines if line["logger"] == "distribution_worker")
     published = next(line for line in lines if line["event"] == "lead.submitted")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from sqlalchemy import func, select
+from sqlmodel import col
 
-from tests.services.conftest import Pipeline, eventually
-
-pytestmark = [pytest.mark.broker, pytest.mark.database]
+from libs.db.tables import Assignment, AssignmentStatus
+from tests.services.conftest import Pipeline, eventually, metric_value
 
 
 @pytest.fixture
@@ -21,9 +22,9 @@ async def provider_with_five_leads(pipeline: Pipeline) -> tuple[uuid.UUID, dict[
         await pipeline.submit(source, category=kind)
 
     async def five() -> bool:
-        return bool(
-            await pipeline.scalar("SELECT count(*) FROM assignments WHERE provider_id = :p", p=provider_id) == 5
-        )
+        async with pipeline.engine.connect() as connection:
+            assigned = await connection.scalar(select(func.count()).where(col(Assignment.provider_id) == provider_id))
+        return bool(assigned == 5)
 
     await eventually(five)
     return provider_id, await pipeline.provider_headers(provider_id)
@@ -33,6 +34,7 @@ async def test_pages_follow_each_other_without_gaps_or_repeats(
     pipeline: Pipeline, provider_with_five_leads: tuple[uuid.UUID, dict[str, str]]
 ) -> None:
     provider_id, headers = provider_with_five_leads
+    queries_before = metric_value(await pipeline.metrics(pipeline.gateway), "fmhl_inbox_query_duration_ms_count")
     seen: list[dict[str, str]] = []
     cursor: str | None = None
     pages = 0
@@ -49,8 +51,8 @@ async def test_pages_follow_each_other_without_gaps_or_repeats(
     assert len({item["assignment_id"] for item in seen}) == 5
     times = [item["assigned_at"] for item in seen]
     assert times == sorted(times, reverse=True)
-    metrics = await pipeline.metrics(pipeline.gateway)
-    assert "fmhl_inbox_query_duration_ms_bucket" in metrics
+    queries_after = metric_value(await pipeline.metrics(pipeline.gateway), "fmhl_inbox_query_duration_ms_count")
+    assert queries_after - queries_before == pages
 
 
 async def test_filters_by_status(
@@ -58,13 +60,26 @@ async def test_filters_by_status(
 ) -> None:
     provider_id, headers = provider_with_five_leads
     refunded = await pipeline.gateway.get(
-        f"/api/v1/providers/{provider_id}/inbox", params={"status": "refunded"}, headers=headers
+        f"/api/v1/providers/{provider_id}/inbox", params={"status": AssignmentStatus.refunded}, headers=headers
     )
     assert refunded.json()["items"] == []
     delivered = await pipeline.gateway.get(
-        f"/api/v1/providers/{provider_id}/inbox", params={"status": "delivered", "from": "2020-01-01"}, headers=headers
+        f"/api/v1/providers/{provider_id}/inbox",
+        params={"status": AssignmentStatus.delivered, "from": "2020-01-01"},
+        headers=headers,
     )
-    assert len(delivered.json()["items"]) == 5
+    assert [item["status"] for item in delivered.json()["items"]] == [AssignmentStatus.delivered] * 5
+
+
+async def test_a_date_range_ending_before_the_leads_came_shows_none(
+    pipeline: Pipeline, provider_with_five_leads: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    provider_id, headers = provider_with_five_leads
+    before = await pipeline.gateway.get(
+        f"/api/v1/providers/{provider_id}/inbox", params={"from": "2020-01-01", "to": "2020-12-31"}, headers=headers
+    )
+    assert before.status_code == 200
+    assert before.json()["items"] == []
 
 
 @pytest.mark.parametrize(

@@ -6,25 +6,92 @@ import csv
 import io
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from litestar.testing import AsyncTestClient
+from sqlalchemy import Executable, func, insert, select
+from sqlmodel import col
 
+from distribution_worker.main import build as build_distribution
+from distribution_worker.settings import Settings as DistributionSettings
 from export_worker.exports import ExportFailed, run_export
 from libs.contracts import LeadApproved
+from libs.db.tables import (
+    Assignment,
+    AssignmentStatus,
+    ExportKind,
+    ExportStatus,
+    Lead,
+    LeadStatus,
+    LedgerEntry,
+    LedgerKind,
+    PausedReason,
+    Provider,
+    ReportExport,
+    Subscription,
+    SubscriptionStatus,
+)
 from libs.messaging import headers as h
 from libs.messaging.broker import EVENTS
-from tests.services.conftest import DeadLetters, Pipeline, eventually, metric_value, publisher_for
-
-pytestmark = [pytest.mark.broker, pytest.mark.database]
+from tests.services.conftest import DeadLetters, Pipeline, built_app, eventually, metric_value, publisher_for
 
 
 def category() -> str:
     return f"roofing-{uuid.uuid4().hex[:8]}"
 
 
-async def lead_status(pipeline: Pipeline, lead_id: str) -> str:
-    return str(await pipeline.scalar("SELECT status FROM leads WHERE id = :id", id=uuid.UUID(lead_id)))
+async def value(pipeline: Pipeline, statement: Executable) -> Any:
+    async with pipeline.engine.connect() as connection:
+        return await connection.scalar(statement)
+
+
+async def lead_status(pipeline: Pipeline, lead_id: str) -> LeadStatus:
+    status: LeadStatus = await value(pipeline, select(col(Lead.status)).where(col(Lead.id) == uuid.UUID(lead_id)))
+    return status
+
+
+async def balance_of(pipeline: Pipeline, provider_id: uuid.UUID) -> int:
+    balance: int = await value(pipeline, select(col(Provider.balance_cents)).where(col(Provider.id) == provider_id))
+    return balance
+
+
+async def ledger_sum(pipeline: Pipeline, provider_id: uuid.UUID) -> int:
+    total = await value(
+        pipeline, select(func.sum(col(LedgerEntry.amount_cents))).where(col(LedgerEntry.provider_id) == provider_id)
+    )
+    return int(total)
+
+
+async def charges_of(pipeline: Pipeline, provider_id: uuid.UUID) -> list[int]:
+    async with pipeline.engine.connect() as connection:
+        amounts = await connection.scalars(
+            select(col(LedgerEntry.amount_cents)).where(
+                col(LedgerEntry.provider_id) == provider_id, col(LedgerEntry.kind) == LedgerKind.lead_charge
+            )
+        )
+        return list(amounts)
+
+
+async def leads_of(pipeline: Pipeline, category: str, status: LeadStatus) -> set[uuid.UUID]:
+    async with pipeline.engine.connect() as connection:
+        ids = await connection.scalars(
+            select(col(Lead.id)).where(col(Lead.category) == category, col(Lead.status) == status)
+        )
+        return set(ids)
+
+
+async def assigned_leads(pipeline: Pipeline, provider_id: uuid.UUID) -> set[uuid.UUID]:
+    async with pipeline.engine.connect() as connection:
+        return set(
+            await connection.scalars(select(col(Assignment.lead_id)).where(col(Assignment.provider_id) == provider_id))
+        )
+
+
+async def counts_grew(pipeline: Pipeline, before: str, **grown_by: float) -> bool:
+    """Whether each of the distribution-worker's metrics grew by exactly the given amount since `before`."""
+    after = await pipeline.metrics(pipeline.workers["distribution"])
+    return all(metric_value(after, name) - metric_value(before, name) == by for name, by in grown_by.items())
 
 
 async def test_approved_lead_goes_to_the_matching_providers_charged_and_emailed(pipeline: Pipeline) -> None:
@@ -40,30 +107,32 @@ async def test_approved_lead_goes_to_the_matching_providers_charged_and_emailed(
         admin, category=kind, zips=["10001"], price_cents=2500, balance_cents=10_000, email=emails[4]
     )
     before = await pipeline.metrics(pipeline.gateway)
+    worker_before = await pipeline.metrics(pipeline.workers["distribution"])
     source = await pipeline.lead_source()
 
     lead_id = await pipeline.submit(source, category=kind)
-    assert await lead_status(pipeline, lead_id) == "submitted"
+    assert await lead_status(pipeline, lead_id) == LeadStatus.submitted
     approved = await pipeline.gateway.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)
     assert approved.status_code == 202, approved.text
 
     async def distributed() -> bool:
-        return await lead_status(pipeline, lead_id) == "distributed"
+        return await lead_status(pipeline, lead_id) == LeadStatus.distributed
 
     await eventually(distributed)
-    assigned = await pipeline.scalar(
-        "SELECT array_agg(provider_id) FROM assignments WHERE lead_id = :id", id=uuid.UUID(lead_id)
-    )
+    async with pipeline.engine.connect() as connection:
+        assigned = list(
+            await connection.scalars(
+                select(col(Assignment.provider_id)).where(col(Assignment.lead_id) == uuid.UUID(lead_id))
+            )
+        )
     assert len(assigned) == 3  # at most N = 3, although four providers match
     assert set(assigned) <= set(matching)
     assert elsewhere not in assigned
     for provider_id in assigned:
-        assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 7500
-        charges = await pipeline.scalar(
-            "SELECT count(*) FROM ledger_entries WHERE provider_id = :id AND kind = 'lead_charge' "
-            "AND amount_cents = -2500", id=provider_id,
-        )  # fmt: skip
-        assert charges == 1
+        assert await balance_of(pipeline, provider_id) == 7500
+        assert await charges_of(pipeline, provider_id) == [-2500]
+    unassigned = set(matching) - set(assigned)
+    assert [await balance_of(pipeline, provider_id) for provider_id in unassigned] == [10_000]
     charged_emails = {emails[matching.index(p)] for p in assigned}
 
     async def mailed() -> bool:
@@ -74,10 +143,9 @@ async def test_approved_lead_goes_to_the_matching_providers_charged_and_emailed(
     after = await pipeline.metrics(pipeline.gateway)
     assert metric_value(after, "fmhl_leads_submitted_total") - metric_value(before, "fmhl_leads_submitted_total") == 1
     assert metric_value(after, "fmhl_leads_approved_total") - metric_value(before, "fmhl_leads_approved_total") == 1
-    worker_metrics = await pipeline.metrics(pipeline.workers["distribution"])
-    assert metric_value(worker_metrics, "fmhl_assignments_created_total") >= 3
-    assert metric_value(worker_metrics, "fmhl_distribution_duration_ms_count") >= 1
-    assert metric_value(worker_metrics, "fmhl_billing_operation_duration_ms_count") >= 3
+    grown = {"fmhl_assignments_created_total": 3, "fmhl_distribution_duration_ms_count": 1,
+             "fmhl_billing_operation_duration_ms_count": 3}  # fmt: skip
+    await eventually(lambda: counts_grew(pipeline, worker_before, **grown))
 
 
 async def test_a_trusted_sources_lead_is_distributed_without_an_admin(pipeline: Pipeline) -> None:
@@ -87,7 +155,7 @@ async def test_a_trusted_sources_lead_is_distributed_without_an_admin(pipeline: 
     lead_id = await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
 
     async def distributed() -> bool:
-        return await lead_status(pipeline, lead_id) == "distributed"
+        return await lead_status(pipeline, lead_id) == LeadStatus.distributed
 
     await eventually(distributed)
 
@@ -98,7 +166,7 @@ async def test_a_lead_nobody_matches_ends_unassigned(pipeline: Pipeline) -> None
     assert (await pipeline.gateway.post(f"/api/v1/leads/{lead_id}/approve", headers=admin)).status_code == 202
 
     async def unassigned() -> bool:
-        return await lead_status(pipeline, lead_id) == "unassigned"
+        return await lead_status(pipeline, lead_id) == LeadStatus.unassigned
 
     await eventually(unassigned)
 
@@ -114,14 +182,20 @@ async def test_a_provider_that_cannot_pay_is_skipped_and_paused(pipeline: Pipeli
     lead_id = await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
 
     async def distributed() -> bool:
-        return await lead_status(pipeline, lead_id) == "distributed"
+        return await lead_status(pipeline, lead_id) == LeadStatus.distributed
 
     await eventually(distributed)
-    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=poor) == 4999
-    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=rich) == 0
-    paused = await pipeline.scalar("SELECT status || ':' || paused_reason FROM subscriptions WHERE provider_id = :id",
-                                   id=poor)  # fmt: skip
-    assert paused == "paused:insufficient_balance"
+    assert await balance_of(pipeline, poor) == 4999
+    assert await balance_of(pipeline, rich) == 0
+    async with pipeline.engine.connect() as connection:
+        paused = (
+            await connection.execute(
+                select(col(Subscription.status), col(Subscription.paused_reason)).where(
+                    col(Subscription.provider_id) == poor
+                )
+            )
+        ).one()
+    assert (paused.status, paused.paused_reason) == (SubscriptionStatus.paused, PausedReason.insufficient_balance)
     after = metric_value(
         await pipeline.metrics(pipeline.workers["distribution"]), "fmhl_assignments_skipped_insufficient_balance_total"
     )
@@ -157,7 +231,7 @@ async def test_bad_lead_refund_keeps_ledger_and_balance_in_agreement(pipeline: P
     lead_id = await pipeline.submit(await pipeline.lead_source(trusted=True), category=kind)
 
     async def distributed() -> bool:
-        return await lead_status(pipeline, lead_id) == "distributed"
+        return await lead_status(pipeline, lead_id) == LeadStatus.distributed
 
     await eventually(distributed)
     before = await pipeline.metrics(pipeline.gateway)
@@ -183,10 +257,11 @@ async def test_bad_lead_refund_keeps_ledger_and_balance_in_agreement(pipeline: P
     for counter in ("fmhl_bad_leads_reported_total", "fmhl_refunds_approved_total"):
         assert metric_value(after, counter) - metric_value(before, counter) == 1, counter
     balance = (await pipeline.gateway.get(f"/api/v1/providers/{provider_id}/balance", headers=provider)).json()
-    ledger_sum = await pipeline.scalar(
-        "SELECT SUM(amount_cents) FROM ledger_entries WHERE provider_id = :id", id=provider_id
+    assert balance["balance_cents"] == await ledger_sum(pipeline, provider_id) == 5000
+    refunded = await pipeline.gateway.get(
+        f"/api/v1/providers/{provider_id}/inbox", params={"status": AssignmentStatus.refunded}, headers=provider
     )
-    assert balance["balance_cents"] == ledger_sum == 5000
+    assert [entry["assignment_id"] for entry in refunded.json()["items"]] == [item["assignment_id"]]
 
     async def refund_mail() -> bool:
         return any(m["Subject"] == "Your bad-lead report was approved" for m in pipeline.mail.to(address))
@@ -205,10 +280,10 @@ async def test_export_csv_equals_the_query_and_escapes_formula_cells(pipeline: P
         return all([await lead_status(pipeline, lead) == "distributed" for lead in leads])
 
     await eventually(all_distributed)
-    today = (await pipeline.scalar("SELECT current_date")).isoformat()
+    today = (await value(pipeline, select(func.current_date()))).isoformat()
     requested = await pipeline.gateway.post(
         "/api/v1/reports/exports",
-        json={"kind": "assignments", "date_from": today, "date_to": today, "provider_id": str(provider_id)},
+        json={"kind": ExportKind.assignments, "date_from": today, "date_to": today, "provider_id": str(provider_id)},
         headers=admin,
     )
     assert requested.status_code == 202, requested.text
@@ -216,7 +291,7 @@ async def test_export_csv_equals_the_query_and_escapes_formula_cells(pipeline: P
 
     async def ready() -> bool:
         status = await pipeline.gateway.get(f"/api/v1/reports/exports/{export_id}", headers=admin)
-        return bool(status.json()["status"] == "ready")
+        return bool(status.json()["status"] == ExportStatus.ready)
 
     await eventually(ready)
     download = await pipeline.gateway.get(f"/api/v1/reports/exports/{export_id}/download", headers=admin)
@@ -226,12 +301,17 @@ async def test_export_csv_equals_the_query_and_escapes_formula_cells(pipeline: P
     async with pipeline.engine.connect() as connection:
         expected = (
             await connection.execute(
-                text("SELECT id, lead_id FROM assignments WHERE provider_id = :id ORDER BY created_at, id"),
-                {"id": provider_id},
+                select(col(Assignment.id), col(Assignment.lead_id))
+                .where(col(Assignment.provider_id) == provider_id)
+                .order_by(col(Assignment.created_at), col(Assignment.id))
             )
         ).all()
-    assert [(row[0], row[2]) for row in rows[1:]] == [(str(a), str(b)) for a, b in expected]
-    assert {row[3] for row in rows[1:]} == {"'" + kind}
+    header = rows[0]
+    exported = [dict(zip(header, row, strict=True)) for row in rows[1:]]
+    assert [(row["assignment_id"], row["lead_id"]) for row in exported] == [
+        (str(assignment.id), str(assignment.lead_id)) for assignment in expected
+    ]
+    assert {row["category"] for row in exported} == {"'" + kind}
     status = (await pipeline.gateway.get(f"/api/v1/reports/exports/{export_id}", headers=admin)).json()
     assert status["row_count"] == 3
     assert status["bytes"] == len(download.content)
@@ -251,18 +331,13 @@ async def test_the_same_approval_delivered_twice_charges_once(pipeline: Pipeline
     await broker.stop()
 
     async def distributed() -> bool:
-        return await lead_status(pipeline, lead_id) == "distributed"
+        return await lead_status(pipeline, lead_id) == LeadStatus.distributed
 
     await eventually(distributed)
     await eventually(lambda: _queue_drained(pipeline))
-    assert await pipeline.scalar("SELECT count(*) FROM assignments WHERE lead_id = :id", id=uuid.UUID(lead_id)) == 1
-    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 4000
-    assert (
-        await pipeline.scalar(
-            "SELECT count(*) FROM ledger_entries WHERE provider_id = :id AND kind = 'lead_charge'", id=provider_id
-        )
-        == 1
-    )
+    assert await assigned_leads(pipeline, provider_id) == {uuid.UUID(lead_id)}
+    assert await balance_of(pipeline, provider_id) == 4000
+    assert await charges_of(pipeline, provider_id) == [-1000]
 
 
 async def _queue_drained(pipeline: Pipeline) -> bool:
@@ -283,44 +358,38 @@ async def test_the_same_post_twice_makes_one_lead(pipeline: Pipeline) -> None:
     retry = {**keyed, "external_id": f"ext-{uuid.uuid4().hex}"}
     fourth = await pipeline.gateway.post("/api/v1/leads", json=retry, headers=source | {"Idempotency-Key": "k-1"})
     assert third.json() == fourth.json()
-    count = await pipeline.scalar("SELECT count(*) FROM leads WHERE category = :c", c=lead["category"])
-    assert count == 2
+    async with pipeline.engine.connect() as connection:
+        made = list(
+            await connection.scalars(select(col(Lead.external_id)).where(col(Lead.category) == lead["category"]))
+        )
+    assert sorted(made) == sorted([str(lead["external_id"]), str(keyed["external_id"])])
 
 
 async def test_a_provider_funded_for_60_leads_gets_exactly_60_of_100(pipeline: Pipeline) -> None:
-    from litestar.testing import AsyncTestClient
-
-    from distribution_worker.main import build as build_distribution
-    from distribution_worker.settings import Settings as DistributionSettings
-    from libs.telemetry import setup_telemetry
-    from tests.services.conftest import settings_for
-
     admin = await pipeline.admin_headers()
     kind = category()
     provider_id = await pipeline.provider(admin, category=kind, zips=["94107"], price_cents=100, balance_cents=6000)
-    second_replica, _ = build_distribution(
-        settings_for(DistributionSettings, pipeline.service_env), setup_telemetry("distribution-worker-2")
-    )
+    second_replica = built_app(build_distribution, DistributionSettings, pipeline.service_env)
     source = await pipeline.lead_source(trusted=True)
     async with AsyncTestClient(second_replica):
-        leads = [await pipeline.submit(source, category=kind) for _ in range(100)]
+        submitted = {uuid.UUID(await pipeline.submit(source, category=kind)) for _ in range(100)}
 
         async def all_handled() -> bool:
-            done = await pipeline.scalar(
-                "SELECT count(*) FROM leads WHERE category = :c AND status IN ('distributed', 'unassigned')", c=kind
+            handled = await leads_of(pipeline, kind, LeadStatus.distributed) | await leads_of(
+                pipeline, kind, LeadStatus.unassigned
             )
-            return bool(done == 100)
+            return handled == submitted
 
         await eventually(all_handled, timeout=90)
-    assert len(leads) == 100
-    assert await pipeline.scalar("SELECT count(*) FROM assignments WHERE provider_id = :id", id=provider_id) == 60
-    assert await pipeline.scalar("SELECT balance_cents FROM providers WHERE id = :id", id=provider_id) == 0
-    assert (
-        await pipeline.scalar("SELECT count(*) FROM leads WHERE category = :c AND status = 'unassigned'", c=kind) == 40
-    )
-    assert await pipeline.scalar("SELECT SUM(amount_cents) FROM ledger_entries WHERE provider_id = :id",
-                                 id=provider_id) == 0  # fmt: skip
-    assert await pipeline.scalar("SELECT status FROM subscriptions WHERE provider_id = :id", id=provider_id) == "paused"
+    distributed = await leads_of(pipeline, kind, LeadStatus.distributed)
+    # Exactly the leads it was charged for are the distributed ones; the rest found nobody who could pay.
+    assert await assigned_leads(pipeline, provider_id) == distributed
+    assert len(distributed) == 60
+    assert await leads_of(pipeline, kind, LeadStatus.unassigned) == submitted - distributed
+    assert await balance_of(pipeline, provider_id) == 0
+    assert await ledger_sum(pipeline, provider_id) == 0
+    status = await value(pipeline, select(col(Subscription.status)).where(col(Subscription.provider_id) == provider_id))
+    assert status == SubscriptionStatus.paused
 
 
 async def test_a_bad_message_sent_straight_to_a_worker_is_dead_lettered_and_the_next_lead_flows(
@@ -346,7 +415,7 @@ async def test_a_bad_message_sent_straight_to_a_worker_is_dead_lettered_and_the_
     assert missing[h.ERROR_TYPE] == "BusinessRuleViolation"
 
     async def distributed() -> bool:
-        return await lead_status(pipeline, lead_id) == "distributed"
+        return await lead_status(pipeline, lead_id) == LeadStatus.distributed
 
     await eventually(distributed)
 
@@ -355,20 +424,27 @@ async def test_an_export_that_cannot_be_written_ends_failed_with_the_reason(pipe
     admin = await pipeline.admin_headers()
     provider_id = await pipeline.provider(admin, category=category(), zips=["94107"], price_cents=1, balance_cents=0)
     async with pipeline.engine.begin() as connection:
-        export_id = await connection.scalar(
-            text("INSERT INTO report_exports (kind, provider_id, date_from, date_to) "
-                 "VALUES ('ledger_statement', :p, current_date, current_date) RETURNING id"), {"p": provider_id},
-        )  # fmt: skip
+        export_id = (
+            await connection.execute(
+                insert(ReportExport)
+                .values(kind=ExportKind.ledger_statement, provider_id=provider_id, date_from=func.current_date(),
+                        date_to=func.current_date())
+                .returning(col(ReportExport.id))
+            )
+        ).scalar_one()  # fmt: skip
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("occupied")
 
     with pytest.raises(ExportFailed):
         await run_export(pipeline.engine, export_id, not_a_directory, 100)
-    status, error = (await pipeline.scalar(
-        "SELECT status || '|' || error FROM report_exports WHERE id = :id", id=export_id
-    )).split("|", 1)  # fmt: skip
-    assert status == "failed"
-    assert "NotADirectoryError" in error or "FileExistsError" in error
+    async with pipeline.engine.connect() as connection:
+        export = (
+            await connection.execute(
+                select(col(ReportExport.status), col(ReportExport.error)).where(col(ReportExport.id) == export_id)
+            )
+        ).one()
+    assert export.status == ExportStatus.failed
+    assert "NotADirectoryError" in export.error or "FileExistsError" in export.error
 
 
 async def test_the_openapi_schema_lists_every_route(pipeline: Pipeline) -> None:
