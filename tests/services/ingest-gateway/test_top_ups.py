@@ -29,15 +29,19 @@ async def test_a_top_up_credits_the_balance_with_its_ledger_row_and_audit_entry(
             )
         ).all()
         audited = (
-            await connection.execute(
-                select(col(AuditEntry.actor), col(AuditEntry.details).label("details"))
-                .where(col(AuditEntry.entity_id) == str(provider_id), col(AuditEntry.action) == "balance.topped_up")
-                .order_by(col(AuditEntry.id))
+            (
+                await connection.execute(
+                    select(col(AuditEntry.actor), col(AuditEntry.details).label("details"))
+                    .where(col(AuditEntry.entity_id) == str(provider_id), col(AuditEntry.action) == "balance.topped_up")
+                    .order_by(col(AuditEntry.id))
+                )
             )
-        ).all()
+            .mappings()
+            .all()
+        )
     assert [(entry.kind, entry.amount_cents) for entry in entries][-1] == (LedgerKind.top_up, 250)
     assert sum(entry.amount_cents for entry in entries) == before + 250
-    assert (audited[-1].actor, audited[-1].details) == (str(admin), {"amount_cents": 250})
+    assert (audited[-1]["actor"], audited[-1]["details"]) == (str(admin), {"amount_cents": 250})
 
 
 async def test_a_top_up_of_an_unknown_provider_is_not_found_and_writes_nothing(
