@@ -1,127 +1,107 @@
 """Persisting dead letters: one row per failed message, updated (not duplicated) when a retry fails again.
 
 Idempotent: each dead letter has a dedupe key; a redelivered one finds its event row and changes nothing.
+This is the hot path, so its statements are built once, here, and executed with parameters.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass
 
-import orjson
-from sqlalchemy import text
+from sqlalchemy import Text, bindparam, cast, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlmodel import col
 
-from dlq_service.dead_letters import DeadLetter
+from dlq_service.dead_letters import DeadLetterMessage
+from dlq_service.retries import SETTLE_LAST_RETRY
+from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterStatus, RetryOutcome
+
+
+class CaptureOutcome(enum.StrEnum):
+    new = "new"
+    failed_again = "failed_again"
+    duplicate = "duplicate"
 
 
 @dataclass(frozen=True)
 class Captured:
     entry_id: uuid.UUID | None
-    outcome: str  # "new", "failed_again", "duplicate"
+    outcome: CaptureOutcome
 
 
-def _json(value: object) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+_SEEN = select(col(DeadLetterEvent.id)).where(col(DeadLetterEvent.dedupe_key) == bindparam("dedupe_key"))
+_EVENT = (
+    insert(DeadLetterEvent)
+    .on_conflict_do_nothing(index_elements=[col(DeadLetterEvent.dedupe_key)])
+    .returning(col(DeadLetterEvent.id))
+)
+# JSON goes in as orjson's text: it writes NaN as null where the stdlib encoder writes a NaN that jsonb refuses.
+_NEW_ENTRY = insert(DeadLetter).values(
+    payload=cast(bindparam("payload", type_=Text), JSONB), headers=cast(bindparam("headers", type_=Text), JSONB)
+)
+_FAILED_AGAIN = (
+    update(DeadLetter)
+    .where(col(DeadLetter.id) == bindparam("entry_id"))
+    .values(
+        retry_count=col(DeadLetter.retry_count) + 1,
+        status=DeadLetterStatus.failed,
+        resolved=False,
+        resolved_at=None,
+        resolved_by=None,
+        resolution=None,
+        failed_at=bindparam("failed_at"),
+        last_failed_at=bindparam("failed_at"),
+        error_type=bindparam("error_type"),
+        error_message=bindparam("error_message"),
+        stack_trace=bindparam("stack_trace"),
+        attempts=bindparam("attempts"),
+        reason=bindparam("reason"),
+    )
+    .returning(col(DeadLetter.id))
+)
 
 
 class _AlreadyRecorded(Exception):
     """Raised inside the transaction so that everything it wrote is rolled back."""
 
 
-async def _event(connection: AsyncConnection, entry_id: uuid.UUID, letter: DeadLetter) -> None:
+async def _event(connection: AsyncConnection, entry_id: uuid.UUID, letter: DeadLetterMessage) -> None:
     """The dead letter's event row; when a concurrent delivery recorded it first, undo this transaction."""
-    inserted = await connection.scalar(
-        text(
-            "INSERT INTO dead_letter_events (entry_id, dedupe_key, reason, error_type, error_message, attempts, "
-            "failed_at) VALUES (:entry, :key, :reason, :type, :message, :attempts, :failed_at) "
-            "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
-        ),
-        {"entry": entry_id, "key": letter.dedupe_key, "reason": letter.reason, "type": letter.error_type,
-         "message": letter.error_message, "attempts": letter.attempts, "failed_at": letter.last_failed_at},
-    )  # fmt: skip
-    if inserted is None:
+    if await connection.scalar(_EVENT, letter.event_values(entry_id)) is None:
         raise _AlreadyRecorded
 
 
-async def _seen(connection: AsyncConnection, letter: DeadLetter) -> bool:
-    found = await connection.scalar(
-        text("SELECT 1 FROM dead_letter_events WHERE dedupe_key = :key"), {"key": letter.dedupe_key}
-    )
-    return found is not None
+async def _failed_again(connection: AsyncConnection, entry_id: uuid.UUID, letter: DeadLetterMessage) -> bool:
+    updated = await connection.scalar(
+        _FAILED_AGAIN,
+        {"entry_id": entry_id, "failed_at": letter.last_failed_at, "error_type": letter.error_type,
+         "error_message": letter.error_message, "stack_trace": letter.stack_trace, "attempts": letter.attempts,
+         "reason": letter.reason},
+    )  # fmt: skip
+    if updated is None:
+        return False
+    await _event(connection, entry_id, letter)
+    await connection.execute(SETTLE_LAST_RETRY, {"retried_entry_id": entry_id, "outcome": RetryOutcome.failed_again})
+    return True
 
 
-async def capture(engine: AsyncEngine, letter: DeadLetter) -> Captured:
+async def capture(engine: AsyncEngine, letter: DeadLetterMessage) -> Captured:
+    """Records the dead letter in one transaction; the caller acks only after this returns."""
     try:
         async with engine.begin() as connection:
-            if await _seen(connection, letter):
-                return Captured(None, "duplicate")
-            if letter.retried_entry is not None:
-                updated = await connection.scalar(
-                    text(
-                        "UPDATE dead_letter_queue SET retry_count = retry_count + 1, status = 'failed', "
-                        "resolved = FALSE, resolved_at = NULL, resolution = NULL, failed_at = :at, "
-                        "last_failed_at = :at, error_type = :type, error_message = :message, "
-                        "stack_trace = :stack, attempts = :attempts, reason = :reason WHERE id = :id RETURNING id"
-                    ),
-                    {"at": letter.last_failed_at, "type": letter.error_type, "message": letter.error_message,
-                     "stack": letter.stack_trace, "attempts": letter.attempts, "reason": letter.reason,
-                     "id": letter.retried_entry},
-                )  # fmt: skip
-                if updated is not None:
-                    await _event(connection, updated, letter)
-                    await connection.execute(
-                        text(
-                            "UPDATE dead_letter_retries SET outcome = 'failed_again', outcome_at = now() "
-                            "WHERE id = (SELECT max(id) FROM dead_letter_retries WHERE entry_id = :id "
-                            "AND outcome = 'sent')"
-                        ),
-                        {"id": updated},
-                    )
-                    return Captured(updated, "failed_again")
+            if await connection.scalar(_SEEN, {"dedupe_key": letter.dedupe_key}) is not None:
+                return Captured(None, CaptureOutcome.duplicate)
+            retried = letter.retried_entry
+            if retried is not None and await _failed_again(connection, retried, letter):
+                return Captured(retried, CaptureOutcome.failed_again)
             entry_id = uuid.uuid4()
-            await connection.execute(
-                text(
-                    "INSERT INTO dead_letter_queue (id, queue_name, job_id, payload, error_message, stack_trace, "
-                    "attempts, failed_at, original_exchange, original_routing_key, message_id, correlation_id, "
-                    "headers, raw_body, reason, error_type, fingerprint, service, first_failed_at, last_failed_at, "
-                    "message_type, content_type) "
-                    "VALUES (:id, :queue, :job, CAST(:payload AS jsonb), :message, :stack, :attempts, :last, "
-                    ":exchange, :routing_key, :message_id, :correlation_id, CAST(:headers AS jsonb), :body, "
-                    ":reason, :type, :fingerprint, :service, :first, :last, :message_type, :content_type)"
-                ),
-                {"id": entry_id, "queue": letter.queue[:100], "job": (letter.message_id or "")[:100] or None,
-                 "payload": _json(letter.payload), "message": letter.error_message, "stack": letter.stack_trace,
-                 "attempts": letter.attempts, "last": letter.last_failed_at, "exchange": letter.exchange[:255],
-                 "routing_key": letter.routing_key[:255], "message_id": (letter.message_id or "")[:200] or None,
-                 "correlation_id": (letter.correlation_id or "")[:128] or None, "headers": _json(letter.headers),
-                 "body": letter.raw_body, "reason": letter.reason, "type": letter.error_type,
-                 "fingerprint": letter.fingerprint, "service": letter.service, "first": letter.first_failed_at,
-                 "message_type": (letter.message_type or "")[:100] or None,
-                 "content_type": (letter.content_type or "")[:100] or None},
-            )  # fmt: skip
+            await connection.execute(_NEW_ENTRY, letter.entry_values(entry_id))
             await _event(connection, entry_id, letter)
-            return Captured(entry_id, "new")
+            return Captured(entry_id, CaptureOutcome.new)
     except (IntegrityError, _AlreadyRecorded):
         # Another delivery (or replica) recorded the same dead letter between our check and our insert.
-        return Captured(None, "duplicate")
-
-
-async def resolve_after_success(engine: AsyncEngine, entry_id: uuid.UUID) -> bool:
-    async with engine.begin() as connection:
-        resolved = await connection.scalar(
-            text(
-                "UPDATE dead_letter_queue SET status = 'resolved', resolved = TRUE, resolved_at = now(), "
-                "resolution = 'retry_succeeded' WHERE id = :id AND status = 'retrying' RETURNING id"
-            ),
-            {"id": entry_id},
-        )
-        await connection.execute(
-            text(
-                "UPDATE dead_letter_retries SET outcome = 'succeeded', outcome_at = now() "
-                "WHERE id = (SELECT max(id) FROM dead_letter_retries WHERE entry_id = :id AND outcome = 'sent')"
-            ),
-            {"id": entry_id},
-        )
-    return resolved is not None
+        return Captured(None, CaptureOutcome.duplicate)

@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 
+from libs.db.tables import DeadLetterReason
 from libs.messaging import headers as h
 
-BROKER_REASONS = frozenset({"rejected", "expired", "maxlen", "delivery_limit"})
+BROKER_REASONS = frozenset(DeadLetterReason) - {DeadLetterReason.error}
 SENSITIVE_KEYS = frozenset({"email", "phone", "name", "to"})
 _NUMBERS = re.compile(r"\b\d+\b")
 _UUIDS = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
@@ -26,7 +27,9 @@ _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetterMessage:
+    """A message as it arrived on the `dlq` queue, read into what the store keeps of it."""
+
     message_id: str | None
     correlation_id: str | None
     message_type: str | None
@@ -34,7 +37,7 @@ class DeadLetter:
     queue: str
     exchange: str
     routing_key: str
-    reason: str
+    reason: DeadLetterReason
     error_type: str | None
     error_message: str | None
     stack_trace: str | None
@@ -58,6 +61,54 @@ class DeadLetter:
         marker = "|".join([identity, self.queue, self.reason, self.last_failed_at.isoformat(), str(self.attempts)])
         return hashlib.sha256(marker.encode()).hexdigest()
 
+    def entry_values(self, entry_id: uuid.UUID) -> dict[str, Any]:
+        """A new `dead_letter_queue` row: text cut to its column's length, an empty id stored as NULL, JSON as
+        text for the jsonb columns."""
+        return {
+            "id": entry_id,
+            "queue_name": self.queue[:100],
+            "job_id": _bounded(self.message_id, 100),
+            "payload": _json(self.payload),
+            "error_message": self.error_message,
+            "stack_trace": self.stack_trace,
+            "attempts": self.attempts,
+            "failed_at": self.last_failed_at,
+            "original_exchange": self.exchange[:255],
+            "original_routing_key": self.routing_key[:255],
+            "message_id": _bounded(self.message_id, 200),
+            "correlation_id": _bounded(self.correlation_id, 128),
+            "headers": _json(self.headers),
+            "raw_body": self.raw_body,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "fingerprint": self.fingerprint,
+            "service": self.service,
+            "first_failed_at": self.first_failed_at,
+            "last_failed_at": self.last_failed_at,
+            "message_type": _bounded(self.message_type, 100),
+            "content_type": _bounded(self.content_type, 100),
+        }
+
+    def event_values(self, entry_id: uuid.UUID) -> dict[str, Any]:
+        """The `dead_letter_events` row of this delivery, which its dedupe key makes unique."""
+        return {
+            "entry_id": entry_id,
+            "dedupe_key": self.dedupe_key,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "attempts": self.attempts,
+            "failed_at": self.last_failed_at,
+        }
+
+
+def _bounded(value: str | None, length: int) -> str | None:
+    return value[:length] or None if value else None
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
 
 def _text(value: Any) -> str | None:
     if value is None:
@@ -76,6 +127,19 @@ def _time(value: Any) -> datetime | None:
             return None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return None
+
+
+def _reason(value: Any, otherwise: DeadLetterReason) -> DeadLetterReason:
+    try:
+        return DeadLetterReason(_text(value) or "")
+    except ValueError:
+        return otherwise
+
+
+def broker_reason(said: str) -> DeadLetterReason:
+    """RabbitMQ's own `x-death` reasons; anything else it might say is stored as a rejection."""
+    reason = _reason(said, DeadLetterReason.rejected)
+    return reason if reason in BROKER_REASONS else DeadLetterReason.rejected
 
 
 def json_safe(value: Any) -> Any:
@@ -138,7 +202,7 @@ def read_dead_letter(
     message_type: str | None,
     content_type: str | None,
     now: datetime,
-) -> DeadLetter:
+) -> DeadLetterMessage:
     """Our consumer policy's headers win; a broker dead-letter is described by its first `x-death` entry."""
     deaths = headers.get("x-death") or []
     first = deaths[0] if deaths and isinstance(deaths[0], Mapping) else {}
@@ -150,7 +214,7 @@ def read_dead_letter(
     if h.REASON in headers:
         attempts = headers.get(h.ATTEMPTS)
         last = _time(headers.get(h.LAST_FAILURE_AT)) or now
-        return DeadLetter(
+        return DeadLetterMessage(
             message_id=message_id,
             correlation_id=correlation_id,
             message_type=message_type,
@@ -158,7 +222,7 @@ def read_dead_letter(
             queue=_text(headers.get(h.ORIGINAL_QUEUE)) or "unknown",
             exchange=_text(headers.get(h.ORIGINAL_EXCHANGE)) or "",
             routing_key=_text(headers.get(h.ORIGINAL_ROUTING_KEY)) or "",
-            reason=_text(headers.get(h.REASON)) or "error",
+            reason=_reason(headers.get(h.REASON), DeadLetterReason.error),
             error_type=_text(headers.get(h.ERROR_TYPE)),
             error_message=_text(headers.get(h.ERROR_MESSAGE)),
             stack_trace=_text(headers.get(h.ERROR_STACK)),
@@ -171,12 +235,12 @@ def read_dead_letter(
             raw_body=body,
             payload=decode_payload(body),
         )
-    reason = _text(headers.get("x-first-death-reason")) or _text(first.get("reason")) or "rejected"
+    said = _text(headers.get("x-first-death-reason")) or _text(first.get("reason")) or "rejected"
     count = first.get("count")
     delivery_count = headers.get("x-delivery-count")
     routing_keys = first.get("routing-keys") or []
     died_at = _time(first.get("time")) or now
-    return DeadLetter(
+    return DeadLetterMessage(
         message_id=message_id,
         correlation_id=correlation_id,
         message_type=message_type,
@@ -184,9 +248,9 @@ def read_dead_letter(
         queue=_text(headers.get("x-first-death-queue")) or _text(first.get("queue")) or "unknown",
         exchange=_text(headers.get("x-first-death-exchange")) or _text(first.get("exchange")) or "",
         routing_key=(_text(routing_keys[0]) or "") if routing_keys else "",
-        reason=reason if reason in BROKER_REASONS else "rejected",
+        reason=broker_reason(said),
         error_type=None,
-        error_message=f"dead-lettered by the broker: {reason}",
+        error_message=f"dead-lettered by the broker: {said}",
         stack_trace=None,
         attempts=delivery_count + 1 if isinstance(delivery_count, int) else (count if isinstance(count, int) else None),
         service=None,

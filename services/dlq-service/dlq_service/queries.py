@@ -1,137 +1,247 @@
 """Reading the dead-letter store: filtered keyset pages, groups by fingerprint, one entry with its history.
 
-SQL here is assembled only from fixed fragments (`noqa: S608`); every value is a bound parameter.
+Each read model's fields are its SELECT list, so a list never fetches what it does not show.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Label, Text, cast, func, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlmodel import SQLModel, col
 
 from dlq_service.dead_letters import mask
+from libs import audit
 from libs.db.keyset import decode_cursor, encode_cursor
+from libs.db.tables import (
+    DeadLetter,
+    DeadLetterEvent,
+    DeadLetterReason,
+    DeadLetterRetry,
+    DeadLetterStatus,
+    Resolution,
+    RetryOutcome,
+)
 
-LIST_COLUMNS = (
-    "id, queue_name, reason, status, error_type, error_message, attempts, retry_count, fingerprint, message_id, "
-    "correlation_id, service, first_failed_at, last_failed_at, created_at, resolution, payload"
+MAX_SEARCH_WORDS = 10
+
+
+class EntryNotFound(Exception):
+    pass
+
+
+class EntryState(SQLModel):
+    id: uuid.UUID
+    status: DeadLetterStatus
+
+
+class DeadLetterSummary(SQLModel):
+    """A row of the list: no raw body, headers or stack trace; contact details in the payload masked."""
+
+    id: uuid.UUID
+    queue: str
+    reason: DeadLetterReason
+    status: DeadLetterStatus
+    error_type: str | None
+    error_message: str | None
+    attempts: int | None
+    retry_count: int
+    fingerprint: str | None
+    message_id: str | None
+    correlation_id: str | None
+    service: str | None
+    first_failed_at: datetime | None
+    last_failed_at: datetime | None
+    created_at: datetime
+    resolution: Resolution | None
+    payload: Any
+
+
+class DeadLetterPage(SQLModel):
+    items: list[DeadLetterSummary]
+    next_cursor: str | None
+
+
+class DeadLetterRecord(DeadLetterSummary):
+    """Everything captured of an entry, unmasked, except the raw body."""
+
+    stack_trace: str | None
+    headers: dict[str, Any]
+    original_exchange: str | None
+    original_routing_key: str | None
+    message_type: str | None
+    content_type: str | None
+    resolved: bool | None
+    resolved_at: datetime | None
+    resolved_by: uuid.UUID | None
+    job_id: str | None
+
+
+class FailureRecord(SQLModel):
+    reason: DeadLetterReason
+    error_type: str | None
+    error_message: str | None
+    attempts: int | None
+    failed_at: datetime
+    received_at: datetime
+
+
+class RetryRecord(SQLModel):
+    redrive_id: uuid.UUID | None
+    requested_by: str
+    requested_at: datetime
+    outcome: RetryOutcome
+    outcome_at: datetime | None
+
+
+class DeadLetterDetail(DeadLetterRecord):
+    raw_body_base64: str
+    failures: list[FailureRecord]
+    retries: list[RetryRecord]
+
+
+class DeadLetterGroup(SQLModel):
+    queue: str
+    fingerprint: str | None
+    count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    error_type: str | None
+    sample_error: str | None
+
+
+class DeadLetterGroups(SQLModel):
+    groups: list[DeadLetterGroup]
+
+
+def selected(table: type[SQLModel], model: type[SQLModel], **renamed: Any) -> list[Label[Any]]:
+    """The SELECT list of a read model: each field is the table's column of the same name, or the one renamed."""
+    return [col(renamed[name] if name in renamed else getattr(table, name)).label(name) for name in model.model_fields]
+
+
+# The API says `queue` where the table says `queue_name`.
+_SUMMARY = select(*selected(DeadLetter, DeadLetterSummary, queue=DeadLetter.queue_name))
+_RECORD = select(*selected(DeadLetter, DeadLetterRecord, queue=DeadLetter.queue_name), col(DeadLetter.raw_body))
+_FAILURES = select(*selected(DeadLetterEvent, FailureRecord)).order_by(col(DeadLetterEvent.id))
+_RETRIES = select(*selected(DeadLetterRetry, RetryRecord)).order_by(col(DeadLetterRetry.id))
+_NEWEST_FIRST = (col(DeadLetter.created_at).desc(), col(DeadLetter.id).desc())
+
+
+def _latest(column: Any) -> Any:
+    """The group's value from its most recent failure."""
+    return func.array_agg(aggregate_order_by(col(column), col(DeadLetter.last_failed_at).desc()))[1]
+
+
+_GROUPS = (
+    select(
+        col(DeadLetter.queue_name).label("queue"),
+        col(DeadLetter.fingerprint).label("fingerprint"),
+        func.count().label("count"),
+        func.min(col(DeadLetter.first_failed_at)).label("first_seen"),
+        func.max(col(DeadLetter.last_failed_at)).label("last_seen"),
+        _latest(DeadLetter.error_type).label("error_type"),
+        _latest(DeadLetter.error_message).label("sample_error"),
+    )
+    .where(col(DeadLetter.status) != DeadLetterStatus.resolved)
+    .group_by(col(DeadLetter.queue_name), col(DeadLetter.fingerprint))
+    .order_by(func.count().desc(), func.max(col(DeadLetter.last_failed_at)).desc())
 )
 
 
-@dataclass(frozen=True)
+def search_words(text: str | None) -> list[str]:
+    """Free text as the words that must all appear; at most ten of them."""
+    return text.split()[:MAX_SEARCH_WORDS] if text else []
+
+
+def like_pattern(word: str) -> str:
+    """`word` anywhere, with LIKE's own characters in it matched literally (backslash is PostgreSQL's escape)."""
+    return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+@dataclasses.dataclass(frozen=True)
 class Filters:
     queue: str | None = None
-    status: str | None = None
-    reason: str | None = None
+    status: DeadLetterStatus | None = None
+    reason: DeadLetterReason | None = None
     error_type: str | None = None
     fingerprint: str | None = None
     failed_from: datetime | None = None
     failed_to: datetime | None = None
     text: str | None = None
 
-    def where(self) -> tuple[list[str], dict[str, Any]]:
-        """Fixed condition strings joined with AND; every value is a bound parameter."""
-        conditions: list[str] = []
-        params: dict[str, Any] = {}
-        for column, value in (("queue_name", self.queue), ("status", self.status), ("reason", self.reason),
-                              ("error_type", self.error_type), ("fingerprint", self.fingerprint)):  # fmt: skip
-            if value is not None:
-                conditions.append(f"{column} = :{column}")
-                params[column] = value
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """Joined with AND: equal columns, a half-open time window, and every search word somewhere."""
+        equal = ((DeadLetter.queue_name, self.queue), (DeadLetter.status, self.status),
+                 (DeadLetter.reason, self.reason), (DeadLetter.error_type, self.error_type),
+                 (DeadLetter.fingerprint, self.fingerprint))  # fmt: skip
+        found = [col(column) == value for column, value in equal if value is not None]
         if self.failed_from is not None:
-            conditions.append("last_failed_at >= :failed_from")
-            params["failed_from"] = self.failed_from
+            found.append(col(DeadLetter.last_failed_at) >= self.failed_from)
         if self.failed_to is not None:
-            conditions.append("last_failed_at < :failed_to")
-            params["failed_to"] = self.failed_to
-        if self.text:
-            # Every word must appear (AND), in the error message or anywhere in the payload.
-            for index, word in enumerate(self.text.split()[:10]):
-                conditions.append(f"(error_message ILIKE :word{index} OR payload::text ILIKE :word{index})")
-                params[f"word{index}"] = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return conditions, params
+            found.append(col(DeadLetter.last_failed_at) < self.failed_to)
+        for word in search_words(self.text):
+            pattern = like_pattern(word)
+            found.append(
+                or_(col(DeadLetter.error_message).ilike(pattern), cast(col(DeadLetter.payload), Text).ilike(pattern))
+            )
+        return found
 
 
-def _entry(row: Any, masked: bool) -> dict[str, Any]:
-    entry = dict(row._mapping)
-    if masked:
-        entry["payload"] = mask(entry.get("payload"))
-    entry["queue"] = entry.pop("queue_name")
-    return entry
+def summary(row: Any) -> DeadLetterSummary:
+    """A list row, with contact details in the payload masked."""
+    return DeadLetterSummary.model_validate({**row, "payload": mask(row["payload"])})
 
 
-async def list_page(
-    connection: AsyncConnection, filters: Filters, limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    conditions, params = filters.where()
+async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: str | None) -> DeadLetterPage:
+    """Newest first; raises BadCursor for a cursor this API did not return."""
+    query = _SUMMARY.where(*filters.conditions()).order_by(*_NEWEST_FIRST).limit(limit + 1)
     if cursor:
-        params["cursor_at"], params["cursor_id"] = decode_cursor(cursor)
-        conditions.append("(created_at, id) < (:cursor_at, :cursor_id)")
-    params["limit"] = limit + 1
-    where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
-    sql = f"SELECT {LIST_COLUMNS} FROM dead_letter_queue {where} ORDER BY created_at DESC, id DESC LIMIT :limit"  # noqa: S608
-    rows = (await connection.execute(text(sql), params)).all()
-    items = [_entry(row, masked=True) for row in rows[:limit]]
+        cursor_at, cursor_id = decode_cursor(cursor)
+        query = query.where(tuple_(col(DeadLetter.created_at), col(DeadLetter.id)) < tuple_(cursor_at, cursor_id))
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).mappings().all()
+    items = [summary(row) for row in rows[:limit]]
     more = len(rows) > limit
-    return items, (encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if more else None)
+    return DeadLetterPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
 
 async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int) -> list[uuid.UUID]:
     """The failed entries a filter matches now: a redrive's fixed selection, oldest first."""
-    conditions, params = Filters(**{**filters.__dict__, "status": "failed"}).where()
-    params["limit"] = limit
-    where = " AND ".join(conditions)
-    sql = f"SELECT id FROM dead_letter_queue WHERE {where} ORDER BY created_at, id LIMIT :limit"  # noqa: S608
-    return list((await connection.execute(text(sql), params)).scalars().all())
+    failed = dataclasses.replace(filters, status=DeadLetterStatus.failed)
+    query = (
+        select(col(DeadLetter.id))
+        .where(*failed.conditions())
+        .order_by(col(DeadLetter.created_at), col(DeadLetter.id))
+        .limit(limit)
+    )
+    return list((await connection.scalars(query)).all())
 
 
-async def groups(connection: AsyncConnection) -> list[dict[str, Any]]:
-    rows = await connection.execute(
-        text(
-            "SELECT queue_name AS queue, fingerprint, count(*) AS count, min(first_failed_at) AS first_seen, "
-            "max(last_failed_at) AS last_seen, (array_agg(error_type ORDER BY last_failed_at DESC))[1] AS error_type, "
-            "(array_agg(error_message ORDER BY last_failed_at DESC))[1] AS sample_error "
-            "FROM dead_letter_queue WHERE status <> 'resolved' GROUP BY queue_name, fingerprint "
-            "ORDER BY count(*) DESC, max(last_failed_at) DESC"
+async def groups(engine: AsyncEngine) -> DeadLetterGroups:
+    async with engine.connect() as connection:
+        rows = (await connection.execute(_GROUPS)).mappings().all()
+    return DeadLetterGroups(groups=[DeadLetterGroup.model_validate(row) for row in rows])
+
+
+async def view(engine: AsyncEngine, entry_id: uuid.UUID, actor: str) -> DeadLetterDetail:
+    """Everything captured, unmasked, with every failure and retry; the viewing is audited in the same transaction."""
+    async with engine.begin() as connection:
+        row = (await connection.execute(_RECORD.where(col(DeadLetter.id) == entry_id))).mappings().first()
+        if row is None:
+            raise EntryNotFound(f"dead letter {entry_id} not found")
+        failures = await connection.execute(_FAILURES.where(col(DeadLetterEvent.entry_id) == entry_id))
+        retries = await connection.execute(_RETRIES.where(col(DeadLetterRetry.entry_id) == entry_id))
+        entry = DeadLetterDetail.model_validate(
+            {**row, "raw_body_base64": base64.b64encode(bytes(row["raw_body"])).decode(),
+             "failures": failures.mappings().all(), "retries": retries.mappings().all()}
+        )  # fmt: skip
+        await audit.record(
+            connection, actor=actor, action="dlq.entry_viewed", entity_type="dead_letter", entity_id=str(entry_id)
         )
-    )
-    return [dict(row._mapping) for row in rows]
-
-
-async def detail(connection: AsyncConnection, entry_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (
-        await connection.execute(
-            text(
-                f"SELECT {LIST_COLUMNS}, stack_trace, headers, raw_body, original_exchange, original_routing_key, "  # noqa: S608
-                "message_type, content_type, resolved, resolved_at, resolved_by, job_id "
-                "FROM dead_letter_queue WHERE id = :id"
-            ),
-            {"id": entry_id},
-        )
-    ).first()
-    if row is None:
-        return None
-    entry = _entry(row, masked=False)
-    entry["raw_body_base64"] = base64.b64encode(bytes(entry.pop("raw_body"))).decode()
-    events = await connection.execute(
-        text(
-            "SELECT reason, error_type, error_message, attempts, failed_at, received_at FROM dead_letter_events "
-            "WHERE entry_id = :id ORDER BY id"
-        ),
-        {"id": entry_id},
-    )
-    retries = await connection.execute(
-        text(
-            "SELECT redrive_id, requested_by, requested_at, outcome, outcome_at FROM dead_letter_retries "
-            "WHERE entry_id = :id ORDER BY id"
-        ),
-        {"id": entry_id},
-    )
-    entry["failures"] = [dict(event._mapping) for event in events]
-    entry["retries"] = [dict(retry._mapping) for retry in retries]
     return entry

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 from faststream.rabbit import RabbitBroker
+from sqlmodel import SQLModel
 
 from libs.messaging.broker import queue_counts
 
 STATS_PENDING = "the broker has not published statistics for this queue yet"
+
+
+class BrokerNumbers(SQLModel):
+    depth: int | None = None
+    active: int | None = None
+    consumers: int | None = None
+    error: str | None = None
 
 
 class QueueStats:
@@ -32,25 +39,22 @@ class QueueStats:
         self.timeout_s = timeout_s
         self._unacked: dict[str, tuple[float, int]] = {}
 
-    async def for_queue(self, client: httpx.AsyncClient, queue: str) -> dict[str, Any]:
+    async def for_queue(self, client: httpx.AsyncClient, queue: str) -> BrokerNumbers:
         """depth, active, consumers; a number the broker could not give is null, with the reason beside it."""
-        stats: dict[str, Any] = {"depth": None, "active": None, "consumers": None}
+        numbers = BrokerNumbers()
         errors: list[str] = []
         try:
-            stats["depth"], stats["consumers"] = await asyncio.wait_for(
-                queue_counts(self.broker, queue), self.timeout_s
-            )
+            numbers.depth, numbers.consumers = await asyncio.wait_for(queue_counts(self.broker, queue), self.timeout_s)
         except Exception as error:  # any broker failure is reported in the answer, never as a 500
             errors.append(f"broker unavailable: {type(error).__name__}: {error}"[:300])
         try:
-            stats["active"] = await self._unacknowledged(client, queue)
+            numbers.active = await self._unacknowledged(client, queue)
         except (httpx.HTTPError, ValueError) as error:
             errors.append(f"management API unavailable: {type(error).__name__}: {error}"[:300])
         except LookupError:
             errors.append(STATS_PENDING)
-        if errors:
-            stats["error"] = "; ".join(errors)
-        return stats
+        numbers.error = "; ".join(errors) or None
+        return numbers
 
     async def _unacknowledged(self, client: httpx.AsyncClient, queue: str) -> int:
         cached = self._unacked.get(queue)

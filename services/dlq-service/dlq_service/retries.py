@@ -6,30 +6,113 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-import orjson
 from faststream.rabbit import RabbitExchange
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import Uuid, any_, bindparam, case, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlmodel import SQLModel, col
 
+from dlq_service.queries import EntryNotFound, EntryState, Filters, selected, selected_ids
+from dlq_service.settings import Settings
 from libs import audit
+from libs.db.tables import (
+    DeadLetter,
+    DeadLetterReason,
+    DeadLetterRetry,
+    DeadLetterStatus,
+    Redrive,
+    RedriveItem,
+    RedriveItemState,
+    RedriveStatus,
+    RetryOutcome,
+)
 from libs.logging import get_logger
 from libs.messaging import headers as h
 from libs.messaging.publisher import Publisher, PublishFailed
 
 log = get_logger("dlq_service.retries")
+MAX_REDRIVE = 100_000
 # What the failure added is dropped, so the retried message starts over as a first delivery.
 _FAILURE_HEADERS = frozenset({h.ATTEMPT, h.REASON, h.ERROR_TYPE, h.ERROR_CLASS, h.ERROR_MESSAGE, h.ERROR_STACK,
                               h.ATTEMPTS, h.SERVICE, h.FIRST_FAILURE_AT, h.LAST_FAILURE_AT, h.DLQ_ENTRY})  # fmt: skip
 
 
-class EntryNotFound(Exception):
+class EntryNotRetryable(Exception):
+    """The entry is already being retried or is resolved."""
+
+
+class RedriveNotFound(Exception):
     pass
 
 
-class EntryNotRetryable(Exception):
-    """The entry is already being retried or is resolved."""
+class FilterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queue: str | None = Field(None, max_length=100)
+    reason: DeadLetterReason | None = None
+    error_type: str | None = Field(None, max_length=200)
+    fingerprint: str | None = Field(None, max_length=64)
+    failed_from: datetime | None = None
+    failed_to: datetime | None = None
+    q: str | None = Field(None, max_length=200, pattern=r"^[^\x00]*$")
+
+    def filters(self) -> Filters:
+        return Filters(queue=self.queue, reason=self.reason, error_type=self.error_type, fingerprint=self.fingerprint,
+                       failed_from=self.failed_from, failed_to=self.failed_to, text=self.q)  # fmt: skip
+
+
+class GroupSelection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queue: str = Field(max_length=100)
+    fingerprint: str = Field(max_length=64)
+
+
+class BulkRetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[uuid.UUID] | None = Field(None, max_length=10_000)
+    group: GroupSelection | None = None
+    filter: FilterBody | None = None
+    dry_run: bool = False
+    rate_per_second: int | None = Field(None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> BulkRetry:
+        if sum(part is not None for part in (self.ids, self.group, self.filter)) != 1:
+            raise ValueError("give exactly one of ids, group or filter")
+        return self
+
+    def selection(self) -> dict[str, Any]:
+        """What was asked for, as the redrive keeps it."""
+        return self.model_dump(exclude={"dry_run", "rate_per_second"}, exclude_none=True, mode="json")
+
+
+class RedriveStarted(SQLModel):
+    redrive_id: uuid.UUID | None
+    selected: int
+    dry_run: bool
+    rate_per_second: int
+
+
+class RedriveProgress(SQLModel):
+    id: uuid.UUID
+    status: RedriveStatus
+    selected: int
+    sent: int
+    failed: int
+    skipped: int
+    rate_per_second: int
+    selection: dict[str, Any]
+    requested_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class RedriveState(SQLModel):
+    id: uuid.UUID
+    status: RedriveStatus
 
 
 def retry_headers(stored: Mapping[str, Any], entry_id: uuid.UUID) -> dict[str, Any]:
@@ -37,37 +120,131 @@ def retry_headers(stored: Mapping[str, Any], entry_id: uuid.UUID) -> dict[str, A
     return carried | {h.DLQ_ENTRY: str(entry_id)}
 
 
+def retry_destination(exchange: str | None, routing_key: str | None, queue: str) -> tuple[str, str]:
+    """The original exchange and routing key. A broker dead letter that came straight from a queue has neither:
+    the default exchange ("") routes it to that queue by name."""
+    return exchange or "", routing_key or queue
+
+
+def redrive_rate(asked: int | None, default: int, maximum: int) -> int:
+    return min(asked or default, maximum)
+
+
+def next_send_at(scheduled: float, interval: float, now: float) -> float:
+    """Evenly spaced sends; a late send does not make the next ones hurry to catch up."""
+    return max(scheduled + interval, now)
+
+
+# A bound name in an UPDATE must not be a column name of its table: SQLAlchemy would take it for a value to SET.
+_LAST_SENT_RETRY = (
+    select(func.max(col(DeadLetterRetry.id)))
+    .where(
+        col(DeadLetterRetry.entry_id) == bindparam("retried_entry_id"),
+        col(DeadLetterRetry.outcome) == RetryOutcome.sent,
+    )
+    .scalar_subquery()
+)
+# The outcome of an entry's latest retry: capture settles it as failed again, a resolution as succeeded.
+SETTLE_LAST_RETRY = (
+    update(DeadLetterRetry)
+    .where(col(DeadLetterRetry.id) == _LAST_SENT_RETRY)
+    .values(outcome=bindparam("outcome"), outcome_at=func.now())
+)
+_START_RETRY = (
+    update(DeadLetter)
+    .where(col(DeadLetter.id) == bindparam("entry_id"), col(DeadLetter.status) == DeadLetterStatus.failed)
+    .values(status=DeadLetterStatus.retrying)
+    .returning(
+        col(DeadLetter.raw_body),
+        col(DeadLetter.headers),
+        col(DeadLetter.original_exchange),
+        col(DeadLetter.original_routing_key),
+        col(DeadLetter.queue_name),
+        col(DeadLetter.message_id),
+        col(DeadLetter.correlation_id),
+        col(DeadLetter.message_type),
+        col(DeadLetter.content_type),
+    )
+)
+_STATUS = select(col(DeadLetter.status)).where(col(DeadLetter.id) == bindparam("entry_id"))
+_ADD_RETRY = insert(DeadLetterRetry)
+_FAILED_BY_ID = (
+    select(col(DeadLetter.id))
+    .where(
+        col(DeadLetter.id) == any_(bindparam("ids", type_=ARRAY(Uuid))),
+        col(DeadLetter.status) == DeadLetterStatus.failed,
+    )
+    .order_by(col(DeadLetter.created_at))
+)
+_ADD_REDRIVE = insert(Redrive).returning(col(Redrive.id))
+_SELECTION = (
+    func.unnest(bindparam("entry_ids", type_=ARRAY(Uuid)))
+    .table_valued("entry_id", with_ordinality="position")
+    .render_derived("selection")
+)
+_ADD_ITEMS = insert(RedriveItem).from_select(
+    ["redrive_id", "position", "entry_id"],
+    select(bindparam("new_redrive_id", type_=Uuid), _SELECTION.c.position, _SELECTION.c.entry_id),
+)
+_PROGRESS = select(*selected(Redrive, RedriveProgress)).where(col(Redrive.id) == bindparam("redrive_id"))
+_CANCEL = (
+    update(Redrive)
+    .where(col(Redrive.id) == bindparam("redrive_id"))
+    .values(
+        status=case((col(Redrive.status) == RedriveStatus.running, RedriveStatus.cancelled), else_=col(Redrive.status)),
+        finished_at=func.coalesce(col(Redrive.finished_at), func.now()),
+    )
+    .returning(col(Redrive.status))
+)
+_RUNNING = select(col(Redrive.id)).where(col(Redrive.status) == RedriveStatus.running)
+_RATE = select(col(Redrive.rate_per_second), col(Redrive.requested_by)).where(
+    col(Redrive.id) == bindparam("redrive_id")
+)
+_REDRIVE_STATUS = select(col(Redrive.status)).where(col(Redrive.id) == bindparam("redrive_id"))
+_NEXT_ITEM = (
+    select(col(RedriveItem.position), col(RedriveItem.entry_id))
+    .where(col(RedriveItem.redrive_id) == bindparam("redrive_id"), col(RedriveItem.state) == RedriveItemState.pending)
+    .order_by(col(RedriveItem.position))
+    .limit(1)
+)
+_MARK_ITEM = (
+    update(RedriveItem)
+    .where(
+        col(RedriveItem.redrive_id) == bindparam("item_redrive_id"),
+        col(RedriveItem.position) == bindparam("item_position"),
+    )
+    .values(state=bindparam("state"))
+)
+_COUNT = {
+    state: update(Redrive).where(col(Redrive.id) == bindparam("redrive_id")).values({counter: col(counter) + 1})
+    for state, counter in (
+        (RedriveItemState.sent, Redrive.sent),
+        (RedriveItemState.failed, Redrive.failed),
+        (RedriveItemState.skipped, Redrive.skipped),
+    )
+}
+_COMPLETE = (
+    update(Redrive)
+    .where(col(Redrive.id) == bindparam("redrive_id"), col(Redrive.status) == RedriveStatus.running)
+    .values(status=RedriveStatus.completed, finished_at=func.now())
+)
+
+
 async def retry_entry(
     engine: AsyncEngine, publisher: Publisher, entry_id: uuid.UUID, actor: str, redrive_id: uuid.UUID | None = None
-) -> None:
-    """Flip failed -> retrying, republish with confirm, commit. A publish failure rolls the flip back."""
+) -> EntryState:
+    """Flip failed -> retrying, republish with confirm, commit. A publish failure rolls the flip back.
+
+    Raises EntryNotFound, EntryNotRetryable (already retrying or resolved) or PublishFailed."""
     async with engine.begin() as connection:
-        entry = (
-            await connection.execute(
-                text(
-                    "UPDATE dead_letter_queue SET status = 'retrying' WHERE id = :id AND status = 'failed' "
-                    "RETURNING raw_body, headers, original_exchange, original_routing_key, queue_name, message_id, "
-                    "correlation_id, message_type, content_type"
-                ),
-                {"id": entry_id},
-            )
-        ).first()
+        entry = (await connection.execute(_START_RETRY, {"entry_id": entry_id})).first()
         if entry is None:
-            status = await connection.scalar(
-                text("SELECT status FROM dead_letter_queue WHERE id = :id"), {"id": entry_id}
-            )
+            status = await connection.scalar(_STATUS, {"entry_id": entry_id})
             if status is None:
-                raise EntryNotFound(str(entry_id))
+                raise EntryNotFound(f"dead letter {entry_id} not found")
             raise EntryNotRetryable(f"entry is {status}")
-        await connection.execute(
-            text("INSERT INTO dead_letter_retries (entry_id, redrive_id, requested_by) VALUES (:id, :redrive, :by)"),
-            {"id": entry_id, "redrive": redrive_id, "by": actor},
-        )
-        # A broker dead letter may have come straight from a queue: then the default exchange routes by name.
-        exchange = entry.original_exchange or ""
-        routing_key = entry.original_routing_key or entry.queue_name
-        if not exchange and not entry.original_routing_key:
-            routing_key = entry.queue_name
+        await connection.execute(_ADD_RETRY, {"entry_id": entry_id, "redrive_id": redrive_id, "requested_by": actor})
+        exchange, routing_key = retry_destination(entry.original_exchange, entry.original_routing_key, entry.queue_name)
         await publisher.publish_raw(
             bytes(entry.raw_body),
             exchange=RabbitExchange(exchange, declare=False) if exchange else None,
@@ -82,33 +259,69 @@ async def retry_entry(
             connection, actor=actor, action="dlq.job_retried", entity_type="dead_letter", entity_id=str(entry_id),
             metadata={"redrive_id": redrive_id, "queue": entry.queue_name},
         )  # fmt: skip
+    return EntryState(id=entry_id, status=DeadLetterStatus.retrying)
+
+
+async def _selected(connection: AsyncConnection, request: BulkRetry) -> list[uuid.UUID]:
+    if request.ids is not None:
+        return list((await connection.scalars(_FAILED_BY_ID, {"ids": request.ids})).all())
+    if request.group is not None:
+        group = Filters(queue=request.group.queue, fingerprint=request.group.fingerprint)
+        return await selected_ids(connection, group, MAX_REDRIVE)
+    assert request.filter is not None  # the model allows exactly one selection
+    return await selected_ids(connection, request.filter.filters(), MAX_REDRIVE)
+
+
+async def start_redrive(
+    engine: AsyncEngine, redriver: Redriver, request: BulkRetry, actor: str, settings: Settings
+) -> RedriveStarted:
+    """Fixes the selection now (later failures are not swept in); a dry run only counts it."""
+    rate = redrive_rate(request.rate_per_second, settings.redrive_default_rate, settings.redrive_max_rate)
+    async with engine.connect() as connection:
+        ids = await _selected(connection, request)
+    if request.dry_run:
+        return RedriveStarted(redrive_id=None, selected=len(ids), dry_run=True, rate_per_second=rate)
+    redrive_id = await create_redrive(engine, ids, actor, rate, request.selection())
+    redriver.start(redrive_id)
+    return RedriveStarted(redrive_id=redrive_id, selected=len(ids), dry_run=False, rate_per_second=rate)
 
 
 async def create_redrive(
     engine: AsyncEngine, entry_ids: list[uuid.UUID], actor: str, rate: int, selection: Mapping[str, Any]
 ) -> uuid.UUID:
     async with engine.begin() as connection:
-        redrive_id = await connection.scalar(
-            text(
-                "INSERT INTO redrives (requested_by, selection, rate_per_second, selected) "
-                "VALUES (:by, CAST(:selection AS jsonb), :rate, :selected) RETURNING id"
-            ),
-            {"by": actor, "selection": orjson.dumps(selection, default=str).decode(), "rate": rate,
-             "selected": len(entry_ids)},
-        )  # fmt: skip
+        added = await connection.execute(
+            _ADD_REDRIVE,
+            {"requested_by": actor, "selection": dict(selection), "rate_per_second": rate, "selected": len(entry_ids)},
+        )
+        redrive_id: uuid.UUID = added.scalar_one()
         if entry_ids:
-            await connection.execute(
-                text(
-                    "INSERT INTO redrive_items (redrive_id, position, entry_id) "
-                    "SELECT :redrive, ordinality, entry FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS t(entry)"
-                ),
-                {"redrive": redrive_id, "ids": entry_ids},
-            )
+            await connection.execute(_ADD_ITEMS, {"new_redrive_id": redrive_id, "entry_ids": entry_ids})
         await audit.record(
             connection, actor=actor, action="dlq.redrive_started", entity_type="redrive", entity_id=str(redrive_id),
             metadata={"selected": len(entry_ids), "rate_per_second": rate},
         )  # fmt: skip
-    return uuid.UUID(str(redrive_id))
+    return redrive_id
+
+
+async def redrive_progress(engine: AsyncEngine, redrive_id: uuid.UUID) -> RedriveProgress:
+    async with engine.connect() as connection:
+        row = (await connection.execute(_PROGRESS, {"redrive_id": redrive_id})).mappings().first()
+    if row is None:
+        raise RedriveNotFound(f"redrive {redrive_id} not found")
+    return RedriveProgress.model_validate(dict(row))
+
+
+async def cancel_redrive(engine: AsyncEngine, redrive_id: uuid.UUID, actor: str) -> RedriveState:
+    """Stops before the next message; what was sent stays sent. A finished redrive keeps its status."""
+    async with engine.begin() as connection:
+        status = await connection.scalar(_CANCEL, {"redrive_id": redrive_id})
+        if status is None:
+            raise RedriveNotFound(f"redrive {redrive_id} not found")
+        await audit.record(
+            connection, actor=actor, action="dlq.redrive_cancelled", entity_type="redrive", entity_id=str(redrive_id)
+        )
+    return RedriveState(id=redrive_id, status=status)
 
 
 class Redriver:
@@ -126,10 +339,10 @@ class Redriver:
 
     async def resume(self) -> None:
         async with self.engine.connect() as connection:
-            running = (await connection.execute(text("SELECT id FROM redrives WHERE status = 'running'"))).scalars()
-            for redrive_id in running.all():
-                if redrive_id not in self._tasks:
-                    self.start(redrive_id)
+            running = (await connection.scalars(_RUNNING)).all()
+        for redrive_id in running:
+            if redrive_id not in self._tasks:
+                self.start(redrive_id)
 
     async def stop(self) -> None:
         for task in list(self._tasks.values()):
@@ -138,60 +351,37 @@ class Redriver:
 
     async def _run(self, redrive_id: uuid.UUID) -> None:
         loop = asyncio.get_running_loop()
+        ids = {"redrive_id": redrive_id}
         async with self.engine.connect() as connection:
-            redrive = (
-                await connection.execute(
-                    text("SELECT rate_per_second, requested_by FROM redrives WHERE id = :id"), {"id": redrive_id}
-                )
-            ).one()
+            redrive = (await connection.execute(_RATE, ids)).one()
         interval = 1.0 / redrive.rate_per_second
         next_at = loop.time()
         while True:
             async with self.engine.connect() as connection:
-                status = await connection.scalar(text("SELECT status FROM redrives WHERE id = :id"), {"id": redrive_id})
-                item = (
-                    await connection.execute(
-                        text(
-                            "SELECT position, entry_id FROM redrive_items WHERE redrive_id = :id AND state = 'pending' "
-                            "ORDER BY position LIMIT 1"
-                        ),
-                        {"id": redrive_id},
-                    )
-                ).first()
-            if status != "running":
+                status = await connection.scalar(_REDRIVE_STATUS, ids)
+                item = (await connection.execute(_NEXT_ITEM, ids)).first()
+            if status != RedriveStatus.running:
                 return
             if item is None:
                 break
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at = max(next_at + interval, loop.time())
+            next_at = next_send_at(next_at, interval, loop.time())
             state = await self._send(redrive_id, item.entry_id, redrive.requested_by)
             async with self.engine.begin() as connection:
+                await connection.execute(_COUNT[state], ids)
                 await connection.execute(
-                    text(
-                        f"UPDATE redrives SET {state} = {state} + 1 WHERE id = :id"  # noqa: S608 - state is ours
-                    ),
-                    {"id": redrive_id},
-                )
-                await connection.execute(
-                    text("UPDATE redrive_items SET state = :state WHERE redrive_id = :id AND position = :position"),
-                    {"state": state, "id": redrive_id, "position": item.position},
+                    _MARK_ITEM, {"item_redrive_id": redrive_id, "item_position": item.position, "state": state}
                 )
         async with self.engine.begin() as connection:
-            await connection.execute(
-                text(
-                    "UPDATE redrives SET status = 'completed', finished_at = now() "
-                    "WHERE id = :id AND status = 'running'"
-                ),
-                {"id": redrive_id},
-            )
+            await connection.execute(_COMPLETE, ids)
         log.info("dlq.redrive_completed", {"redrive_id": str(redrive_id)})
 
-    async def _send(self, redrive_id: uuid.UUID, entry_id: uuid.UUID, actor: str) -> str:
+    async def _send(self, redrive_id: uuid.UUID, entry_id: uuid.UUID, actor: str) -> RedriveItemState:
         try:
             await retry_entry(self.engine, self.publisher, entry_id, actor, redrive_id)
         except (EntryNotRetryable, EntryNotFound):
-            return "skipped"
+            return RedriveItemState.skipped
         except PublishFailed as error:
             log.error("dlq.redrive_publish_failed", error, {"redrive_id": str(redrive_id), "entry_id": str(entry_id)})
-            return "failed"
-        return "sent"
+            return RedriveItemState.failed
+        return RedriveItemState.sent

@@ -10,10 +10,12 @@ from faststream.rabbit import RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dlq_service.capture import capture, resolve_after_success
+from dlq_service.capture import CaptureOutcome, capture
 from dlq_service.dead_letters import read_dead_letter
 from dlq_service.metrics import DlqMetrics, DlqSizePoller
+from dlq_service.resolutions import resolve_after_retry
 from libs.contracts import DeadLetterRetrySucceeded
+from libs.db.tables import RetryOutcome
 from libs.logging import correlation_scope, get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, keep_body_raw, subscribe
 from libs.messaging.publisher import Publisher
@@ -51,23 +53,23 @@ def build_router(
                 await message.nack(requeue=True)
                 return
             await message.ack()
-        if captured.outcome != "duplicate":
-            metrics.received.add(1, {"queue": letter.queue, "reason": letter.reason})
-            if captured.outcome == "failed_again":
-                metrics.retry_outcomes.add(1, {"queue": letter.queue, "outcome": "failed_again"})
+        if captured.outcome != CaptureOutcome.duplicate:
+            metrics.received.add(1, {"queue": letter.queue, "reason": letter.reason.value})
+            if captured.outcome == CaptureOutcome.failed_again:
+                metrics.retry_outcomes.add(1, {"queue": letter.queue, "outcome": RetryOutcome.failed_again.value})
             await sizes.refresh()
         # Logs carry no payload: contact details stay in the database.
         log.warn(
             "dead_letter.received",
-            {"entry_id": str(captured.entry_id), "outcome": captured.outcome, "queue": letter.queue,
-             "reason": letter.reason, "error_type": letter.error_type, "error_message": letter.error_message,
+            {"entry_id": str(captured.entry_id), "outcome": captured.outcome.value, "queue": letter.queue,
+             "reason": letter.reason.value, "error_type": letter.error_type, "error_message": letter.error_message,
              "attempts": letter.attempts, "service": letter.service, "message_id": letter.message_id,
              "type": letter.message_type},
         )  # fmt: skip
 
     async def on_dead_letter_retry_succeeded(event: DeadLetterRetrySucceeded, delivery: Delivery) -> None:
-        if await resolve_after_success(engine, event.entry_id):
-            metrics.retry_outcomes.add(1, {"queue": event.queue, "outcome": "succeeded"})
+        if await resolve_after_retry(engine, event.entry_id):
+            metrics.retry_outcomes.add(1, {"queue": event.queue, "outcome": RetryOutcome.succeeded.value})
             await sizes.refresh()
             log.info("dead_letter.resolved_by_retry", {"entry_id": str(event.entry_id), "queue": event.queue})
 

@@ -1,0 +1,71 @@
+"""The queue overview: each work queue and `dlq` as the broker counts it, beside what the store holds for it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import extract, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import SQLModel, col
+
+from dlq_service.queue_stats import BrokerNumbers, QueueStats
+from libs.db.tables import DeadLetter, DeadLetterStatus
+from libs.messaging.topology import DLQ_QUEUE, TOPOLOGY
+
+
+class QueueState(SQLModel):
+    name: str
+    depth: int | None
+    active: int | None
+    consumers: int | None
+    error: str | None
+    failed_last_hour: int
+    dlq_size: int
+    oldest_unresolved_age_s: float | None
+
+
+class QueuesOverview(SQLModel):
+    queues: list[QueueState]
+
+
+class StoredCounts(SQLModel):
+    """What the store holds for one original queue."""
+
+    queue_name: str
+    failed_last_hour: int
+    dlq_size: int
+    oldest_s: float | None
+
+
+_UNRESOLVED = col(DeadLetter.status) != DeadLetterStatus.resolved
+_STORED = select(
+    col(DeadLetter.queue_name),
+    func.count().filter(col(DeadLetter.last_failed_at) > func.now() - timedelta(hours=1)).label("failed_last_hour"),
+    func.count().filter(_UNRESOLVED).label("dlq_size"),
+    extract("epoch", func.now() - func.min(col(DeadLetter.first_failed_at)).filter(_UNRESOLVED)).label("oldest_s"),
+).group_by(col(DeadLetter.queue_name))
+
+
+def queue_names() -> list[str]:
+    return [queue.name for queue in TOPOLOGY.work_queues] + [DLQ_QUEUE]
+
+
+def queue_state(name: str, broker: BrokerNumbers, stored: StoredCounts | None) -> QueueState:
+    """A queue with no entry in the store has none failed, none unresolved and no oldest age."""
+    stored = stored or StoredCounts(queue_name=name, failed_last_hour=0, dlq_size=0, oldest_s=None)
+    oldest = round(stored.oldest_s, 1) if stored.oldest_s is not None else None
+    return QueueState.model_validate(
+        broker.model_dump()
+        | {"name": name, "failed_last_hour": stored.failed_last_hour, "dlq_size": stored.dlq_size,
+           "oldest_unresolved_age_s": oldest}
+    )  # fmt: skip
+
+
+async def overview(engine: AsyncEngine, queue_stats: QueueStats, http: httpx.AsyncClient) -> QueuesOverview:
+    async with engine.connect() as connection:
+        rows = (await connection.execute(_STORED)).mappings().all()
+    stored = {counts.queue_name: counts for counts in map(StoredCounts.model_validate, rows)}
+    return QueuesOverview(
+        queues=[queue_state(name, await queue_stats.for_queue(http, name), stored.get(name)) for name in queue_names()]
+    )
