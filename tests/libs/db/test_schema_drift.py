@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from libs.db.tables import metadata
 
-pytestmark = pytest.mark.database
 ROOT = Path(__file__).resolve().parents[3]
 MODEL_SCHEMA = "models_created"
 
@@ -38,25 +37,22 @@ def alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def schema_database_url() -> str:
-    url = os.environ.get("TEST_SCHEMA_DATABASE_URL")
-    if not url:
-        pytest.fail("TEST_SCHEMA_DATABASE_URL is not set: run the suite with `bash deploy/local/stack.sh test`")
+def migrated_from_scratch(schema_database_url: str) -> str:
     for step in (("downgrade", "base"), ("upgrade", "head")):
-        result = alembic(url, *step)
+        result = alembic(schema_database_url, *step)
         assert result.returncode == 0, result.stderr
-    return url
+    return schema_database_url
 
 
 @pytest.fixture
-async def engine(schema_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(schema_database_url)
+async def engine(migrated_from_scratch: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(migrated_from_scratch)
     yield engine
     await engine.dispose()
 
 
-def test_a_freshly_migrated_database_matches_the_models(schema_database_url: str) -> None:
-    result = alembic(schema_database_url, "check")
+def test_a_freshly_migrated_database_matches_the_models(migrated_from_scratch: str) -> None:
+    result = alembic(migrated_from_scratch, "check")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No new upgrade operations detected" in result.stdout + result.stderr
 
