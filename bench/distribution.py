@@ -135,7 +135,7 @@ class Distribution:
                 await publish_all(events, [("lead.approved", lead_approved(lead, approved_by)) for lead in lead_ids])
                 worker = start_service(checkout, "distribution-worker", env, self.port)
                 async with running(worker, wait_ready=False) as service:
-                    drain = await time_drain(distributed, self.leads, service, timeout_s=max(120, self.leads / 10))
+                    drain = await time_drain(distributed, self.leads, service, timeout_s=max(300, self.leads))
                 # Stopped gracefully: every handled delivery is acked, so a drained queue is an empty one.
                 await wait_until(
                     lambda: self._empty(chan), 10, f"{DISTRIBUTION.name} queue empty after the worker stopped"
@@ -153,7 +153,10 @@ class Distribution:
                 await declare_topology(chan)
                 await purge_topology(chan)
             await engine.dispose()
-        return Measurement(value=drain.rate, baseline=raw, count=drain.items, load=load)
+        return Measurement(
+            value=drain.rate, baseline=raw, count=drain.items, load=load,
+            details={"cpu_per_item_ms": drain.cpu_per_item_ms},
+        )  # fmt: skip
 
     @staticmethod
     async def _empty(chan: aio_pika.abc.AbstractChannel) -> bool:

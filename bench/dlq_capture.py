@@ -126,7 +126,7 @@ class DlqCapture:
                 await publish_all(dead_letters, [(queue, letter) for letter in letters])
                 service = start_service(checkout, "dlq-service", env, self.port)
                 async with running(service, wait_ready=False) as dlq_service:
-                    drain = await time_drain(captured, self.letters, dlq_service, timeout_s=max(120, self.letters / 20))
+                    drain = await time_drain(captured, self.letters, dlq_service, timeout_s=max(300, self.letters / 5))
                 await wait_until(lambda: self._empty(chan), 10, f"{DLQ_QUEUE} queue empty after dlq-service stopped")
             if (stored := await captured()) != self.letters:
                 raise BenchError(f"{stored} entries for {self.letters} dead letters")
@@ -136,7 +136,10 @@ class DlqCapture:
                 await declare_topology(chan)
                 await purge_topology(chan)
             await engine.dispose()
-        return Measurement(value=drain.rate, baseline=raw, count=drain.items, load=load)
+        return Measurement(
+            value=drain.rate, baseline=raw, count=drain.items, load=load,
+            details={"cpu_per_item_ms": drain.cpu_per_item_ms},
+        )  # fmt: skip
 
     @staticmethod
     async def _empty(chan: AbstractChannel) -> bool:

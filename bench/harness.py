@@ -116,10 +116,16 @@ async def wait_until(
 class Drain:
     items: int
     seconds: float
+    cpu_seconds: float
+    """CPU time (user + system) the consumer's process spent in the same window."""
 
     @property
     def rate(self) -> float:
         return self.items / self.seconds
+
+    @property
+    def cpu_per_item_ms(self) -> float:
+        return self.cpu_seconds * 1000 / self.items
 
 
 async def time_drain(count: Callable[[], Awaitable[int]], total: int, service: Service, timeout_s: float) -> Drain:
@@ -130,16 +136,16 @@ async def time_drain(count: Callable[[], Awaitable[int]], total: int, service: S
     """
     if await count() != 0:
         raise BenchError("work was done before the clock started (left over from another run?)")
-    idle_at = time.perf_counter()
+    idle_at, idle_cpu = time.perf_counter(), service.cpu_seconds()
     deadline = time.monotonic() + timeout_s
     while True:
         service.check_alive()
-        looked_at = time.perf_counter()
+        looked_at, cpu = time.perf_counter(), service.cpu_seconds()
         done = await count()
         if done == 0:
-            idle_at = looked_at
+            idle_at, idle_cpu = looked_at, cpu
         elif done >= total:
-            return Drain(done, looked_at - idle_at)
+            return Drain(done, looked_at - idle_at, cpu - idle_cpu)
         if time.monotonic() > deadline:
             raise BenchError(f"{done} of {total} done after {timeout_s:g}s (log: {service.log})")
         await asyncio.sleep(0.02)
@@ -154,6 +160,12 @@ class Service:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (/proc): unlike throughput, barely moved by other load
+        on the machine, so it shows a change in the service's own cost through the noise."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def check_alive(self) -> None:
         if self.process.returncode is not None:

@@ -112,7 +112,9 @@ class Ingest:
             async with running(start_service(checkout, "ingest-gateway", env, self.port)) as gateway:
                 url = gateway.url("/api/v1/leads")
                 await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
+                cpu_before = gateway.cpu_seconds()
                 measured = await self.wrk(url, api_key, run, self.duration_s)
+                cpu_per_request_ms = (gateway.cpu_seconds() - cpu_before) * 1000 / measured.requests
             async with engine.connect() as connection:
                 stored = int(await connection.scalar(STORED, {"source": source}) or 0)
             if stored < measured.requests:
@@ -138,7 +140,12 @@ class Ingest:
             baseline=baseline.rate,
             count=measured.requests,
             load=load,
-            details={"p50_ms": measured.p50_ms, "p99_ms": measured.p99_ms, "baseline_p99_ms": baseline.p99_ms},
+            details={
+                "p50_ms": measured.p50_ms,
+                "p99_ms": measured.p99_ms,
+                "baseline_p99_ms": baseline.p99_ms,
+                "cpu_per_item_ms": cpu_per_request_ms,
+            },
         )
 
 

@@ -12,6 +12,8 @@ from typing import Protocol
 from bench.harness import ROOT, BenchEnv
 
 BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
+CPU_PER_ITEM = "cpu_per_item_ms"
+"""Detail every benchmark reports: the measured service process's CPU time per request, lead or dead letter."""
 EXPORT_MEMORY_HEADING = "## Export memory"
 """bench/export_memory.py keeps only what precedes its section, so ours are written before it."""
 
@@ -149,13 +151,19 @@ def comparison_table(
             f"| {number(new.value)} | {number(new.baseline)} | {new.ratio:.3f} "
             f"| **{new.ratio / old.ratio:.3f}** | {new.value / old.value:.3f} |"
         )
-    lines += ["", "| figure | runs before (spread) | runs after (spread) | details before | details after |"]
-    lines.append("|---|---|---|---|---|")
+    lines += [
+        "",
+        "| figure | runs before (spread) | runs after (spread) | service CPU per item after/before "
+        "| details before | details after |",
+        "|---|---|---|---|---|---|",
+    ]
     for benchmark in benchmarks:
         old, new = before[benchmark.name], after[benchmark.name]
+        cpu_old, cpu_new = old.detail(CPU_PER_ITEM), new.detail(CPU_PER_ITEM)
+        cpu = f"{cpu_new / cpu_old:.3f}" if cpu_old and cpu_new else "-"
         lines.append(
             f"| {benchmark.figure} | {runs_text(old)} ({old.spread:.0%}) | {runs_text(new)} ({new.spread:.0%}) "
-            f"| {details_text(old)} | {details_text(new)} |"
+            f"| {cpu} | {details_text(old)} | {details_text(new)} |"
         )
     everything = [*before.values(), *after.values()]
     lines += ["", f"1-minute load average while measuring: {loads_text(everything)}.", ""]
