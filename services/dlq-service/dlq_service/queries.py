@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from pydantic import JsonValue
 from sqlalchemy import ColumnElement, Label, Text, cast, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -60,7 +62,7 @@ class DeadLetterSummary(SQLModel):
     last_failed_at: datetime | None
     created_at: datetime
     resolution: Resolution | None
-    payload: Any
+    payload: JsonValue
 
 
 class DeadLetterPage(SQLModel):
@@ -72,7 +74,7 @@ class DeadLetterRecord(DeadLetterSummary):
     """Everything captured of an entry, unmasked, except the raw body."""
 
     stack_trace: str | None
-    headers: dict[str, Any]
+    headers: dict[str, JsonValue]
     original_exchange: str | None
     original_routing_key: str | None
     message_type: str | None
@@ -126,7 +128,7 @@ def selected(table: type[SQLModel], model: type[SQLModel], **renamed: Any) -> li
 
 
 # The API says `queue` where the table says `queue_name`.
-_SUMMARY = select(*selected(DeadLetter, DeadLetterSummary, queue=DeadLetter.queue_name))
+SUMMARY = select(*selected(DeadLetter, DeadLetterSummary, queue=DeadLetter.queue_name))
 _RECORD = select(*selected(DeadLetter, DeadLetterRecord, queue=DeadLetter.queue_name), col(DeadLetter.raw_body))
 _FAILURES = select(*selected(DeadLetterEvent, FailureRecord)).order_by(col(DeadLetterEvent.id))
 _RETRIES = select(*selected(DeadLetterRetry, RetryRecord)).order_by(col(DeadLetterRetry.id))
@@ -193,14 +195,14 @@ class Filters:
         return found
 
 
-def summary(row: Any) -> DeadLetterSummary:
+def summary(row: Mapping[Any, Any]) -> DeadLetterSummary:
     """A list row, with contact details in the payload masked."""
     return DeadLetterSummary.model_validate({**row, "payload": mask(row["payload"])})
 
 
 async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: str | None) -> DeadLetterPage:
     """Newest first; raises BadCursor for a cursor this API did not return."""
-    query = _SUMMARY.where(*filters.conditions()).order_by(*_NEWEST_FIRST).limit(limit + 1)
+    query = SUMMARY.where(*filters.conditions()).order_by(*_NEWEST_FIRST).limit(limit + 1)
     if cursor:
         cursor_at, cursor_id = decode_cursor(cursor)
         query = query.where(tuple_(col(DeadLetter.created_at), col(DeadLetter.id)) < tuple_(cursor_at, cursor_id))

@@ -70,11 +70,16 @@ class GroupSelection(BaseModel):
     fingerprint: str = Field(max_length=64)
 
 
-class BulkRetry(BaseModel):
+class RedriveSelection(BaseModel):
+    """Which failed entries a redrive sends: by id, one group, or a filter. Kept with the redrive as asked."""
+
     model_config = ConfigDict(extra="forbid")
     ids: list[uuid.UUID] | None = Field(None, max_length=10_000)
     group: GroupSelection | None = None
     filter: FilterBody | None = None
+
+
+class BulkRetry(RedriveSelection):
     dry_run: bool = False
     rate_per_second: int | None = Field(None, ge=1, le=10_000)
 
@@ -86,7 +91,7 @@ class BulkRetry(BaseModel):
 
     def selection(self) -> dict[str, Any]:
         """What was asked for, as the redrive keeps it."""
-        return self.model_dump(exclude={"dry_run", "rate_per_second"}, exclude_none=True, mode="json")
+        return self.model_dump(include=set(RedriveSelection.model_fields), exclude_none=True, mode="json")
 
 
 class RedriveStarted(SQLModel):
@@ -104,7 +109,7 @@ class RedriveProgress(SQLModel):
     failed: int
     skipped: int
     rate_per_second: int
-    selection: dict[str, Any]
+    selection: RedriveSelection
     requested_by: str
     created_at: datetime
     finished_at: datetime | None
