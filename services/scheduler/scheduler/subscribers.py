@@ -37,13 +37,13 @@ def build_router(
         try:
             counts = await JOBS[job](context)
         except Exception as error:
-            await finish(engine, request.run_id, job, None, f"{type(error).__name__}: {error}"[:2000])
-            metrics.runs.add(1, {"job": job, "status": "failed"})
+            status = await finish(engine, request.run_id, job, None, f"{type(error).__name__}: {error}"[:2000])
+            metrics.runs.add(1, {"job": job, "status": status})
             raise
         finally:
             metrics.duration.record((time.perf_counter() - started) * 1000, {"job": job})
-        await finish(engine, request.run_id, job, counts, None)
-        metrics.runs.add(1, {"job": job, "status": "succeeded"})
+        status = await finish(engine, request.run_id, job, counts, None)
+        metrics.runs.add(1, {"job": job, "status": status})
         metrics.discrepancies.add(counts.get("discrepancies", 0))
         await last_success.refresh()
         log.info("job.succeeded", {"job": job, "run_id": str(request.run_id), "counts": counts})

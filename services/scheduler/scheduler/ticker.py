@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 from datetime import datetime, timedelta
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.db.tables import RunTrigger
 from libs.logging import get_logger
 from libs.messaging.publisher import Publisher
 from scheduler.clock import Clock
 from scheduler.metrics import SchedulerMetrics
+from scheduler.pauses import is_paused
 from scheduler.runs import claim, last_claimed
 from scheduler.schedule import due, next_slot
 
@@ -41,11 +42,6 @@ class Ticker:
         self._next_check: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def _paused(self, job: str) -> bool:
-        async with self.engine.connect() as connection:
-            paused = await connection.scalar(text("SELECT paused FROM scheduled_jobs WHERE job = :job"), {"job": job})
-        return bool(paused)
-
     async def tick(self) -> None:
         now = self.clock.now()
         for job, cron in self.schedules.items():
@@ -53,9 +49,9 @@ class Ticker:
                 continue
             decision = due(cron, await last_claimed(self.engine, job), now, self.grace)
             self._next_check[job] = next_slot(cron, now)
-            if decision is None or await self._paused(job):
+            if decision is None or await is_paused(self.engine, job):
                 continue
-            trigger = "catch_up" if decision.catch_up else "schedule"
+            trigger = RunTrigger.catch_up if decision.catch_up else RunTrigger.schedule
             run_id = await claim(
                 self.engine, self.publisher, job, decision.slot, trigger=trigger, coalesced=decision.coalesced
             )

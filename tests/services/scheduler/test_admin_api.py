@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
+from sqlalchemy import func, insert, select, update
+from sqlmodel import col
 
+from libs.db.tables import AuditEntry, RunStatus, RunTrigger, ScheduledJob, ScheduledJobRun
 from libs.telemetry import setup_telemetry
 from scheduler.main import build
 from scheduler.settings import Settings
@@ -26,6 +28,16 @@ async def scheduler(pipeline: Pipeline) -> AsyncIterator[AsyncTestClient[Litesta
         yield client
 
 
+async def paused_in_database(pipeline: Pipeline, job: str) -> bool | None:
+    async with pipeline.engine.connect() as connection:
+        return await connection.scalar(select(col(ScheduledJob.paused)).where(col(ScheduledJob.job) == job))
+
+
+async def run_status(pipeline: Pipeline, run_id: uuid.UUID) -> RunStatus | None:
+    async with pipeline.engine.connect() as connection:
+        return await connection.scalar(select(col(ScheduledJobRun.status)).where(col(ScheduledJobRun.id) == run_id))
+
+
 async def test_lists_every_job_with_schedule_and_state(
     scheduler: AsyncTestClient[Litestar], pipeline: Pipeline
 ) -> None:
@@ -35,33 +47,50 @@ async def test_lists_every_job_with_schedule_and_state(
     assert {"enabled", "paused", "next_run", "last_run", "last_success_at"} <= jobs[0].keys()
 
 
+async def test_a_finished_run_shows_as_the_jobs_last_run_and_last_success(
+    scheduler: AsyncTestClient[Litestar], pipeline: Pipeline
+) -> None:
+    admin = await pipeline.admin_headers()
+    run_id = (await scheduler.post(f"{JOBS}/balance-reconciliation/run", headers=admin)).json()["run_id"]
+
+    async def succeeded() -> bool:
+        return await run_status(pipeline, uuid.UUID(run_id)) == RunStatus.succeeded
+
+    await eventually(succeeded)
+    listed = (await scheduler.get(JOBS, headers=admin)).json()["jobs"]
+    job = next(job for job in listed if job["name"] == "balance-reconciliation")
+    assert job["last_run"]["id"] == run_id
+    assert job["last_run"]["status"] == "succeeded"
+    assert job["last_run"]["trigger"] == "manual"
+    assert "providers_checked" in job["last_run"]["counts"]
+    assert job["last_success_at"] == job["last_run"]["finished_at"]
+
+
 async def test_run_now_runs_the_job_and_a_second_request_while_it_runs_is_409(
     scheduler: AsyncTestClient[Litestar], pipeline: Pipeline
 ) -> None:
     admin = await pipeline.admin_headers()
     response = await scheduler.post(f"{JOBS}/balance-reconciliation/run", headers=admin)
     assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
     run_id = uuid.UUID(response.json()["run_id"])
 
     async def succeeded() -> bool:
-        return bool(
-            await pipeline.scalar("SELECT status FROM scheduled_job_runs WHERE id = :id", id=run_id) == "succeeded"
-        )
+        return await run_status(pipeline, run_id) == RunStatus.succeeded
 
     await eventually(succeeded)
+    running = col(ScheduledJobRun.job) == "dlq-cleanup", col(ScheduledJobRun.status) == RunStatus.running
     async with pipeline.engine.begin() as connection:
         await connection.execute(
-            text("INSERT INTO scheduled_job_runs (job, slot, status, trigger, started_at) "
-                 "VALUES ('dlq-cleanup', clock_timestamp(), 'running', 'manual', now())")
+            insert(ScheduledJobRun).values(job="dlq-cleanup", slot=func.clock_timestamp(), status=RunStatus.running,
+                                           trigger=RunTrigger.manual, started_at=func.now())
         )  # fmt: skip
     try:
         busy = await scheduler.post(f"{JOBS}/dlq-cleanup/run", headers=admin)
         assert busy.status_code == 409
     finally:
         async with pipeline.engine.begin() as connection:
-            await connection.execute(
-                text("UPDATE scheduled_job_runs SET status = 'failed' WHERE job = 'dlq-cleanup' AND status = 'running'")
-            )
+            await connection.execute(update(ScheduledJobRun).where(*running).values(status=RunStatus.failed))
     assert (await scheduler.post(f"{JOBS}/no-such-job/run", headers=admin)).status_code == 404
 
 
@@ -71,16 +100,32 @@ async def test_pause_is_stored_and_audited_then_resume(
     admin = await pipeline.admin_headers()
     paused = await scheduler.post(f"{JOBS}/dlq-cleanup/pause", headers=admin)
     assert paused.json() == {"job": "dlq-cleanup", "paused": True}
-    assert await pipeline.scalar("SELECT paused FROM scheduled_jobs WHERE job = 'dlq-cleanup'") is True
+    assert await paused_in_database(pipeline, "dlq-cleanup") is True
     listed = (await scheduler.get(JOBS, headers=admin)).json()["jobs"]
     assert next(job for job in listed if job["name"] == "dlq-cleanup")["paused"] is True
-    await scheduler.post(f"{JOBS}/dlq-cleanup/resume", headers=admin)
-    assert await pipeline.scalar("SELECT paused FROM scheduled_jobs WHERE job = 'dlq-cleanup'") is False
+    resumed = await scheduler.post(f"{JOBS}/dlq-cleanup/resume", headers=admin)
+    assert resumed.json() == {"job": "dlq-cleanup", "paused": False}
+    assert await paused_in_database(pipeline, "dlq-cleanup") is False
     async with pipeline.engine.connect() as connection:
-        actions = (await connection.execute(text(
-            "SELECT action FROM audit_log WHERE entity_id = 'dlq-cleanup' AND action IN ('job.paused', 'job.resumed') "
-            "ORDER BY id DESC LIMIT 2"))).scalars().all()  # fmt: skip
+        actions = await connection.scalars(
+            select(col(AuditEntry.action))
+            .where(
+                col(AuditEntry.entity_id) == "dlq-cleanup", col(AuditEntry.action).in_(["job.paused", "job.resumed"])
+            )
+            .order_by(col(AuditEntry.id).desc())
+            .limit(2)
+        )
     assert list(actions) == ["job.resumed", "job.paused"]
+
+
+async def test_every_response_of_the_jobs_api_has_a_schema(scheduler: AsyncTestClient[Litestar]) -> None:
+    paths = (await scheduler.get("/schema/openapi.json")).json()["paths"]
+    operations = [paths[JOBS]["get"]] + [
+        paths[f"{JOBS}/{{name}}/{action}"]["post"] for action in ("run", "pause", "resume")
+    ]
+    for operation in operations:
+        [success] = [response for code, response in operation["responses"].items() if code.startswith("2")]
+        assert "$ref" in success["content"]["application/json"]["schema"], operation["operationId"]
 
 
 async def test_the_jobs_api_needs_an_admin_with_mfa(scheduler: AsyncTestClient[Litestar], pipeline: Pipeline) -> None:
