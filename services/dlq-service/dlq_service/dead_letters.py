@@ -235,7 +235,7 @@ def read_dead_letter(
             raw_body=body,
             payload=decode_payload(body),
         )
-    said = _text(headers.get("x-first-death-reason")) or _text(first.get("reason")) or "rejected"
+    said = _text(headers.get("x-first-death-reason")) or _text(first.get("reason")) or DeadLetterReason.rejected.value
     count = first.get("count")
     delivery_count = headers.get("x-delivery-count")
     routing_keys = first.get("routing-keys") or []
