@@ -179,6 +179,7 @@ async def distribute(
                 metrics.leads_approved.add(1, {"by": "auto"})
             case Step.distribute:
                 pass
+        # This very message was handled before (redelivered after its commit): report, assign nothing again.
         if await connection.scalar(FIRST_DELIVERY, {"delivery_id": message_id}) is None:
             return Outcome(lead_id, lead.status, await _existing(connection, lead_id))
         outcome = await _assign(connection, lead_id, lead.category, lead.zip, max_providers, metrics)

@@ -60,8 +60,8 @@ async def test_a_finished_run_shows_as_the_jobs_last_run_and_last_success(
     listed = (await scheduler.get(JOBS, headers=admin)).json()["jobs"]
     job = next(job for job in listed if job["name"] == "balance-reconciliation")
     assert job["last_run"]["id"] == run_id
-    assert job["last_run"]["status"] == "succeeded"
-    assert job["last_run"]["trigger"] == "manual"
+    assert job["last_run"]["status"] == RunStatus.succeeded
+    assert job["last_run"]["trigger"] == RunTrigger.manual
     assert "providers_checked" in job["last_run"]["counts"]
     assert job["last_success_at"] == job["last_run"]["finished_at"]
 
@@ -72,7 +72,7 @@ async def test_run_now_runs_the_job_and_a_second_request_while_it_runs_is_409(
     admin = await pipeline.admin_headers()
     response = await scheduler.post(f"{JOBS}/balance-reconciliation/run", headers=admin)
     assert response.status_code == 202, response.text
-    assert response.json()["status"] == "queued"
+    assert response.json()["status"] == RunStatus.queued
     run_id = uuid.UUID(response.json()["run_id"])
 
     async def succeeded() -> bool:
