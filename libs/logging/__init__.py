@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line on stdout, with service, correlation id and trace ids."""
+"""Structured logs: one JSON object per line on stdout, with service, correlation id and trace ids.
+
+Every line's event, metadata and error are masked for contact data (`libs.logging.pii`) as the line is formatted,
+so no caller can forget it: an email address or phone number inside an SMTP reply or a payload never reaches a log.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from typing import Any
 
 import orjson
 from opentelemetry import trace
+
+from libs.logging.pii import mask_pii, mask_pii_in
 
 _correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 _LEVEL_NAMES = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "fatal"}
@@ -43,23 +49,28 @@ def log_record_fields(record: logging.LogRecord, service: str) -> dict[str, Any]
     trace_id, span_id = _trace_ids()
     fields: dict[str, Any] = {
         "level": _LEVEL_NAMES.get(record.levelname, record.levelname.lower()),
-        "event": record.getMessage(),
+        "event": mask_pii(record.getMessage()),
         "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
         "service": service,
         "correlation_id": getattr(record, "correlation_id", None) or _correlation_id.get(),
         "trace_id": trace_id,
         "span_id": span_id,
         "logger": record.name,
-        "metadata": getattr(record, "metadata", None) or {},
+        "metadata": mask_pii_in(getattr(record, "metadata", None) or {}),
     }
     if record.exc_info and record.exc_info[1] is not None:
         error = record.exc_info[1]
         fields["error"] = {
             "type": type(error).__name__,
-            "message": str(error),
-            "stack": "".join(traceback.format_exception(error)),
+            "message": mask_pii(str(error)),
+            "stack": mask_pii("".join(traceback.format_exception(error))),
         }
     return fields
+
+
+def _masked_text(value: object) -> str:
+    """A value JSON has no type for (an exception, a custom object) logs as its text, masked like the rest."""
+    return mask_pii(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,7 +79,7 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(log_record_fields(record, self.service), default=str).decode()
+        return orjson.dumps(log_record_fields(record, self.service), default=_masked_text).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -82,7 +93,7 @@ class ConsoleFormatter(logging.Formatter):
         if fields["correlation_id"]:
             line += f" cid={fields['correlation_id']}"
         if fields["metadata"]:
-            line += " " + orjson.dumps(fields["metadata"], default=str).decode()
+            line += " " + orjson.dumps(fields["metadata"], default=_masked_text).decode()
         if "error" in fields:
             line += "\n" + fields["error"]["stack"]
         return line
@@ -136,3 +147,17 @@ class Logger:
 
 def get_logger(name: str) -> Logger:
     return Logger(name)
+
+
+__all__ = [
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "Logger",
+    "configure_logging",
+    "correlation_scope",
+    "current_correlation_id",
+    "get_logger",
+    "log_record_fields",
+    "mask_pii",
+    "mask_pii_in",
+]

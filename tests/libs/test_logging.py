@@ -7,7 +7,15 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from libs.logging import ConsoleFormatter, JsonFormatter, Logger, configure_logging, correlation_scope
+from libs.logging import (
+    ConsoleFormatter,
+    JsonFormatter,
+    Logger,
+    configure_logging,
+    correlation_scope,
+    mask_pii,
+    mask_pii_in,
+)
 
 
 @pytest.fixture
@@ -91,3 +99,84 @@ def test_console_format_is_for_humans() -> None:
     assert "lead.submitted" in text
     assert "cid=cid-1" in text
     assert not text.startswith("{")
+
+
+def test_an_smtp_refusal_never_logs_the_recipient_it_names(captured: io.StringIO) -> None:
+    refusal = "550 5.1.1 <bob.smith@refused.example>: mailbox unavailable"
+    try:
+        raise RuntimeError(refusal)
+    except RuntimeError as error:
+        Logger("t").error(
+            f"email.refused {refusal}", error, {"smtp_reply": refusal, "to": ["bob.smith@refused.example"]}
+        )
+    text = captured.getvalue()
+    assert "bob.smith@refused.example" not in text
+    [line] = lines(captured)
+    assert line["metadata"] == {"smtp_reply": "550 5.1.1 <b***@r***.example>: mailbox unavailable",
+                                "to": ["b***@r***.example"]}  # fmt: skip
+    error_fields = line["error"]
+    assert isinstance(error_fields, dict)
+    assert error_fields["message"] == "550 5.1.1 <b***@r***.example>: mailbox unavailable"
+
+
+def test_phone_numbers_are_masked_at_any_depth_of_the_metadata(captured: io.StringIO) -> None:
+    Logger("t").info(
+        "lead.received", {"payload": {"contact": {"phone": "+1 415 555 0100"}, "notes": ["(415) 555-0199"]}}
+    )
+    [line] = lines(captured)
+    assert line["metadata"] == {"payload": {"contact": {"phone": "***00"}, "notes": ["***99"]}}
+
+
+def test_values_without_a_json_type_are_masked_as_their_text(captured: io.StringIO) -> None:
+    class Recipient:
+        def __str__(self) -> str:
+            return "ada@example.com"
+
+    Logger("t").info("mail", {"to": Recipient()})
+    assert lines(captured)[0]["metadata"] == {"to": "a***@e***.com"}
+
+
+def test_the_correlation_id_is_never_masked(captured: io.StringIO) -> None:
+    with correlation_scope("4155550100"):
+        Logger("t").info("call 4155550100")
+    [line] = lines(captured)
+    assert line["correlation_id"] == "4155550100"
+    assert line["event"] == "call ***00"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("<bob.smith@refused.example>", "<b***@r***.example>"),
+        ("ada@example.com, bo@x.co.uk", "a***@e***.com, b***@x***.uk"),
+        ("call +1 415 5550100 now", "call ***00 now"),
+        ("(415) 555-0100", "***00"),
+        ("415.555.0100", "***00"),
+        ("4155550100", "***00"),
+        ("tel:+14155550100", "tel:***00"),
+        ("+44 20 7946 0958", "***58"),
+    ],
+)
+def test_contact_data_is_masked_wherever_it_stands_in_a_text(text: str, masked: str) -> None:
+    assert mask_pii(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "lead.submitted:12345678-1234-1234-1234-123456789012",
+        "at 2026-11-30T03:23:05.354+00:00",
+        "from 192.168.100.200",
+        "took 12345.678 ms",
+        "processed 1500000 rows",
+        'File "consumer.py", line 123, in handle',
+    ],
+    ids=["uuid", "timestamp", "ipv4", "decimal", "count", "stack-frame"],
+)
+def test_identifiers_times_and_counts_stay_readable(text: str) -> None:
+    assert mask_pii(text) == text
+
+
+def test_masking_a_json_value_keeps_its_shape_and_other_types() -> None:
+    payload = {"to": "ada@example.com", "amount_cents": 1500, "ok": True, "ids": ("4155550100", None)}
+    assert mask_pii_in(payload) == {"to": "a***@e***.com", "amount_cents": 1500, "ok": True, "ids": ("***00", None)}
