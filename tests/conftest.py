@@ -29,6 +29,9 @@ MARKER_OF_FIXTURE = {
     "schema_database_url": "database",
     "service_processes": "stack",
 }
+# Whole-tree checks that run external tools (promtool, kubectl, mypy, ruff, schema validators): part of
+# `task test` and `task lint`, kept out of the seconds-long `task test:unit` loop.
+TOOL_MODULES = {"test_alerts.py", "test_kubernetes.py", "test_code_quality.py", "test_deploy.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,6 +41,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture, marker in MARKER_OF_FIXTURE.items():
             if fixture in used:
                 item.add_marker(marker)
+        if item.path.name in TOOL_MODULES or item.path.parent.name == "deploy":
+            item.add_marker("tools")
 
 
 def _required(name: str) -> str:
