@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.harness import BenchEnv, imports_from, machine
+from bench.harness import BenchEnv, BenchError, imports_from, machine
 from bench.report import Measurement, Summary, comparison_table, header, write_section
 from bench.runner import measure_once
 from bench.throughput import benchmarks, command_line, revision
@@ -40,15 +40,26 @@ async def main(argv: Sequence[str]) -> None:
     for checkout in sides.values():
         await imports_from(checkout, env)
     results: dict[str, dict[str, list[Measurement]]] = {side: {b.name: [] for b in chosen} for side in sides}
+    lost: list[str] = []
     for run in range(1, options.runs + 1):
         # Alternating the order spreads drift on a shared machine (other load, a warming cache) over both sides.
         order = ["before", "after"] if run % 2 else ["after", "before"]
         for benchmark in chosen:
-            for side in order:
-                measurement = await measure_once(benchmark, sides[side], env, f"{side}, run {run}")
+            pair: dict[str, Measurement] = {}
+            try:
+                for side in order:
+                    pair[side] = await measure_once(benchmark, sides[side], env, f"{side}, run {run}")
+            except BenchError as error:
+                # A checkout being edited can fail to start: the run is lost for both sides, the rest goes on.
+                lost.append(f"{benchmark.name}, run {run}, {side}: {str(error).splitlines()[0][:300]}")
+                print(f"[bench] lost: {lost[-1]}", flush=True)
+                continue
+            for side, measurement in pair.items():
                 results[side][benchmark.name].append(measurement)
+    measured = [benchmark for benchmark in chosen if results["before"][benchmark.name]]
     summaries = {
-        side: {name: Summary(tuple(runs)) for name, runs in by_name.items()} for side, by_name in results.items()
+        side: {name: Summary(tuple(runs)) for name, runs in by_name.items() if runs}
+        for side, by_name in results.items()
     }
     lines = [
         *header(options.title, command_line("bench.compare", argv), machine(), f"{datetime.now(UTC):%Y-%m-%d}",
@@ -57,9 +68,13 @@ async def main(argv: Sequence[str]) -> None:
         f"{revision(sides['after'])}. Each figure's baseline is the raw ceiling for the same work, measured in "
         "the same run; a side's ratio is the median of its runs' figure/baseline. **after/before (ratios)** "
         "divides the after ratio by the before ratio, so load that slows a whole run cancels out; 1.000 means "
-        "unchanged, below 0.950 means more than 5% slower. Spread is (max - min) / median of a side's runs.",
+        "unchanged, below 0.950 means more than 5% slower. Spread is (max - min) / median of a side's runs. "
+        "Service CPU per item is the measured process's own CPU time per request, lead or dead letter: other "
+        "load on the machine barely moves it, so it is the steadiest sign of a change in the code's own cost "
+        "(PostgreSQL's and RabbitMQ's share of the work is not in it).",
         "",
-        *comparison_table(chosen, summaries["before"], summaries["after"]),
+        *comparison_table(measured, summaries["before"], summaries["after"]),
+        *([f"Runs lost (both sides dropped): {'; '.join(lost)}.", ""] if lost else []),
     ]  # fmt: skip
     print("\n".join(lines))
     if not options.no_write:
