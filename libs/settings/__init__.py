@@ -69,6 +69,18 @@ class ServiceSettings(BaseSettings):
     db_statement_timeout_ms: int = Field(15_000, ge=100, description="PostgreSQL statement_timeout.")
     db_pool_size: int = Field(5, ge=1, le=100, description="Connections kept in the pool.")
     traces_exporter: Literal["none", "console"] = Field("none", description="Where finished spans go.")
+    telemetry_enabled: bool = Field(
+        True,
+        description="false: no instruments, spans or trace propagation at all (no-op meter and tracer, no broker "
+        "telemetry middleware), to run or measure without telemetry's cost.",
+    )
+    traces_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces recorded when TRACES_EXPORTER sends them somewhere (a message or request "
+        "follows its caller's decision); with no exporter no span is recorded, only trace ids propagate.",
+    )
     queue_depth_alert_threshold: int = Field(100, ge=1, description="QueueBacklogHigh fires above this depth.")
     dlq_size_alert_threshold: int = Field(100, ge=1, description="DLQSizeHigh fires above this many entries.")
     distribution_duration_p95_threshold_ms: int = Field(
