@@ -30,11 +30,25 @@ def require_admin(principal: Principal, *, mfa: bool = True) -> None:
 
 
 def require_provider_or_admin(principal: Principal, provider_id: uuid.UUID) -> None:
-    """A provider sees only its own data; an admin sees all."""
+    """A provider sees only its own data; an admin sees all, under the same MFA rule as for admin writes."""
     if principal.role == "admin":
+        require_admin(principal, mfa=True)
         return
-    if principal.provider_id != provider_id:
+    if principal.provider_id is None or principal.provider_id != provider_id:
         raise PermissionDeniedException("a provider may only access its own data")
+
+
+def user_principal(tokens: Tokens) -> Callable[[Request[Any, Any, Any]], Awaitable[Principal]]:
+    """A dependency for APIs that providers and admins share: any valid token, but an admin's only with MFA
+    (an admin may do nothing without it, read or write); 401 or 403 otherwise. Ownership is the route's rule."""
+
+    async def principal(request: Request[Any, Any, Any]) -> Principal:
+        caller = bearer_principal(request, tokens)
+        if caller.role == "admin":
+            require_admin(caller, mfa=True)
+        return caller
+
+    return principal
 
 
 def admin_principal(tokens: Tokens) -> Callable[[Request[Any, Any, Any]], Awaitable[Principal]]:

@@ -1,19 +1,31 @@
 """HTTP side of every service: the app factory, health and metrics routes, request context, OpenAPI, the server."""
 
 from libs.web.app import create_app
+from libs.web.client import Network, client_address
 from libs.web.dependencies import constant
+from libs.web.limits import fits_column
 from libs.web.middleware import CORRELATION_HEADER, RequestContext, accept_correlation_id
-from libs.web.openapi import openapi_config
+from libs.web.openapi import SCHEMA_CSP, SCHEMA_PATH, openapi_config
 from libs.web.ops_routes import ops_routes
-from libs.web.server import serve
+from libs.web.requests import JsonSafeRequest
+from libs.web.security import security_headers
+from libs.web.server import serve, server_config
 
 __all__ = [
     "CORRELATION_HEADER",
+    "SCHEMA_CSP",
+    "SCHEMA_PATH",
+    "JsonSafeRequest",
+    "Network",
     "RequestContext",
     "accept_correlation_id",
+    "client_address",
     "constant",
     "create_app",
+    "fits_column",
     "openapi_config",
     "ops_routes",
+    "security_headers",
     "serve",
+    "server_config",
 ]

@@ -1,4 +1,5 @@
-"""The Litestar app of a service: ops routes, request context, readiness turning 503 on shutdown."""
+"""The Litestar app of a service: ops routes, request context, security headers, JSON bodies that cannot crash
+a handler, readiness turning 503 on shutdown."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from libs.settings import ServiceSettings
 from libs.telemetry import Telemetry
 from libs.web.middleware import RequestContext
 from libs.web.ops_routes import ops_routes
+from libs.web.requests import JsonSafeRequest
+from libs.web.security import security_headers
 
 log = get_logger("fmhl.http")
 
@@ -43,6 +46,8 @@ def create_app(
         on_shutdown=[mark_shutting_down, *on_shutdown],
         middleware=[DefineMiddleware(RequestContext, telemetry=telemetry)],
         after_exception=[log_unexpected],
+        before_send=[security_headers],
+        request_class=JsonSafeRequest,
         logging_config=None,
         **litestar_options,
     )

@@ -26,11 +26,11 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: Litestar, settings: ServiceSettings, telemetry: Telemetry, readiness: Readiness) -> None:
-    """Run until SIGTERM/SIGINT; the app's shutdown hooks then stop consuming and drain in-flight work."""
-    if settings.metrics_enabled and settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.http_host, registry=telemetry.registry)
-    config = uvicorn.Config(
+def server_config(app: Litestar, settings: ServiceSettings) -> uvicorn.Config:
+    """uvicorn's own proxy-header handling is off: by default it believes `X-Forwarded-For` from 127.0.0.1, so
+    anything on the same host could pose as any client. A service that needs the client's address behind a
+    proxy reads it with `libs.web.client_address` and its own TRUSTED_PROXIES."""
+    return uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
@@ -38,6 +38,13 @@ def serve(app: Litestar, settings: ServiceSettings, telemetry: Telemetry, readin
         lifespan="on",
         timeout_graceful_shutdown=20,
         server_header=False,
+        proxy_headers=False,
     )
-    asyncio.run(_Server(config, readiness).serve())
+
+
+def serve(app: Litestar, settings: ServiceSettings, telemetry: Telemetry, readiness: Readiness) -> None:
+    """Run until SIGTERM/SIGINT; the app's shutdown hooks then stop consuming and drain in-flight work."""
+    if settings.metrics_enabled and settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.http_host, registry=telemetry.registry)
+    asyncio.run(_Server(server_config(app, settings), readiness).serve())
     telemetry.shutdown()

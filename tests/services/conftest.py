@@ -35,6 +35,7 @@ from export_worker.settings import Settings as ExportSettings
 from ingest_gateway.cli import create_lead_source, create_user
 from ingest_gateway.main import build as build_gateway
 from ingest_gateway.settings import Settings as GatewaySettings
+from libs.auth import TotpSecrets
 from libs.health import Readiness
 from libs.messaging.broker import create_broker
 from libs.messaging.publisher import Publisher
@@ -88,9 +89,13 @@ class Pipeline:
         self.smtp = Controller(self.mail, hostname="127.0.0.1", port=int(self.service_env["SMTP_PORT"]))
         self.smtp.start()
 
+    @property
+    def totp(self) -> TotpSecrets:
+        return TotpSecrets.from_keys(self.service_env["TOTP_ENCRYPTION_KEY"])
+
     async def admin_headers(self) -> dict[str, str]:
         email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
-        _, secret = await create_user(self.engine, email, "admin", PASSWORD, None, True)
+        _, secret = await create_user(self.engine, email, "admin", PASSWORD, None, True, totp=self.totp)
         assert secret is not None
         response = await self.gateway.post(
             "/api/v1/auth/token", json={"email": email, "password": PASSWORD, "totp_code": pyotp.TOTP(secret).now()}
@@ -100,7 +105,7 @@ class Pipeline:
 
     async def provider_headers(self, provider_id: uuid.UUID) -> dict[str, str]:
         email = f"provider-{uuid.uuid4().hex[:8]}@example.com"
-        await create_user(self.engine, email, "provider", PASSWORD, provider_id, False)
+        await create_user(self.engine, email, "provider", PASSWORD, provider_id, False, totp=self.totp)
         response = await self.gateway.post("/api/v1/auth/token", json={"email": email, "password": PASSWORD})
         assert response.status_code == 200, response.text
         return {"Authorization": f"Bearer {response.json()['access_token']}"}

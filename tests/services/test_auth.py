@@ -85,7 +85,7 @@ async def test_a_provider_cannot_read_another_providers_inbox(pipeline: Pipeline
 
 async def test_a_totp_code_is_accepted_once(pipeline: Pipeline) -> None:
     email = f"once-{uuid.uuid4().hex[:6]}@example.com"
-    _, secret = await create_user(pipeline.engine, email, "admin", PASSWORD, None, True)
+    _, secret = await create_user(pipeline.engine, email, "admin", PASSWORD, None, True, totp=pipeline.totp)
     assert secret is not None
     login = {"email": email, "password": PASSWORD, "totp_code": pyotp.TOTP(secret).now()}
     first = await pipeline.gateway.post("/api/v1/auth/token", json=login)
@@ -97,7 +97,7 @@ async def test_a_totp_code_is_accepted_once(pipeline: Pipeline) -> None:
 
 async def test_a_wrong_password_or_code_is_401_and_says_nothing_more(pipeline: Pipeline) -> None:
     email = f"wrong-{uuid.uuid4().hex[:6]}@example.com"
-    await create_user(pipeline.engine, email, "admin", PASSWORD, None, True)
+    await create_user(pipeline.engine, email, "admin", PASSWORD, None, True, totp=pipeline.totp)
     bad_password = await pipeline.gateway.post("/api/v1/auth/token", json={"email": email, "password": "nope"})
     bad_code = await pipeline.gateway.post(
         "/api/v1/auth/token", json={"email": email, "password": PASSWORD, "totp_code": "000000"}

@@ -1,7 +1,12 @@
-"""What routes receive by name: the process's engine, publisher, tokens and metrics, and the caller's identity."""
+"""What routes receive by name: the process's engine, publisher, tokens and metrics, and the caller's identity.
+
+`principal` is any caller with a valid token (the route then applies its ownership rule); `admin` is an admin
+with MFA (`otp` in `amr`), the one rule for every admin route, read or write: 401 or 403 before the route runs.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from litestar import Request
@@ -9,24 +14,18 @@ from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import AuthenticatedSource, lead_source_for
+from ingest_gateway.accounts import AuthenticatedSource, Lockout, lead_source_for
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.settings import Settings
-from libs.auth import Principal, Tokens, bearer_principal
+from libs.auth import Tokens, TotpSecrets, admin_principal, user_principal
 from libs.messaging.publisher import Publisher
 from libs.ratelimit import RateLimiter
-
-
-def _constant(value: Any) -> Provide:
-    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+from libs.web import constant
 
 
 def build_dependencies(
     settings: Settings, engine: AsyncEngine, publisher: Publisher, tokens: Tokens, metrics: GatewayMetrics
 ) -> dict[str, Provide]:
-    async def principal(request: Request[Any, Any, Any]) -> Principal:
-        return bearer_principal(request, tokens)
-
     async def lead_source(request: Request[Any, Any, Any]) -> AuthenticatedSource:
         api_key = request.headers.get("x-api-key")
         if not api_key:
@@ -37,12 +36,15 @@ def build_dependencies(
         return source
 
     return {
-        "settings": _constant(settings),
-        "engine": _constant(engine),
-        "publisher": _constant(publisher),
-        "tokens": _constant(tokens),
-        "metrics": _constant(metrics),
-        "throttle": _constant(RateLimiter(engine, "login", settings.login_attempts_per_minute)),
-        "principal": Provide(principal),
+        "settings": constant(settings),
+        "engine": constant(engine),
+        "publisher": constant(publisher),
+        "tokens": constant(tokens),
+        "metrics": constant(metrics),
+        "totp": constant(TotpSecrets.from_settings(settings)),
+        "lockout": constant(Lockout(settings.login_lockout_threshold, timedelta(seconds=settings.login_lockout_s))),
+        "throttle": constant(RateLimiter(engine, "login", settings.login_attempts_per_minute)),
+        "principal": Provide(user_principal(tokens)),
+        "admin": Provide(admin_principal(tokens)),
         "lead_source": Provide(lead_source),
     }

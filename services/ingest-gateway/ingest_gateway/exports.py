@@ -6,15 +6,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
 
 from ingest_gateway.errors import Conflict, Invalid, NotFound
 from libs import audit
-from libs.auth import Principal, require_provider_or_admin
+from libs.auth import Principal, require_admin, require_provider_or_admin
 from libs.contracts import ExportReport
 from libs.db.tables import ExportKind, ExportStatus, Provider, ReportExport, UserRole
 from libs.logging import get_logger
@@ -23,11 +24,15 @@ from libs.messaging.publisher import Publisher, PublishFailed
 log = get_logger("ingest_gateway.exports")
 
 
+# A day whose neighbours exist: a range's end is counted up to the start of the next day.
+CalendarDay = Annotated[date, Field(gt=date.min, lt=date.max)]
+
+
 class ExportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: ExportKind
-    date_from: date
-    date_to: date
+    date_from: CalendarDay
+    date_to: CalendarDay
     provider_id: uuid.UUID | None = None
 
     @model_validator(mode="after")
@@ -60,22 +65,27 @@ _EXPORT = select(*(col(getattr(ReportExport, name)) for name in Export.model_fie
 
 
 def scope(principal: Principal, request: ExportRequest) -> uuid.UUID | None:
-    """Whose data the export holds: a provider's own always; an admin's choice, which a ledger statement needs."""
+    """Whose data the export holds: a provider's own always; an admin's (with MFA) choice, which a ledger
+    statement needs."""
     if principal.role == UserRole.provider:
         if request.provider_id not in (None, principal.provider_id):
             raise NotFound("provider not found")
         return principal.provider_id
+    require_admin(principal)
     if request.kind == ExportKind.ledger_statement and request.provider_id is None:
         raise Invalid("provider_id is required for a ledger statement", field="provider_id", message="required")
     return request.provider_id
 
 
 def ensure_visible(principal: Principal, export: Export) -> None:
-    """An admin sees every export; a provider only those of its own data (others are not found, or forbidden)."""
-    if principal.role == UserRole.provider:
-        if export.provider_id is None:
-            raise NotFound(f"export {export.id} not found")
-        require_provider_or_admin(principal, export.provider_id)
+    """An admin (with MFA) sees every export; a provider only those of its own data (others are not found, or
+    forbidden)."""
+    if principal.role != UserRole.provider:
+        require_admin(principal)
+        return
+    if export.provider_id is None:
+        raise NotFound(f"export {export.id} not found")
+    require_provider_or_admin(principal, export.provider_id)
 
 
 def ensure_ready(export: Export) -> None:
@@ -116,6 +126,8 @@ async def request(engine: AsyncEngine, publisher: Publisher, principal: Principa
 
 
 async def status(engine: AsyncEngine, export_id: uuid.UUID, principal: Principal) -> Export:
+    if principal.role != UserRole.provider:
+        require_admin(principal)  # before anything is read: without MFA, 403 whether or not the export exists
     async with engine.connect() as connection:
         row = (await connection.execute(_EXPORT.where(col(ReportExport.id) == export_id))).first()
     if row is None:

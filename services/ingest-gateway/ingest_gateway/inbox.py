@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Date, Select, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -70,10 +70,7 @@ def statement(query: InboxQuery) -> Select[tuple[object, ...]]:
 def conditions(query: InboxQuery) -> list[ColumnElement[bool]]:
     where = [col(Assignment.provider_id) == query.provider_id]
     if query.cursor:
-        try:
-            cursor_at, cursor_id = decode_cursor(query.cursor)
-        except BadCursor as error:
-            raise Invalid(str(error), field="cursor") from None
+        cursor_at, cursor_id = _position(query.cursor)
         # Strictly older than the last row shown, in the (created_at, id) order of the index.
         where.append(tuple_(col(Assignment.created_at), col(Assignment.id)) < tuple_(cursor_at, cursor_id))
     if query.status:
@@ -81,9 +78,22 @@ def conditions(query: InboxQuery) -> list[ColumnElement[bool]]:
     if query.date_from:
         where.append(col(Assignment.created_at) >= literal(query.date_from, Date))
     if query.date_to:
+        if query.date_to == date.max:
+            raise Invalid("to must be a day before 9999-12-31", field="to")
         # `to` is inclusive: everything before the next day starts.
         where.append(col(Assignment.created_at) < literal(query.date_to + timedelta(days=1), Date))
     return where
+
+
+def _position(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Where a cursor points, as the database compares it: an aware time it can represent in UTC."""
+    try:
+        at, row_id = decode_cursor(cursor)
+        if at.tzinfo is None:
+            raise BadCursor("cursor is not one this API returned")
+        return at.astimezone(UTC), row_id
+    except (BadCursor, OverflowError):
+        raise Invalid("cursor is not one this API returned", field="cursor") from None
 
 
 async def inbox_page(connection: AsyncConnection, query: InboxQuery) -> InboxPage:

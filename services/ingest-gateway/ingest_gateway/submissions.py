@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import String, and_, bindparam, func, or_, select, update
@@ -17,14 +18,15 @@ from libs.contracts import Contact, LeadSubmitted, SafeText, ZipCode
 from libs.db.tables import Lead, LeadStatus
 from libs.logging import get_logger
 from libs.messaging.publisher import Publisher, PublishFailed
+from libs.web import fits_column
 
 log = get_logger("ingest_gateway.leads")
 
 
 class LeadSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    external_id: SafeText
-    category: SafeText
+    external_id: Annotated[SafeText, fits_column(Lead.external_id)]
+    category: Annotated[SafeText, fits_column(Lead.category)]
     zip: ZipCode
     contact: Contact
 

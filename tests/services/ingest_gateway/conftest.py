@@ -13,12 +13,13 @@ from sqlmodel import col
 from ingest_gateway import bad_lead_reports, providers, top_ups
 from ingest_gateway.accounts import create_lead_source, create_user
 from ingest_gateway.providers import NewProvider, NewSubscription
-from libs.auth import Principal
+from libs.auth import Principal, TotpSecrets
 from libs.db.tables import Assignment, BadLeadReport, Lead
 from libs.messaging.broker import create_broker
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import TOPOLOGY
 from libs.telemetry import setup_telemetry
+from tests.conftest import TEST_TOTP_ENCRYPTION_KEY
 
 PRICE_CENTS = 1500
 BALANCE_CENTS = 5000  # what a provider holds after paying PRICE_CENTS for its lead
@@ -34,7 +35,8 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def admin(engine: AsyncEngine) -> uuid.UUID:
     email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
-    user_id, _ = await create_user(engine, email, "admin", "correct horse battery staple", None, True)
+    totp = TotpSecrets.from_keys(TEST_TOTP_ENCRYPTION_KEY)
+    user_id, _ = await create_user(engine, email, "admin", "correct horse battery staple", None, True, totp=totp)
     return user_id
 
 

@@ -18,12 +18,14 @@ from ingest_gateway.accounts import AuthenticatedSource
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.routes.errors import as_http
 from ingest_gateway.submissions import LeadSubmission
-from libs.auth import Principal, require_admin
-from libs.db.tables import LeadStatus
+from libs.auth import Principal
+from libs.db.tables import Lead, LeadStatus
 from libs.logging import get_logger
 from libs.messaging.publisher import Publisher
+from libs.web import fits_column
 
 log = get_logger("ingest_gateway.leads")
+IDEMPOTENCY_KEY_LENGTH = fits_column(Lead.idempotency_key).max_length
 
 
 class LeadAccepted(BaseModel):
@@ -48,7 +50,9 @@ class LeadsController(Controller):
         engine: NamedDependency[AsyncEngine],
         publisher: NamedDependency[Publisher],
         metrics: NamedDependency[GatewayMetrics],
-        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=200)] = None,
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name="Idempotency-Key", max_length=IDEMPOTENCY_KEY_LENGTH)
+        ] = None,
     ) -> LeadAccepted:
         """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first."""
         with as_http():
@@ -62,14 +66,13 @@ class LeadsController(Controller):
     async def approve_lead(
         self,
         lead_id: FromPath[uuid.UUID],
-        principal: NamedDependency[Principal],
+        admin: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
         publisher: NamedDependency[Publisher],
         metrics: NamedDependency[GatewayMetrics],
     ) -> LeadAccepted:
-        require_admin(principal)
         with as_http():
-            await approvals.approve(engine, publisher, lead_id, uuid.UUID(principal.subject))
+            await approvals.approve(engine, publisher, lead_id, uuid.UUID(admin.subject))
         metrics.leads_approved.add(1, {"by": "admin"})
         return LeadAccepted(lead_id=lead_id, status=LeadStatus.approved)
 
@@ -78,10 +81,9 @@ class LeadsController(Controller):
         self,
         lead_id: FromPath[uuid.UUID],
         data: Annotated[Rejection, Body()],
-        principal: NamedDependency[Principal],
+        admin: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
     ) -> LeadAccepted:
-        require_admin(principal)
         with as_http():
-            await approvals.reject(engine, lead_id, uuid.UUID(principal.subject), data.reason)
+            await approvals.reject(engine, lead_id, uuid.UUID(admin.subject), data.reason)
         return LeadAccepted(lead_id=lead_id, status=LeadStatus.rejected)

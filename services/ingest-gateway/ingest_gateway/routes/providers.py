@@ -10,21 +10,21 @@ from typing import Annotated
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_gateway import providers, top_ups
 from ingest_gateway.inbox import InboxPage, InboxQuery, inbox_page
 from ingest_gateway.metrics import GatewayMetrics
-from ingest_gateway.providers import MAX_CENTS, NewProvider, NewSubscription
+from ingest_gateway.providers import Cents, NewProvider, NewSubscription
 from ingest_gateway.routes.errors import as_http
-from libs.auth import Principal, require_admin, require_provider_or_admin
+from libs.auth import Principal, require_provider_or_admin
 from libs.db.tables import AssignmentStatus
 
 
 class TopUp(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    amount_cents: Annotated[int, Field(gt=0, le=MAX_CENTS)]
+    amount_cents: Cents
 
 
 class Created(BaseModel):
@@ -44,35 +44,32 @@ class ProvidersController(Controller):
     async def create_provider(
         self,
         data: Annotated[NewProvider, Body()],
-        principal: NamedDependency[Principal],
+        admin: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
     ) -> Created:
-        require_admin(principal)
-        return Created(id=await providers.create(engine, data, uuid.UUID(principal.subject)))
+        return Created(id=await providers.create(engine, data, uuid.UUID(admin.subject)))
 
     @post("/{provider_id:uuid}/subscriptions", status_code=201)
     async def create_subscription(
         self,
         provider_id: FromPath[uuid.UUID],
         data: Annotated[NewSubscription, Body()],
-        principal: NamedDependency[Principal],
+        admin: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
     ) -> Created:
-        require_admin(principal)
         with as_http():
-            return Created(id=await providers.subscribe(engine, provider_id, data, uuid.UUID(principal.subject)))
+            return Created(id=await providers.subscribe(engine, provider_id, data, uuid.UUID(admin.subject)))
 
     @post("/{provider_id:uuid}/top-ups", status_code=201)
     async def top_up(
         self,
         provider_id: FromPath[uuid.UUID],
         data: Annotated[TopUp, Body()],
-        principal: NamedDependency[Principal],
+        admin: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
     ) -> Balance:
-        require_admin(principal)
         with as_http():
-            new_balance = await top_ups.add(engine, provider_id, data.amount_cents, uuid.UUID(principal.subject))
+            new_balance = await top_ups.add(engine, provider_id, data.amount_cents, uuid.UUID(admin.subject))
         return Balance(provider_id=provider_id, balance_cents=new_balance)
 
     @get("/{provider_id:uuid}/balance")
