@@ -76,6 +76,8 @@ class Assignment(SQLModel, table=True):
         CheckConstraint("price_cents > 0", name="assignments_price_cents_check"),
         one_of("status", AssignmentStatus, "assignments_status_check"),
         Index("idx_assignments_inbox", "provider_id", text("created_at DESC"), text("id DESC")),
+        # A daily cap counts one subscription's assignments of today: found by range, whatever the table holds.
+        Index("idx_assignments_subscription_day", "subscription_id", "created_at"),
     )
 
     id: uuid.UUID = uuid_pk()
