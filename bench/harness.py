@@ -9,13 +9,15 @@ code before and after a change. The virtualenv is this interpreter's, for both.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import platform
+import secrets
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,53 +42,60 @@ class BenchError(Exception):
     """The benchmark could not produce an honest figure (a service failed, work went missing, time ran out)."""
 
 
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+GENERATED_SECRETS: dict[str, Callable[[], str]] = {
+    "JWT_SECRET": lambda: secrets.token_urlsafe(48),
+    "TOTP_ENCRYPTION_KEY": _fernet_key,
+    "DLQ_RETRY_SIGNING_KEY": lambda: secrets.token_urlsafe(48),
+}
+"""Secrets some checkout's services require, made up for the run when the environment has none. A service
+ignores variables it does not know, so every checkout gets all of them."""
+
+
 @dataclass(frozen=True)
 class BenchEnv:
     """Where benchmarks run: the test database and vhost, never the stack's own."""
 
     database_url: str
     rabbitmq_url: str
-    management_url: str
-    jwt_secret: str
-    export_dir: Path
+    settings: Mapping[str, str]
+    """The environment every service gets (DATABASE_URL, RABBITMQ_URL, secrets, ...), besides HTTP_PORT."""
     log_dir: Path
     fresh_tables: bool = True
     """TRUNCATE the benchmark's tables before each run; off where other data must survive (the test suite)."""
 
     @classmethod
     def from_environ(cls) -> BenchEnv:
-        missing = [
-            name for name in ("TEST_DATABASE_URL", "TEST_RABBITMQ_URL", "JWT_SECRET") if not os.environ.get(name)
-        ]
+        missing = [name for name in ("TEST_DATABASE_URL", "TEST_RABBITMQ_URL") if not os.environ.get(name)]
         if missing:
             raise BenchError(f"{', '.join(missing)} not set: source .run/stack.env (task bench does)")
         log_dir = ROOT / ".run" / "bench-logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        return cls(
-            database_url=os.environ["TEST_DATABASE_URL"],
-            rabbitmq_url=os.environ["TEST_RABBITMQ_URL"],
-            management_url=os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"),
-            jwt_secret=os.environ["JWT_SECRET"],
-            export_dir=Path(os.environ.get("EXPORT_DIR") or tempfile.mkdtemp(prefix="fmhl-bench-exports-")),
-            log_dir=log_dir,
-        )
+        database_url, rabbitmq_url = os.environ["TEST_DATABASE_URL"], os.environ["TEST_RABBITMQ_URL"]
+        settings = {
+            "DATABASE_URL": database_url,
+            "RABBITMQ_URL": rabbitmq_url,
+            "RABBITMQ_MANAGEMENT_URL": os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"),
+            "EXPORT_DIR": os.environ.get("EXPORT_DIR") or tempfile.mkdtemp(prefix="fmhl-bench-exports-"),
+            **{name: os.environ.get(name) or make() for name, make in GENERATED_SECRETS.items()},
+        }
+        return cls(database_url, rabbitmq_url, settings, log_dir)
 
     def engine(self) -> AsyncEngine:
         return create_async_engine(self.database_url, pool_size=2)
 
-    def service_environ(self, checkout: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """Only what the service requires: every other setting keeps the service's own default."""
+    def service_environ(self, checkout: Path, port: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Only what the services require: every other setting keeps the service's own default."""
         paths = [str(checkout), *(str(checkout / "services" / name) for name in SERVICE_PACKAGES)]
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "PYTHONPATH": os.pathsep.join(paths),
-            "DATABASE_URL": self.database_url,
-            "RABBITMQ_URL": self.rabbitmq_url,
-            "RABBITMQ_MANAGEMENT_URL": self.management_url,
-            "JWT_SECRET": self.jwt_secret,
-            "EXPORT_DIR": str(self.export_dir),
+            **self.settings,
             "HTTP_PORT": str(port),
             **(extra or {}),
         }
@@ -206,7 +215,7 @@ async def start_process(
 
 
 async def start_service(
-    checkout: Path, name: str, env: BenchEnv, port: int, *, extra: dict[str, str] | None = None
+    checkout: Path, name: str, env: BenchEnv, port: int, *, extra: Mapping[str, str] | None = None
 ) -> Service:
     """One service of `checkout` as its own process, with the server settings it runs with in production."""
     return await start_process(

@@ -4,33 +4,25 @@ figures are taken)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from bench.distribution import Distribution
 from bench.dlq_capture import DlqCapture
-from bench.harness import BenchEnv
+from bench.harness import GENERATED_SECRETS, BenchEnv
 from bench.ingest import Ingest
-from tests.conftest import TEST_JWT_SECRET
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.stack]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def bench_env(database_url: str, rabbitmq_url: str, tmp_path: Path) -> BenchEnv:
-    """The suite's database keeps its other rows: each benchmark counts only what its own run made."""
-    return BenchEnv(
-        database_url=database_url,
-        rabbitmq_url=rabbitmq_url,
-        management_url=os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"),
-        jwt_secret=TEST_JWT_SECRET,
-        export_dir=tmp_path,
-        log_dir=tmp_path,
-        fresh_tables=False,
-    )
+def bench_env(database_url: str, rabbitmq_url: str, service_env: dict[str, str], tmp_path: Path) -> BenchEnv:
+    """The suite's own service environment (plus any secret a service requires that it lacks); its database keeps
+    its other rows: each benchmark counts only what its own run made."""
+    settings = {**{name: make() for name, make in GENERATED_SECRETS.items()}, **service_env}
+    return BenchEnv(database_url, rabbitmq_url, settings, log_dir=tmp_path, fresh_tables=False)
 
 
 async def test_ingest_benchmark_measures_the_gateway_and_the_constant_route(bench_env: BenchEnv) -> None:
