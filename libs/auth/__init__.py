@@ -4,6 +4,7 @@ verified strictly."""
 from libs.auth.guards import (
     admin_principal,
     bearer_principal,
+    provider_principal,
     require_admin,
     require_provider_or_admin,
     user_principal,
@@ -36,6 +37,7 @@ __all__ = [
     "is_sealed",
     "matching_totp_step",
     "new_totp_secret",
+    "provider_principal",
     "require_admin",
     "require_provider_or_admin",
     "totp_uri",

@@ -51,6 +51,19 @@ def user_principal(tokens: Tokens) -> Callable[[Request[Any, Any, Any]], Awaitab
     return principal
 
 
+def provider_principal(tokens: Tokens) -> Callable[[Request[Any, Any, Any]], Awaitable[Principal]]:
+    """A dependency for what only a provider does (report its own leads): 401 without a valid token, 403 for
+    anyone but a provider's user."""
+
+    async def principal(request: Request[Any, Any, Any]) -> Principal:
+        caller = bearer_principal(request, tokens)
+        if caller.role != "provider" or caller.provider_id is None:
+            raise PermissionDeniedException("only a provider's user may do this")
+        return caller
+
+    return principal
+
+
 def admin_principal(tokens: Tokens) -> Callable[[Request[Any, Any, Any]], Awaitable[Principal]]:
     """A dependency for admin APIs: the caller, when an admin with MFA; 401 or 403 otherwise."""
 

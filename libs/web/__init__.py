@@ -3,7 +3,7 @@
 from libs.web.app import create_app
 from libs.web.client import Network, client_address
 from libs.web.dependencies import constant
-from libs.web.limits import fits_column
+from libs.web.limits import JsonInt, fits_column
 from libs.web.middleware import CORRELATION_HEADER, RequestContext, accept_correlation_id
 from libs.web.openapi import SCHEMA_CSP, SCHEMA_PATH, openapi_config
 from libs.web.ops_routes import ops_routes
@@ -15,6 +15,7 @@ __all__ = [
     "CORRELATION_HEADER",
     "SCHEMA_CSP",
     "SCHEMA_PATH",
+    "JsonInt",
     "JsonSafeRequest",
     "Network",
     "RequestContext",

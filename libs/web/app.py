@@ -49,5 +49,6 @@ def create_app(
         before_send=[security_headers],
         request_class=JsonSafeRequest,
         logging_config=None,
-        **litestar_options,
+        # A service without an API serves no /schema (Litestar would otherwise serve an empty one by default).
+        **({"openapi_config": None} | litestar_options),
     )

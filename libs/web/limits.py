@@ -1,10 +1,11 @@
-"""Request limits taken from the schema: a string the API accepts always fits the column it is stored in."""
+"""Request limits: a string the API accepts fits the column it is stored in; an integer is a JSON integer."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from annotated_types import MaxLen
+from pydantic import BeforeValidator
 
 
 def fits_column(column: Any) -> MaxLen:
@@ -15,3 +16,14 @@ def fits_column(column: Any) -> MaxLen:
     if not isinstance(length, int):
         raise TypeError(f"{column} is not a string column with a length")
     return MaxLen(length)
+
+
+def _json_integer(value: object) -> object:
+    # Litestar validates bodies with strict=False, which overrides a field's own Strict(): refused here is what
+    # lax mode would coerce (`true` to 1, `1.0` to 1, `"100"` to 100).
+    if type(value) is not int:
+        raise ValueError("must be a JSON integer, not a boolean, a decimal or a string")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]

@@ -1,7 +1,8 @@
 """What routes receive by name: the process's engine, publisher, tokens and metrics, and the caller's identity.
 
-`principal` is any caller with a valid token (the route then applies its ownership rule); `admin` is an admin
-with MFA (`otp` in `amr`), the one rule for every admin route, read or write: 401 or 403 before the route runs.
+`principal` is a provider's user or an admin with MFA (the route then applies its ownership rule); `provider` is
+a provider's user only; `admin` is an admin with MFA (`otp` in `amr`), the one rule for every admin route, read
+or write. Each answers 401 or 403 before the route reads its body.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ingest_gateway.accounts import AuthenticatedSource, Lockout, lead_source_for
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.settings import Settings
-from libs.auth import Tokens, TotpSecrets, admin_principal, user_principal
+from libs.auth import Tokens, TotpSecrets, admin_principal, provider_principal, user_principal
 from libs.messaging.publisher import Publisher
 from libs.ratelimit import RateLimiter
 from libs.web import constant
@@ -46,5 +47,6 @@ def build_dependencies(
         "throttle": constant(RateLimiter(engine, "login", settings.login_attempts_per_minute)),
         "principal": Provide(user_principal(tokens)),
         "admin": Provide(admin_principal(tokens)),
+        "provider": Provide(provider_principal(tokens)),
         "lead_source": Provide(lead_source),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
@@ -14,18 +14,18 @@ from ingest_gateway.errors import NotFound
 from libs import audit, ledger
 from libs.contracts import EmailAddress, SafeText, ZipCode
 from libs.db.tables import Provider, Subscription
-from libs.web import fits_column
+from libs.web import JsonInt, fits_column
 
 MAX_CENTS = 10_000_000_00  # ten million dollars: anything above is a typo, not a price or a top-up
-# Strict: JSON `true`, `1.0` or `"100"` is not 100 cents but a client's mistake, refused with 400.
-Cents = Annotated[int, Strict(), Field(gt=0, le=MAX_CENTS)]
+# JSON `true`, `1.0` or `"100"` is not 100 cents but a client's mistake, refused with 400.
+Cents = Annotated[JsonInt, Field(gt=0, le=MAX_CENTS)]
 
 
 class NewProvider(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[SafeText, fits_column(Provider.name)]
     email: Annotated[EmailAddress, fits_column(Provider.email)]
-    low_balance_threshold_cents: Annotated[int, Strict(), Field(ge=0, le=MAX_CENTS)] = 0
+    low_balance_threshold_cents: Annotated[JsonInt, Field(ge=0, le=MAX_CENTS)] = 0
 
 
 class NewSubscription(BaseModel):
@@ -34,7 +34,7 @@ class NewSubscription(BaseModel):
     zip_codes: Annotated[list[ZipCode], Field(max_length=1000)] = []
     zip_prefix: Annotated[str | None, Field(pattern=r"^[0-9]{1,5}$")] = None
     price_cents: Cents
-    daily_cap: Annotated[int | None, Strict(), Field(gt=0, le=100_000)] = None
+    daily_cap: Annotated[JsonInt | None, Field(gt=0, le=100_000)] = None
 
     @model_validator(mode="after")
     def _needs_an_area(self) -> NewSubscription:

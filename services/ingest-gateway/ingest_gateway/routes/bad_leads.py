@@ -47,12 +47,12 @@ class AssignmentReportsController(Controller):
         self,
         assignment_id: FromPath[uuid.UUID],
         data: Annotated[NewReport, Body()],
-        principal: NamedDependency[Principal],
+        provider: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
         metrics: NamedDependency[GatewayMetrics],
     ) -> ReportFiled:
         with as_http():
-            report_id = await bad_lead_reports.file(engine, assignment_id, principal, data.reason)
+            report_id = await bad_lead_reports.file(engine, assignment_id, provider, data.reason)
         metrics.bad_leads_reported.add(1)
         return ReportFiled(id=report_id, status=ReportStatus.pending)
 
