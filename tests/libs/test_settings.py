@@ -2,10 +2,13 @@
 
 import subprocess
 import sys
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
+from ingest_gateway.settings import Settings as GatewaySettings
 from libs.runtime import SERVICES, Service
 from libs.settings import ServiceSettings, SettingsError, load_settings
 
@@ -91,3 +94,44 @@ def test_each_service_process_stops_at_start_naming_the_missing_variable(service
     assert result.returncode == 78
     assert result.stderr.strip().count("\n") == 0
     assert "DATABASE_URL is required" in result.stderr
+
+
+GATEWAY = {"JWT_SECRET": "a-signing-key-only-this-test-ever-uses-0123", "EXPORT_DIR": "/tmp/exports",
+           "TOTP_ENCRYPTION_KEY": Fernet.generate_key().decode()}  # fmt: skip
+
+
+@pytest.fixture
+def gateway_environment(environment: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name, value in GATEWAY.items():
+        environment.setenv(name, value)
+    return environment
+
+
+def test_the_gateway_names_a_missing_totp_encryption_key(gateway_environment: pytest.MonkeyPatch) -> None:
+    gateway_environment.delenv("TOTP_ENCRYPTION_KEY")
+    with pytest.raises(SettingsError, match="TOTP_ENCRYPTION_KEY is required"):
+        load_settings(GatewaySettings)
+
+
+@pytest.mark.parametrize("key", ["changeme", "not-a-fernet-key", Fernet.generate_key().decode() + ",short"])
+def test_the_gateway_names_a_totp_encryption_key_that_is_not_a_fernet_key(
+    gateway_environment: pytest.MonkeyPatch, key: str
+) -> None:
+    gateway_environment.setenv("TOTP_ENCRYPTION_KEY", key)
+    with pytest.raises(SettingsError, match="TOTP_ENCRYPTION_KEY"):
+        load_settings(GatewaySettings)
+
+
+def test_no_proxy_is_trusted_unless_configured(gateway_environment: pytest.MonkeyPatch) -> None:
+    assert load_settings(GatewaySettings).trusted_proxies == ()
+
+
+def test_trusted_proxies_are_comma_separated_networks(gateway_environment: pytest.MonkeyPatch) -> None:
+    gateway_environment.setenv("TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8")
+    assert load_settings(GatewaySettings).trusted_proxies == (IPv4Network("10.0.0.0/8"), IPv6Network("fd00::/8"))
+
+
+def test_a_trusted_proxy_that_is_not_a_network_is_named(gateway_environment: pytest.MonkeyPatch) -> None:
+    gateway_environment.setenv("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal")
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
+        load_settings(GatewaySettings)
