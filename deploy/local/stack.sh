@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Runs fmhl-ops on this machine: installs what is missing, starts RabbitMQ and PostgreSQL, migrates,
 # starts the six services as separate processes, and stops only what it started.
-# Usage: stack.sh up | down | status | logs | migrate | install | infra | restart | demo | test [pytest args]
+# Usage: stack.sh up | down | status | logs | migrate | install | infra | credentials | restart | demo | test [args]
+#
+# Each service runs as its own RabbitMQ user and PostgreSQL role, limited to what its code uses
+# (libs/messaging/permissions.py, libs/db/grants.py), with only its own credentials and settings in
+# .run/env/<service>.env. The users, roles, vhost and database belong to the machine, not to a checkout, so
+# their passwords are generated once per machine into FMHL_SECRETS_DIR (default /var/lib/fmhl-ops/secrets, 0700):
+# every checkout finds the same ones and none resets another's (docs/SECURITY.md).
+# A second stack beside the first (tests): FMHL_VHOST, FMHL_DATABASE, FMHL_PRINCIPAL_PREFIX (users
+# <prefix>-<service>, roles <prefix>_<service>), FMHL_HTTP_PORTS (six ports, in SERVICES order), FMHL_SMTP_PORT.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RUN="$ROOT/.run"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
+SECRETS="${FMHL_SECRETS_DIR:-/var/lib/fmhl-ops/secrets}"
+VHOST="${FMHL_VHOST:-fmhl}"
+DATABASE="${FMHL_DATABASE:-fmhl}"
+PREFIX="${FMHL_PRINCIPAL_PREFIX:-fmhl}"
+SMTP_SINK_PORT="${FMHL_SMTP_PORT:-2525}"
 mkdir -p "$RUN/logs" "$RUN/pids"
 
 SERVICES=(ingest-gateway dlq-service distribution-worker email-worker export-worker scheduler)
@@ -16,38 +29,90 @@ declare -A PORTS=([ingest-gateway]=8000 [dlq-service]=8001 [distribution-worker]
 declare -A MODULES=([ingest-gateway]=ingest_gateway [dlq-service]=dlq_service
                     [distribution-worker]=distribution_worker [email-worker]=email_worker
                     [export-worker]=export_worker [scheduler]=scheduler)
+# The shared settings each service needs besides its own credentials: a worker never sees a signing key.
+declare -A SETTINGS=([ingest-gateway]="JWT_SECRET TOTP_ENCRYPTION_KEY EXPORT_DIR"
+                     [dlq-service]="JWT_SECRET DLQ_RETRY_SIGNING_KEY" [scheduler]="JWT_SECRET"
+                     [distribution-worker]="" [email-worker]="SMTP_HOST SMTP_PORT" [export-worker]="EXPORT_DIR")
+if [ -n "${FMHL_HTTP_PORTS:-}" ]; then
+  read -r -a _ports <<< "$FMHL_HTTP_PORTS"
+  [ ${#_ports[@]} -eq ${#SERVICES[@]} ] || { echo "FMHL_HTTP_PORTS needs ${#SERVICES[@]} ports" >&2; exit 2; }
+  for i in "${!SERVICES[@]}"; do PORTS[${SERVICES[$i]}]=${_ports[$i]}; done
+fi
 
 say() { printf '\033[1m[fmhl]\033[0m %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# ---- secrets: generated once per checkout, never committed -------------------------------------
+# ---- secrets: generated once per machine, never committed -------------------------------------
+# A file is created complete under a temporary name and linked into place: when two checkouts race, the
+# first link wins and both read the same password. A checkout from before secrets were machine-wide brings
+# its own .run/<name> along, so the stack it started keeps working.
+# `secret NAME [fernet]`: a Fernet key (TOTP secrets at rest) instead of a password.
 secret() {
-  local file="$RUN/$1"
-  [ -s "$file" ] || (umask 077; "$PY_BOOT" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$file")
+  local file="$SECRETS/$1"
+  if [ ! -s "$file" ]; then
+    mkdir -p -m 700 "$SECRETS" && chmod 700 "$SECRETS"
+    local fresh; fresh="$(mktemp "$SECRETS/.new.XXXXXX")"
+    if [ -s "$RUN/$1" ]; then cat "$RUN/$1" > "$fresh"
+    elif [ "${2:-}" = fernet ]; then
+      "$PY_BOOT" -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' > "$fresh"
+    else "$PY_BOOT" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$fresh"; fi
+    ln "$fresh" "$file" 2>/dev/null || true
+    rm -f "$fresh"
+  fi
   cat "$file"
 }
 PY_BOOT="$(command -v python3)"
 
+role_of() { local prefix="${PREFIX//-/_}"; echo "${prefix}_${1//-/_}"; }
+user_of() { local prefix="${PREFIX//_/-}"; echo "${prefix}-$1"; }
+
+# The operator's environment (migrations, CLI, demo, tests): the broker administrator and the tables' owner.
 env_file() {
-  local db_password mq_password jwt_secret
+  local db_password mq_password jwt_secret totp_key signing_key
   db_password="$(secret db-password)"
   mq_password="$(secret mq-password)"
   jwt_secret="$(secret jwt-secret)$(secret jwt-secret)"
+  totp_key="$(secret totp-encryption-key fernet)"
+  signing_key="$(secret dlq-retry-signing-key)$(secret dlq-retry-signing-key)"
   mkdir -p "$RUN/exports" "$RUN/mail"
-  cat > "$RUN/stack.env" <<ENV
-DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl
-RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl
+  (umask 077; cat > "$RUN/stack.env" <<ENV
+DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/${DATABASE}
+RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/${VHOST}
 RABBITMQ_MANAGEMENT_URL=http://fmhl:${mq_password}@127.0.0.1:15672
 TEST_DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl_test
 TEST_SCHEMA_DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/fmhl_test_schema
 TEST_RABBITMQ_URL=amqp://fmhl:${mq_password}@127.0.0.1:5672/fmhl-test
 JWT_SECRET=${jwt_secret}
+TOTP_ENCRYPTION_KEY=${totp_key}
+DLQ_RETRY_SIGNING_KEY=${signing_key}
 EXPORT_DIR=$RUN/exports
 SMTP_HOST=127.0.0.1
-SMTP_PORT=2525
+SMTP_PORT=${SMTP_SINK_PORT}
 MAIL_DIR=$RUN/mail
 ENV
+  )
   chmod 600 "$RUN/stack.env"
+}
+
+# Each service's own environment: its broker user, its database role, and the shared settings it needs.
+service_env_files() {
+  load_env
+  mkdir -p -m 700 "$RUN/env"
+  for service in "${SERVICES[@]}"; do
+    local file="$RUN/env/$service.env"
+    (
+      umask 077
+      {
+        echo "DATABASE_URL=postgresql+asyncpg://$(role_of "$service"):$(secret "db-$service")@127.0.0.1:5432/$DATABASE"
+        echo "RABBITMQ_URL=amqp://$(user_of "$service"):$(secret "mq-$service")@127.0.0.1:5672/$VHOST"
+        if [ "$service" = dlq-service ]; then
+          echo "RABBITMQ_MANAGEMENT_URL=http://$(user_of "$service-monitoring"):$(secret "mq-$service-monitoring")@127.0.0.1:15672"
+        fi
+        for name in ${SETTINGS[$service]}; do echo "$name=${!name}"; done
+      } > "$file.new"
+    )
+    mv "$file.new" "$file"
+  done
 }
 
 load_env() { set -a; . "$RUN/stack.env"; set +a; }
@@ -106,7 +171,7 @@ start_rabbitmq() {
   local password; password="$(secret mq-password)"
   rabbitmqctl -q add_user fmhl "$password" >/dev/null 2>&1 || rabbitmqctl -q change_password fmhl "$password" >/dev/null
   rabbitmqctl -q set_user_tags fmhl administrator >/dev/null
-  for vhost in fmhl fmhl-test; do
+  for vhost in "$VHOST" fmhl-test; do
     rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
     rabbitmqctl -q set_permissions -p "$vhost" fmhl '.*' '.*' '.*' >/dev/null
   done
@@ -119,6 +184,7 @@ start_rabbitmq() {
 }
 
 postgres_running() { pg_isready -q -h 127.0.0.1 -p 5432; }
+psql_admin() { runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAt "$@"; }
 
 start_postgres() {
   if ! postgres_running; then
@@ -131,13 +197,12 @@ start_postgres() {
   for _ in $(seq 1 30); do postgres_running && break; sleep 1; done
   postgres_running || die "PostgreSQL did not accept connections on 127.0.0.1:5432"
   local password; password="$(secret db-password)"
-  psql_admin() { runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAt "$@"; }
   if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'fmhl'")" != 1 ]; then
     psql_admin -c "CREATE ROLE fmhl LOGIN"
   fi
   psql_admin -c "ALTER ROLE fmhl PASSWORD '$password'"
   # fmhl_test_schema: migrated from scratch by the schema drift test, compared with the models.
-  for db in fmhl fmhl_test fmhl_test_schema; do
+  for db in "$DATABASE" fmhl_test fmhl_test_schema; do
     if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
       psql_admin -c "CREATE DATABASE $db OWNER fmhl"
     fi
@@ -151,6 +216,22 @@ migrate() {
   say "applying migrations"
   (cd "$ROOT" && "$VENV/bin/alembic" upgrade head >/dev/null)
   (cd "$ROOT" && DATABASE_URL="$TEST_DATABASE_URL" "$VENV/bin/alembic" upgrade head >/dev/null)
+  # The test vhost gets the topology only: the tests run their service processes as the administrator.
+  (cd "$ROOT" && RABBITMQ_URL="$TEST_RABBITMQ_URL" "$PY" -m libs.messaging.permissions declare)
+  provision
+}
+
+# After every migration (a new table is closed to every service until libs/db/grants.py declares it):
+# the topology, each service's broker user and database role with its password and grants, its env file.
+provision() {
+  load_env
+  say "provisioning each service's broker user and database role"
+  for service in "${SERVICES[@]}"; do secret "db-$service" >/dev/null; secret "mq-$service" >/dev/null; done
+  secret mq-dlq-service-monitoring >/dev/null
+  (cd "$ROOT" && "$PY" -m libs.messaging.permissions apply --secrets "$SECRETS" --prefix "$PREFIX")
+  # Creating roles needs a superuser; the script carries SCRAM verifiers, never a password in clear.
+  (cd "$ROOT" && "$PY" -m libs.db.grants sql --secrets "$SECRETS" --prefix "$PREFIX") | psql_admin -1 -d "$DATABASE"
+  service_env_files
 }
 
 # ---- the six services --------------------------------------------------------------------------
@@ -166,10 +247,15 @@ start_smtp_sink() {
 start_services() {
   load_env
   start_smtp_sink
+  local operator; operator="$(sed -n 's/=.*//p' "$RUN/stack.env")"
   for service in "${SERVICES[@]}"; do
     if pid_of "$service" >/dev/null; then continue; fi
+    [ -s "$RUN/env/$service.env" ] || die "no credentials for $service: run 'stack.sh migrate' first"
+    # Only its own credentials and settings: the operator's (administrator's) variables are not inherited.
     # exec: the recorded pid is the service's own; setsid: it outlives this shell and its terminal.
-    (cd "$ROOT" && export HTTP_PORT="${PORTS[$service]}" \
+    # shellcheck disable=SC2086
+    (cd "$ROOT" && unset $operator && set -a && . "$RUN/env/$service.env" && set +a \
+      && export HTTP_PORT="${PORTS[$service]}" \
       && exec setsid "$PY" -m "${MODULES[$service]}" >> "$RUN/logs/$service.log" 2>&1 < /dev/null) &
     echo $! > "$RUN/pids/$service.pid"
   done
@@ -193,10 +279,12 @@ status() {
       "http://127.0.0.1:$port/health/ready" "http://127.0.0.1:$port/metrics"
   done
   echo
-  echo "API:        http://127.0.0.1:8000/api/v1   (OpenAPI: http://127.0.0.1:8000/schema)"
-  echo "RabbitMQ:   http://127.0.0.1:15672 (user fmhl, password in .run/mq-password), metrics :15692/metrics"
-  echo "PostgreSQL: 127.0.0.1:5432 database fmhl (user fmhl, password in .run/db-password)"
-  echo "Mail sink:  smtp://127.0.0.1:2525 -> .run/mail/*.eml, listed in .run/mail/index.jsonl"
+  local api="http://127.0.0.1:${PORTS[ingest-gateway]}"
+  echo "API:        $api/api/v1   (OpenAPI: $api/schema)"
+  echo "RabbitMQ:   http://127.0.0.1:15672 (administrator fmhl, password in $SECRETS/mq-password), metrics :15692/metrics"
+  echo "PostgreSQL: 127.0.0.1:5432 database $DATABASE (owner fmhl, password in $SECRETS/db-password)"
+  echo "Services:   each as its own broker user and database role, credentials in .run/env/<service>.env"
+  echo "Mail sink:  smtp://127.0.0.1:$SMTP_SINK_PORT -> .run/mail/*.eml, listed in .run/mail/index.jsonl"
   echo "Exports:    .run/exports/"
   echo "Logs:       .run/logs/<service>.log   (task logs)"
 }
@@ -276,8 +364,10 @@ case "${1:-}" in
   install) install ;;
   infra) install; infra ;;
   migrate) migrate ;;
+  credentials) env_file; provision ;;
   restart) stop_services; start_services; status ;;
   demo) demo ;;
   test) shift; run_tests "$@" ;;
-  *) echo "usage: $0 up | down | status | logs | migrate | install | infra | restart | demo | test [args]" >&2; exit 2 ;;
+  *) echo "usage: $0 up | down | status | logs | migrate | install | infra | credentials | restart | demo | test [args]" >&2
+     exit 2 ;;
 esac

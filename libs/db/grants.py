@@ -1,0 +1,321 @@
+"""What each service may do in PostgreSQL: its own login role, granted only the tables and operations its code uses.
+
+The tables stay owned by the migrations' role; a service role gets SELECT/INSERT/UPDATE/DELETE per table (some
+limited to columns: no service reads secrets or personal data it does not need, and only ingest-gateway and
+distribution-worker may change a balance), plus USAGE on the sequence of each BIGSERIAL table it inserts into.
+
+    python -m libs.db.grants sql --secrets DIR [--prefix fmhl] | psql -1 -v ON_ERROR_STOP=1 -d DB   (as a superuser)
+    python -m libs.db.grants apply --secrets DIR [--prefix fmhl]   (DATABASE_URL: a role that may create roles)
+    python -m libs.db.grants show
+
+Each role's password comes from `DIR/db-<service>` and is sent as a SCRAM verifier, never in clear. Run it
+after every migration: it revokes whatever a role holds on the tables and grants the declaration again, in one
+transaction, so a new table is closed to every service until it is declared here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import enum
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel import SQLModel
+
+from libs.db.tables import (
+    Assignment,
+    AuditEntry,
+    BadLeadReport,
+    BalanceDiscrepancy,
+    DeadLetter,
+    DeadLetterEvent,
+    DeadLetterRetry,
+    EmailLog,
+    Lead,
+    LeadSource,
+    LedgerEntry,
+    ProcessedMessage,
+    Provider,
+    RateLimitHit,
+    Redrive,
+    RedriveItem,
+    Refund,
+    ReportExport,
+    ScheduledJob,
+    ScheduledJobRun,
+    Subscription,
+    User,
+)
+
+
+class Privilege(enum.StrEnum):
+    select = "SELECT"
+    insert = "INSERT"
+    update = "UPDATE"
+    delete = "DELETE"
+
+
+SELECT, INSERT, UPDATE, DELETE = Privilege.select, Privilege.insert, Privilege.update, Privilege.delete
+
+
+@dataclass(frozen=True)
+class TableGrant:
+    table: Table
+    privileges: frozenset[Privilege]
+    columns: Mapping[Privilege, tuple[str, ...]] = field(default_factory=dict)
+    """Privileges limited to these columns; the others apply to the whole table."""
+
+    @property
+    def sequence(self) -> str | None:
+        """The BIGSERIAL sequence an INSERT draws its id from (PostgreSQL names it <table>_<column>_seq)."""
+        column = self.table.autoincrement_column
+        if INSERT not in self.privileges or column is None:
+            return None
+        return f"{self.table.name}_{column.name}_seq"
+
+    def allows(self, privilege: Privilege, column: str | None = None) -> bool:
+        if privilege not in self.privileges:
+            return False
+        limited = self.columns.get(privilege)
+        return limited is None or column in limited
+
+
+def grant(
+    model: type[SQLModel], *privileges: Privilege, reading: Iterable[Any] = (), updating: Iterable[Any] = ()
+) -> TableGrant:
+    """`reading`/`updating`: model attributes (`User.email`) that SELECT/UPDATE are limited to."""
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    columns: dict[Privilege, tuple[str, ...]] = {}
+    for privilege, attributes in ((SELECT, tuple(reading)), (UPDATE, tuple(updating))):
+        if not attributes:
+            continue
+        if privilege not in privileges:
+            raise ValueError(f"{table.name}: columns given for {privilege}, which is not granted")
+        names = tuple(str(attribute.expression.name) for attribute in attributes)
+        unknown = set(names) - set(table.columns.keys())
+        if unknown:
+            raise ValueError(f"{table.name} has no column {', '.join(sorted(unknown))}")
+        columns[privilege] = names
+    return TableGrant(table, frozenset(privileges), columns)
+
+
+# Read from each service's code (its statements and the libs it calls: audit, ledger, ratelimit). A statement
+# needs SELECT on every column it filters on or returns, UPDATE for SELECT ... FOR UPDATE, and USAGE on the id
+# sequence for an insert into a BIGSERIAL table (derived). An insert without `.inline()` is sent with RETURNING of
+# the generated id (SQLAlchemy reads back the primary key), so it needs SELECT on that column: libs.audit's does.
+# ingest-gateway's CLI (create-user, create-lead-source) is an operator's tool and runs with the migrations' role,
+# so the gateway itself cannot create users or API keys.
+GRANTS: dict[str, tuple[TableGrant, ...]] = {
+    "ingest-gateway": (
+        # Login: a TOTP step used once, a plain TOTP secret sealed at its next use, failed attempts and the lockout;
+        # never a password, an email address or a role.
+        grant(
+            User,
+            SELECT,
+            UPDATE,
+            updating=[User.totp_secret, User.totp_last_used_step, User.failed_logins, User.locked_until],
+        ),
+        grant(LeadSource, SELECT),
+        grant(Lead, SELECT, INSERT, UPDATE),
+        grant(Provider, SELECT, INSERT, UPDATE, updating=[Provider.balance_cents]),
+        grant(Subscription, SELECT, INSERT),
+        grant(Assignment, SELECT, UPDATE),
+        grant(BadLeadReport, SELECT, INSERT, UPDATE),
+        grant(Refund, SELECT, INSERT),
+        grant(LedgerEntry, INSERT),
+        grant(ReportExport, SELECT, INSERT),
+        grant(AuditEntry, SELECT, INSERT, reading=[AuditEntry.id]),
+        grant(RateLimitHit, SELECT, INSERT, DELETE),
+    ),
+    "distribution-worker": (
+        grant(Lead, SELECT, UPDATE),
+        grant(LeadSource, SELECT, reading=[LeadSource.id, LeadSource.trusted]),
+        grant(ProcessedMessage, SELECT, INSERT),
+        grant(Subscription, SELECT, UPDATE),
+        grant(Provider, SELECT, UPDATE, updating=[Provider.balance_cents]),
+        grant(Assignment, SELECT, INSERT),
+        grant(LedgerEntry, INSERT),
+    ),
+    "email-worker": (grant(EmailLog, SELECT, INSERT, UPDATE),),
+    "export-worker": (
+        grant(ReportExport, SELECT, UPDATE),
+        grant(Assignment, SELECT),
+        # The CSV has the lead's category and zip, never its contact; the requester's address, never a secret.
+        grant(Lead, SELECT, reading=[Lead.id, Lead.category, Lead.zip]),
+        grant(Provider, SELECT),
+        grant(LedgerEntry, SELECT),
+        grant(User, SELECT, reading=[User.id, User.email]),
+    ),
+    "dlq-service": (
+        grant(DeadLetter, SELECT, INSERT, UPDATE),
+        grant(DeadLetterEvent, SELECT, INSERT),
+        grant(DeadLetterRetry, SELECT, INSERT, UPDATE),
+        grant(Redrive, SELECT, INSERT, UPDATE),
+        grant(RedriveItem, SELECT, INSERT, UPDATE),
+        grant(AuditEntry, SELECT, INSERT, reading=[AuditEntry.id]),
+        grant(RateLimitHit, SELECT, INSERT, DELETE),
+    ),
+    "scheduler": (
+        grant(ScheduledJob, SELECT, INSERT, UPDATE),
+        grant(ScheduledJobRun, SELECT, INSERT, UPDATE),
+        grant(BalanceDiscrepancy, SELECT, INSERT),
+        grant(Subscription, SELECT, UPDATE),
+        grant(Provider, SELECT),
+        grant(LedgerEntry, SELECT),
+        # Retention cleanup: which resolved entries are old enough, never their payloads.
+        grant(DeadLetter, SELECT, DELETE, reading=[DeadLetter.id, DeadLetter.status, DeadLetter.resolved_at]),
+        grant(AuditEntry, SELECT, INSERT, reading=[AuditEntry.id]),
+    ),
+}
+"""Keyed by the service's name (libs.runtime.SERVICES); a service without an entry gets no role."""
+
+
+def role_name(service: str, prefix: str = "fmhl") -> str:
+    return f"{prefix.replace('-', '_')}_{service.replace('-', '_')}"
+
+
+def secret_name(service: str) -> str:
+    """The file in the secrets directory that holds the service role's password."""
+    return f"db-{service}"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def scram_sha256(password: str, iterations: int = 4096) -> str:
+    """The verifier PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802/7677), so the password itself never
+    reaches the server, its logs or its statistics."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+def role_statements(role: str, password: str) -> list[str]:
+    """Creates the login role if missing (a concurrent creation is not an error) and sets its password."""
+    name = _identifier(role)
+    return [
+        f"DO $$ BEGIN CREATE ROLE {name}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        f"ALTER ROLE {name} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+        f"PASSWORD {_literal(scram_sha256(password))}",
+    ]
+
+
+def grant_statements(role: str, grants: Iterable[TableGrant]) -> list[str]:
+    """Everything the role held on tables and sequences is revoked (column privileges with their table's), then
+    the declaration is granted; in the current database."""
+    name = _identifier(role)
+    statements = [
+        f"DO $$ BEGIN EXECUTE format('GRANT CONNECT ON DATABASE %I TO {name}', current_database()); END $$",
+        f"GRANT USAGE ON SCHEMA public TO {name}",
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {name}",
+        f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {name}",
+    ]
+    for table_grant in grants:
+        table = _identifier(table_grant.table.name)
+        whole = [privilege for privilege in Privilege if privilege in table_grant.privileges - set(table_grant.columns)]
+        if whole:
+            statements.append(f"GRANT {', '.join(whole)} ON TABLE {table} TO {name}")
+        for privilege, columns in table_grant.columns.items():
+            listed = ", ".join(_identifier(column) for column in columns)
+            statements.append(f"GRANT {privilege} ({listed}) ON TABLE {table} TO {name}")
+        if table_grant.sequence is not None:
+            statements.append(f"GRANT USAGE ON SEQUENCE {_identifier(table_grant.sequence)} TO {name}")
+    return statements
+
+
+def statements(passwords: Mapping[str, str], *, prefix: str = "fmhl") -> list[str]:
+    """Every service's role, password (by secret name) and grants, in the order they must run."""
+    script = []
+    for service, grants in GRANTS.items():
+        role = role_name(service, prefix)
+        script += role_statements(role, passwords[secret_name(service)])
+        script += grant_statements(role, grants)
+    return script
+
+
+async def apply(database_url: str, passwords: Mapping[str, str], *, prefix: str = "fmhl") -> None:
+    """In one transaction, so a running service never sees its grants half applied."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements(passwords, prefix=prefix):
+                # Not text(): a SCRAM verifier may contain `:name`, which text() would take for a parameter.
+                await connection.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+
+
+def table_rows() -> list[str]:
+    """The declaration as Markdown table rows: service | table | privileges (columns)."""
+    rows = []
+    for service, grants in GRANTS.items():
+        for table_grant in grants:
+            privileges = []
+            for privilege in Privilege:
+                if privilege in table_grant.privileges:
+                    columns = table_grant.columns.get(privilege)
+                    privileges.append(f"{privilege} ({', '.join(columns)})" if columns else str(privilege))
+            if table_grant.sequence is not None:
+                privileges.append(f"USAGE on {table_grant.sequence}")
+            rows.append(f"| {service} | {table_grant.table.name} | {', '.join(privileges)} |")
+    return rows
+
+
+def _passwords(directory: Path) -> dict[str, str]:
+    found = {}
+    for service in GRANTS:
+        path = directory / secret_name(service)
+        if not path.is_file():
+            raise SystemExit(f"missing secret {path}: generate it first (deploy/local/stack.sh credentials)")
+        found[secret_name(service)] = path.read_text().strip()
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m libs.db.grants", description=__doc__)
+    parser.add_argument("command", choices=["sql", "apply", "show"])
+    parser.add_argument("--secrets", type=Path, help="directory of password files (sql, apply)")
+    parser.add_argument("--prefix", default="fmhl", help="role names are <prefix>_<service>")
+    arguments = parser.parse_args(argv)
+    if arguments.command == "show":
+        print("\n".join(table_rows()))
+        return
+    if arguments.secrets is None:
+        parser.error(f"{arguments.command} needs --secrets")
+    passwords = _passwords(arguments.secrets)
+    if arguments.command == "sql":
+        print(";\n".join(statements(passwords, prefix=arguments.prefix)) + ";")
+        return
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        raise SystemExit("DATABASE_URL is required: a role that may create roles and grant on the tables")
+    asyncio.run(apply(database_url, passwords, prefix=arguments.prefix))
+    print(f"database roles provisioned: {', '.join(role_name(s, arguments.prefix) for s in GRANTS)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
