@@ -54,10 +54,13 @@ class ExportReport(Message):
 
 
 class DeadLetterRetrySucceeded(Message):
-    """A message retried from the DLQ was handled: its entry resolves itself."""
+    """A message retried from the DLQ was handled: its entry resolves itself, if `signature` is the dlq-service's
+    own mark for that retry (copied from the retried message's headers; nobody else can make one)."""
 
     message_type: ClassVar[str] = "dead_letter.retry_succeeded"
     entry_id: UUID
+    retry_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
+    signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     queue: SafeText
     message_id: Annotated[str, StringConstraints(max_length=200)]
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
@@ -13,10 +15,18 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from libs.health import Check
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, Topology
+from libs.messaging.wire import install_tolerant_decoding
 from libs.telemetry import PeriodicRefresh, Telemetry
 
 EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
 DEAD_LETTERS = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True)
+_USERS: weakref.WeakKeyDictionary[RabbitBroker, str] = weakref.WeakKeyDictionary()
+
+
+def connection_user(broker: RabbitBroker) -> str | None:
+    """The broker user a `create_broker` broker logs in as: RabbitMQ refuses a publish whose `user_id` property
+    names anyone else, which makes `user_id` the one property a consumer can believe."""
+    return _USERS.get(broker)
 
 
 def create_broker(
@@ -27,7 +37,9 @@ def create_broker(
     prefetch: int = 10,
     routers: Iterable[RabbitRouter] = (),
 ) -> RabbitBroker:
-    return RabbitBroker(
+    # A property that is not valid UTF-8 must cost one message, not the connection (libs/messaging/wire.py).
+    install_tolerant_decoding()
+    broker = RabbitBroker(
         rabbitmq_url,
         # Prefetch bounds both unacked messages and the handler's concurrency (FastStream ties them).
         default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True),
@@ -43,6 +55,8 @@ def create_broker(
         routers=list(routers),
         logger=None,
     )
+    _USERS[broker] = unquote(urlsplit(rabbitmq_url).username or "guest")
+    return broker
 
 
 async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
@@ -53,6 +67,9 @@ async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
         RabbitQueue(topology.dlq_queue, durable=True, arguments=topology.dlq_arguments)  # type: ignore[call-overload]
     )
     await dlq.bind(dead_letters, routing_key="")
+    await broker.declare_queue(
+        RabbitQueue(topology.parking_queue, durable=True, arguments=topology.dlq_arguments)  # type: ignore[call-overload]
+    )
     for work_queue in topology.work_queues:
         queue = await broker.declare_queue(
             RabbitQueue(work_queue.name, durable=True, arguments=work_queue.arguments())  # type: ignore[call-overload]

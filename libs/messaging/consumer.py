@@ -3,6 +3,13 @@
 One delivery ends in exactly one of: ack after success; a confirmed copy in the next delay queue, then ack;
 a confirmed copy on the dead-letter exchange with the error headers, then ack. Only when even that
 publish fails is the delivery nacked back to its queue, where the broker's delivery limit still bounds it.
+
+What a message says about itself is data, not authority: the failure headers (`fmhl-attempt`, `fmhl-reason`,
+`fmhl-error-*`, `fmhl-original-*`, `fmhl-first-failure-at`, ...) are believed only on a message this policy sent
+to one of its own delay queues, which the broker vouches for twice: `x-death` names that delay queue and the
+`user_id` property, which RabbitMQ checks against the publishing connection, is this service's own user. Any
+other message is a first delivery whose failure headers are overwritten. Nobody gets a reply: `reply_to` is
+ignored, so a publisher cannot make a worker send messages on its behalf.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,9 +35,17 @@ from libs.contracts import DeadLetterRetrySucceeded, Message
 from libs.logging import correlation_scope, get_logger
 from libs.messaging import headers as h
 from libs.messaging.broker import DEAD_LETTERS
-from libs.messaging.errors import SchemaMismatch, UndecodableBody, UnknownMessageType, is_permanent
+from libs.messaging.errors import (
+    MissingMessageId,
+    SchemaMismatch,
+    UndecodableBody,
+    UndecodableProperties,
+    UnknownMessageType,
+    is_permanent,
+)
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import WorkQueue
+from libs.messaging.wire import UNDECODABLE_PROPERTIES, is_clean, printable, raw_bytes, short_text, undecodable
 from libs.telemetry import Telemetry, duration_histogram
 
 log = get_logger("fmhl.consumer")
@@ -49,6 +65,97 @@ class Delivery:
 Handler = Callable[[Any, Delivery], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """A delivery as the policy reads it: every property printable, the headers it may carry on, and the attempt
+    as our own retry path counted it."""
+
+    message_id: str | None
+    correlation_id: str | None
+    message_type: str | None
+    content_type: str | None
+    exchange: str
+    routing_key: str
+    attempts_before: int
+    carried: dict[str, Any]
+    undecodable: list[str]
+    raw_properties: dict[str, bytes]
+
+    @property
+    def attempt(self) -> int:
+        return self.attempts_before + 1
+
+
+def publishable(value: Any) -> Any:
+    """A header value the AMQP encoder accepts again: text read from invalid UTF-8 becomes printable."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, Mapping):
+        return {printable(str(key)): publishable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [publishable(item) for item in value]
+    return value
+
+
+def attempts_so_far(queue: WorkQueue, headers: Mapping[str, Any], user_id: str | None, sender: str | None) -> int:
+    """Failed deliveries before this one, as our own retry path recorded them. Only a message this service sent
+    (the broker refuses any other `user_id` than the publishing connection's) that came back from one of this
+    queue's delay queues has any; everything else is a first delivery, whatever its headers claim."""
+    if sender is None or user_id != sender:
+        return 0
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list):
+        return 0
+    for death in deaths:
+        if isinstance(death, Mapping) and death.get("reason") == "expired":
+            attempt = queue.delay_attempt(str(death.get("queue")))
+            if attempt is not None:
+                return attempt
+    return 0
+
+
+def carried_headers(headers: Mapping[str, Any], *, ours: bool) -> dict[str, Any]:
+    """What survives a republish: never the broker's `x-` bookkeeping, and failure headers only when `ours`."""
+    return {
+        printable(key): publishable(value)
+        for key, value in headers.items()
+        if not key.startswith("x-") and (ours or not h.is_failure_header(key))
+    }
+
+
+def read_arrival(raw: AbstractIncomingMessage, queue: WorkQueue, sender: str | None) -> Arrival:
+    headers = raw.headers or {}
+    properties = {"message_id": raw.message_id, "correlation_id": raw.correlation_id, "type": raw.type,
+                  "content_type": raw.content_type, "content_encoding": raw.content_encoding,
+                  "reply_to": raw.reply_to, "user_id": raw.user_id, "app_id": raw.app_id,
+                  "routing_key": raw.routing_key}  # fmt: skip
+    attempts_before = attempts_so_far(queue, headers, raw.user_id, sender)
+    return Arrival(
+        message_id=short_text(raw.message_id),
+        correlation_id=short_text(raw.correlation_id),
+        message_type=short_text(raw.type),
+        content_type=short_text(raw.content_type),
+        exchange=printable(raw.exchange or ""),
+        routing_key=printable(raw.routing_key or ""),
+        attempts_before=attempts_before,
+        carried=carried_headers(headers, ours=attempts_before > 0),
+        undecodable=undecodable(properties, headers),
+        raw_properties={
+            name: raw_bytes(value)
+            for name, value in properties.items()
+            if isinstance(value, str) and not is_clean(value)
+        },
+    )
+
+
+def refuse_unidentifiable(arrival: Arrival) -> None:
+    """A message that cannot be named or deduplicated is not handled: it goes to the DLQ with its raw bytes."""
+    if arrival.undecodable:
+        raise UndecodableProperties(f"not valid UTF-8: {', '.join(arrival.undecodable)}")
+    if not arrival.message_id:
+        raise MissingMessageId("the message has no message_id, so a redelivery could not be told from a new message")
+
+
 def decode(message_types: Mapping[str, type[Message]], message_type: str | None, body: bytes) -> Message:
     contract = message_types.get(message_type or "")
     if contract is None:
@@ -64,13 +171,22 @@ def decode(message_types: Mapping[str, type[Message]], message_type: str | None,
         raise SchemaMismatch(f"{message_type}: {fields}") from None
 
 
+def retry_link(headers: Mapping[str, Any]) -> tuple[uuid.UUID, int, str] | None:
+    """Entry, retry and signature of a message retried from the DLQ, when it carries a well-formed set of them."""
+    entry, retry, signature = (headers.get(name) for name in (h.DLQ_ENTRY, h.DLQ_RETRY, h.DLQ_SIGNATURE))
+    if entry is None:
+        return None
+    try:
+        entry_id = uuid.UUID(entry.decode() if isinstance(entry, bytes) else str(entry))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(retry, int) or isinstance(retry, bool) or not isinstance(signature, str):
+        return None
+    return entry_id, retry, signature
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _carried_headers(raw: AbstractIncomingMessage) -> dict[str, Any]:
-    """Our headers and the trace context survive a republish; the broker's `x-` bookkeeping does not."""
-    return {key: value for key, value in (raw.headers or {}).items() if not key.startswith("x-")}
 
 
 class ConsumerPolicy:
@@ -103,26 +219,26 @@ class ConsumerPolicy:
 
     async def handle(self, message: RabbitMessage) -> None:
         raw = message.raw_message
-        previous = (raw.headers or {}).get(h.ATTEMPT)
-        attempt = (previous if isinstance(previous, int) else 0) + 1
-        with correlation_scope(raw.correlation_id):
+        arrival = read_arrival(raw, self.queue, self.publisher.sender)
+        with correlation_scope(arrival.correlation_id):
             started = time.perf_counter()
             labels = {"queue": self.queue.name}
             try:
                 async with asyncio.timeout(self.handler_timeout_s):
-                    decoded = decode(self.message_types, raw.type, raw.body)
+                    refuse_unidentifiable(arrival)
+                    decoded = decode(self.message_types, arrival.message_type, raw.body)
                     delivery = Delivery(
-                        message_id=raw.message_id or "",
-                        correlation_id=raw.correlation_id,
-                        attempt=attempt,
+                        message_id=arrival.message_id or "",
+                        correlation_id=arrival.correlation_id,
+                        attempt=arrival.attempt,
                         redelivered=bool(raw.redelivered),
-                        headers=raw.headers or {},
+                        headers=arrival.carried,
                     )
                     await self.handlers[decoded.message_type](decoded, delivery)
             except Exception as error:
                 self.duration.record((time.perf_counter() - started) * 1000, labels)
                 try:
-                    outcome = await self._fail(raw, error, attempt)
+                    outcome = await self._fail(arrival, raw.body, error)
                 except Exception as publish_error:
                     log.error("message.failure_not_recorded", publish_error, {"queue": self.queue.name})
                     await message.nack(requeue=True)
@@ -132,78 +248,75 @@ class ConsumerPolicy:
                 return
             self.duration.record((time.perf_counter() - started) * 1000, labels)
             self.completed.add(1, labels)
-            await self._report_retry_success(raw)
+            await self._report_retry_success(arrival)
             await message.ack()
-            log.debug("message.handled", {"queue": self.queue.name, "type": raw.type, "attempt": attempt})
+            log.debug("message.handled", {"queue": self.queue.name, "type": arrival.message_type,
+                                          "attempt": arrival.attempt})  # fmt: skip
 
-    async def _report_retry_success(self, raw: AbstractIncomingMessage) -> None:
-        """A message retried from the DLQ carries its entry id; its success resolves the entry."""
-        header = (raw.headers or {}).get(h.DLQ_ENTRY)
-        if header is None:
+    async def _report_retry_success(self, arrival: Arrival) -> None:
+        """A message retried from the DLQ carries its entry, retry and signature; its success resolves the entry
+        once the dlq-service has checked the signature."""
+        link = retry_link(arrival.carried)
+        if link is None:
             return
-        entry = header.decode() if isinstance(header, bytes) else str(header)
+        entry_id, retry_id, signature = link
         try:
-            await self.publisher.publish(
-                DeadLetterRetrySucceeded(entry_id=entry, queue=self.queue.name, message_id=raw.message_id or ""),
-                message_id=f"retry-succeeded:{entry}:{raw.message_id}",
+            event = DeadLetterRetrySucceeded(
+                entry_id=entry_id,
+                retry_id=retry_id,
+                signature=signature,
+                queue=self.queue.name,
+                message_id=(arrival.message_id or "")[:200],
             )
+            await self.publisher.publish(event, message_id=f"retry-succeeded:{entry_id}:{retry_id}")
         except Exception as error:
             # The work is done; only the entry's automatic resolution is missing, and the log says which.
-            log.error("dlq.retry_success_not_reported", error, {"entry_id": str(entry)})
+            log.error("dlq.retry_success_not_reported", error, {"entry_id": str(entry_id)})
 
-    async def _fail(self, raw: AbstractIncomingMessage, error: Exception, attempt: int) -> str:
+    async def _fail(self, arrival: Arrival, body: bytes, error: Exception) -> str:
         permanent = is_permanent(error)
-        carried = _carried_headers(raw)
+        carried = dict(arrival.carried)
+        if arrival.raw_properties and UNDECODABLE_PROPERTIES not in carried:
+            carried[UNDECODABLE_PROPERTIES] = arrival.raw_properties
         now = _now()
+        attempt = arrival.attempt
         context = {
             h.ATTEMPT: attempt,
             h.FIRST_FAILURE_AT: carried.get(h.FIRST_FAILURE_AT, now),
             h.LAST_FAILURE_AT: now,
-            h.ORIGINAL_EXCHANGE: carried.get(h.ORIGINAL_EXCHANGE, raw.exchange or ""),
+            h.ORIGINAL_EXCHANGE: carried.get(h.ORIGINAL_EXCHANGE, arrival.exchange),
             h.ORIGINAL_QUEUE: self.queue.name,
-            h.ORIGINAL_ROUTING_KEY: carried.get(h.ORIGINAL_ROUTING_KEY, raw.routing_key or ""),
+            h.ORIGINAL_ROUTING_KEY: carried.get(h.ORIGINAL_ROUTING_KEY, arrival.routing_key),
             h.ERROR_TYPE: type(error).__name__,
             h.ERROR_CLASS: "permanent" if permanent else "transient",
-            h.ERROR_MESSAGE: str(error)[: h.MAX_MESSAGE_CHARS],
+            h.ERROR_MESSAGE: printable(str(error))[: h.MAX_MESSAGE_CHARS],
         }
-        metadata = {
-            "queue": self.queue.name,
-            "type": raw.type,
-            "attempt": attempt,
-            "message_id": raw.message_id,
-        }
+        metadata = {"queue": self.queue.name, "type": arrival.message_type, "attempt": attempt,
+                    "message_id": arrival.message_id}  # fmt: skip
+        properties = {"message_id": arrival.message_id, "correlation_id": arrival.correlation_id,
+                      "message_type": arrival.message_type, "content_type": arrival.content_type}  # fmt: skip
         if not permanent and attempt < self.queue.max_attempts:
             await self.publisher.publish_raw(
-                raw.body,
+                body,
                 exchange=None,
                 routing_key=self.queue.delay_queue(attempt),
-                message_id=raw.message_id,
-                correlation_id=raw.correlation_id,
-                message_type=raw.type,
-                content_type=raw.content_type,
                 headers={**carried, **context},
+                # The broker vouches for it: the next delivery believes these headers only with this user.
+                user_id=self.publisher.sender,
+                **properties,
             )
             log.warn("message.retry_scheduled", {**metadata, "error": context[h.ERROR_MESSAGE],
                      "delay_ms": self.queue.retry_delays_ms[attempt - 1]})  # fmt: skip
             return "retried"
-        stack = "".join(traceback.format_exception(error))[-h.MAX_STACK_CHARS :]
+        stack = printable("".join(traceback.format_exception(error)))[-h.MAX_STACK_CHARS :]
         await self.publisher.publish_raw(
-            raw.body,
+            body,
             exchange=DEAD_LETTERS,
             routing_key=self.queue.name,
-            message_id=raw.message_id,
-            correlation_id=raw.correlation_id,
-            message_type=raw.type,
-            content_type=raw.content_type,
-            headers={
-                **carried,
-                **context,
-                h.REASON: "error",
-                h.ATTEMPTS: attempt,
-                h.SERVICE: self.service,
-                h.ERROR_STACK: stack,
-            },
-        )
+            headers={**carried, **context, h.REASON: "error", h.ATTEMPTS: attempt, h.SERVICE: self.service,
+                     h.ERROR_STACK: stack},
+            **properties,
+        )  # fmt: skip
         log.error("message.dead_lettered", error, metadata)
         return "dead_lettered"
 
@@ -215,10 +328,14 @@ async def keep_body_raw(message: StreamMessage[Any]) -> bytes:
 
 
 def subscribe(router: RabbitRouter, policy: ConsumerPolicy) -> None:
-    """Register the policy as the one consumer of its work queue (declared beforehand by declare_topology)."""
+    """Register the policy as the one consumer of its work queue (declared beforehand by declare_topology).
+    `no_reply`: FastStream would otherwise publish a reply to any `reply_to` a publisher names."""
 
     @router.subscriber(
-        RabbitQueue(policy.queue.name, declare=False), ack_policy=AckPolicy.MANUAL, decoder=keep_body_raw
+        RabbitQueue(policy.queue.name, declare=False),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=keep_body_raw,
+        no_reply=True,
     )
     async def consume(message: RabbitMessage) -> None:
         await policy.handle(message)

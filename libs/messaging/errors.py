@@ -19,6 +19,14 @@ class UnknownMessageType(PermanentError):
     """No handler on this queue knows the message type."""
 
 
+class UndecodableProperties(PermanentError):
+    """An AMQP property (or header name) is not valid UTF-8: the message cannot be identified or answered."""
+
+
+class MissingMessageId(PermanentError):
+    """Without a message id a redelivery cannot be told from a new message, so it is not handled at all."""
+
+
 class BusinessRuleViolation(PermanentError):
     """The message is well formed but the domain refuses it."""
 
@@ -28,4 +36,8 @@ class TransientError(Exception):
 
 
 def is_permanent(error: BaseException) -> bool:
-    return isinstance(error, PermanentError)
+    """Ours say so; an input too large or too deep to convert (int() of 5,000 digits, float overflow, nesting
+    past the recursion limit) fails the same way on every attempt."""
+    if isinstance(error, PermanentError | OverflowError | RecursionError):
+        return True
+    return isinstance(error, ValueError) and "integer string conversion" in str(error)

@@ -11,7 +11,7 @@ from faststream.rabbit import RabbitBroker, RabbitExchange
 
 from libs.contracts import Message
 from libs.logging import current_correlation_id
-from libs.messaging.broker import EVENTS
+from libs.messaging.broker import EVENTS, connection_user
 from libs.messaging.headers import CORRELATION_ID
 from libs.messaging.topology import Topology
 from libs.telemetry import Telemetry
@@ -26,6 +26,8 @@ class Publisher:
         self.broker = broker
         self.topology = topology
         self.timeout_s = timeout_s
+        self.sender = connection_user(broker)
+        """The broker user this publisher sends as, when known; set as `user_id` where a consumer relies on it."""
         self.enqueued = telemetry.meter.create_counter(
             "fmhl_jobs_enqueued_total",
             unit="",
@@ -59,7 +61,9 @@ class Publisher:
         headers: Mapping[str, Any],
         message_type: str | None = None,
         content_type: str | None = "application/json",
+        user_id: str | None = None,
     ) -> None:
+        """`user_id`: RabbitMQ refuses the publish unless it names this connection's own user."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self.broker.publish(
@@ -73,6 +77,7 @@ class Publisher:
                     message_type=message_type,
                     content_type=content_type,
                     headers=dict(headers),
+                    user_id=user_id,
                 )
         except TimeoutError as error:
             raise PublishFailed(f"no confirm for {routing_key} within {self.timeout_s:g}s") from error

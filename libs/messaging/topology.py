@@ -17,6 +17,8 @@ DEAD_LETTER_EXCHANGE = "fmhl.dlx"
 """Fanout exchange: the broker's dead letters and the consumer policy's final failures all reach `dlq`."""
 
 DLQ_QUEUE = "dlq"
+PARKING_QUEUE = "dlq.parking"
+"""Dead letters the dlq-service could not record after bounded attempts, with the error: kept, never looped."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,20 @@ class WorkQueue:
 
     def delay_queue(self, attempt: int) -> str:
         return f"{self.name}.retry.{attempt}"
+
+    def delay_attempt(self, queue_name: str) -> int | None:
+        """The attempt whose delay queue this is, or None when it is not one of this queue's delay queues."""
+        for attempt in range(1, self.max_attempts):
+            if queue_name == self.delay_queue(attempt):
+                return attempt
+        return None
+
+    @property
+    def redelivery(self) -> tuple[str, str]:
+        """Exchange and routing key that reach this queue and no other: the default exchange routes by queue
+        name, as the delay queues send messages back. A retry from the DLQ goes this way, whatever the message
+        says about where it came from."""
+        return "", self.name
 
     def arguments(self) -> dict[str, Any]:
         return quorum_arguments(DEAD_LETTER_EXCHANGE) | {"x-delivery-limit": self.delivery_limit}
@@ -72,12 +88,17 @@ class Topology:
     dlq_queue: str = DLQ_QUEUE
     dlq_arguments: dict[str, Any] = field(default_factory=lambda: {"x-queue-type": "quorum"})
     """No dead-letter exchange and no delivery limit: there is no DLQ for the DLQ, its consumer never rejects."""
+    parking_queue: str = PARKING_QUEUE
+    """No consumer: an operator reads it through the dlq-service's admin API."""
 
     def work_queue(self, name: str) -> WorkQueue:
         for queue in self.work_queues:
             if queue.name == name:
                 return queue
         raise KeyError(name)
+
+    def find_work_queue(self, name: str) -> WorkQueue | None:
+        return next((queue for queue in self.work_queues if queue.name == name), None)
 
     def queue_for(self, routing_key: str) -> str:
         """The work queue a routing key lands in (bindings are exact keys, not patterns)."""

@@ -21,6 +21,7 @@ from dlq_service.queue_stats import STATS_PENDING, QueueStats
 from libs.contracts import ExportReport, SendEmail
 from libs.messaging import headers as h
 from libs.messaging.broker import DEAD_LETTERS, EVENTS
+from libs.messaging.topology import SCHEDULED_JOBS
 from tests.services.conftest import Pipeline, eventually, publisher_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
@@ -280,12 +281,17 @@ async def redrive_progress(pipeline: Pipeline, admin: dict[str, str], redrive_id
     return dict(response.json())
 
 
-async def _parked_group(pipeline: Pipeline, count: int) -> tuple[str, str, aio_pika.abc.AbstractQueue, Any]:
+UNCONSUMED = SCHEDULED_JOBS.name
+"""A work queue of the topology that nothing consumes in these tests (the pipeline runs no scheduler): what a
+redrive sends there stays countable. Purged before and after each test that uses it."""
+
+
+async def _unconsumed_group(pipeline: Pipeline, count: int) -> tuple[str, aio_pika.abc.AbstractQueue, Any]:
     """`count` failed entries of one group whose retries land in a queue nobody consumes."""
-    queue_name = f"parked-{uuid.uuid4().hex[:6]}"
     connection = await aio_pika.connect(pipeline.service_env["RABBITMQ_URL"])
     channel = await connection.channel()
-    parked = await channel.declare_queue(queue_name, durable=True, arguments={"x-queue-type": "quorum"})
+    unconsumed = await channel.get_queue(UNCONSUMED)
+    await unconsumed.purge()
     fingerprint = uuid.uuid4().hex
     async with pipeline.engine.begin() as db:
         await db.execute(
@@ -295,15 +301,15 @@ async def _parked_group(pipeline: Pipeline, count: int) -> tuple[str, str, aio_p
                 "message_type, content_type) SELECT :q, :prefix || g, now(), now(), now(), '', :rk, '\\x7b7d', :f, "
                 "'ValueError', 'parked', 'test.ping', 'application/json' FROM generate_series(1, :n) g"
             ),
-            {"q": queue_name, "prefix": f"{queue_name}-", "rk": queue_name, "f": fingerprint, "n": count},
+            {"q": UNCONSUMED, "prefix": f"{fingerprint}-", "rk": UNCONSUMED, "f": fingerprint, "n": count},
         )
-    return queue_name, fingerprint, parked, connection
+    return fingerprint, unconsumed, connection
 
 
 async def test_bulk_retry_by_group_runs_at_the_asked_rate_reports_progress_and_finishes(pipeline: Pipeline) -> None:
     admin = await pipeline.admin_headers()
-    queue_name, fingerprint, parked, connection = await _parked_group(pipeline, 500)
-    group = {"group": {"queue": queue_name, "fingerprint": fingerprint}}
+    fingerprint, unconsumed, connection = await _unconsumed_group(pipeline, 500)
+    group = {"group": {"queue": UNCONSUMED, "fingerprint": fingerprint}}
     dry = await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/retry", json=group | {"dry_run": True}, headers=admin)
     assert dry.json()["selected"] == 500
     assert dry.json()["redrive_id"] is None
@@ -335,20 +341,20 @@ async def test_bulk_retry_by_group_runs_at_the_asked_rate_reports_progress_and_f
     final = await redrive_progress(pipeline, admin, redrive_id)
     assert (final["selected"], final["sent"], final["failed"]) == (500, 500, 0)
     assert 8 <= elapsed <= 25, elapsed
-    declared = await parked.declare()
+    declared = await unconsumed.declare()
     assert declared.message_count == 500
-    await parked.delete(if_unused=False, if_empty=False)
+    await unconsumed.purge()
     await connection.close()
 
 
 async def test_a_bulk_retry_can_be_cancelled_midway_and_new_failures_are_not_swept_in(pipeline: Pipeline) -> None:
     admin = await pipeline.admin_headers()
-    queue_name, fingerprint, parked, connection = await _parked_group(pipeline, 200)
-    group = {"group": {"queue": queue_name, "fingerprint": fingerprint}, "rate_per_second": 20}
+    fingerprint, unconsumed, connection = await _unconsumed_group(pipeline, 200)
+    group = {"group": {"queue": UNCONSUMED, "fingerprint": fingerprint}, "rate_per_second": 20}
     redrive_id = (await pipeline.workers["dlq"].post(f"{ADMIN_API}/dlq/retry", json=group, headers=admin)).json()[
         "redrive_id"
     ]
-    await _parked_group_more(pipeline, queue_name, fingerprint)
+    await _unconsumed_group_more(pipeline, fingerprint)
 
     async def some_sent() -> bool:
         return bool((await redrive_progress(pipeline, admin, redrive_id))["sent"] >= 10)
@@ -367,18 +373,18 @@ async def test_a_bulk_retry_can_be_cancelled_midway_and_new_failures_are_not_swe
     assert after["status"] == "cancelled"
     assert after["selected"] == 200
     assert 10 <= after["sent"] <= sent + 1 < 200
-    await parked.delete(if_unused=False, if_empty=False)
+    await unconsumed.purge()
     await connection.close()
 
 
-async def _parked_group_more(pipeline: Pipeline, queue_name: str, fingerprint: str) -> None:
+async def _unconsumed_group_more(pipeline: Pipeline, fingerprint: str) -> None:
     async with pipeline.engine.begin() as db:
         await db.execute(
             text(
                 "INSERT INTO dead_letter_queue (queue_name, message_id, failed_at, raw_body, fingerprint) "
                 "SELECT :q, 'late-' || g, now(), '\\x7b7d', :f FROM generate_series(1, 50) g"
             ),
-            {"q": queue_name, "f": fingerprint},
+            {"q": UNCONSUMED, "f": fingerprint},
         )
 
 
@@ -407,14 +413,16 @@ async def test_the_list_is_stable_under_keyset_pagination_while_entries_arrive(p
     assert set(before) <= set(seen)
 
 
-async def test_list_masks_contact_details_and_detail_shows_them(pipeline: Pipeline) -> None:
+async def test_the_list_shows_a_masked_bounded_preview_and_the_detail_shows_everything(pipeline: Pipeline) -> None:
     admin = await pipeline.admin_headers()
     queue = f"masked-{uuid.uuid4().hex[:6]}"
     [message_id] = await publish_dead_letters(pipeline.service_env["RABBITMQ_URL"], queue, 1, queue)
     entry = await entry_for(pipeline, message_id)
     listed = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq", params={"queue": queue}, headers=admin)).json()
-    contact = listed["items"][0]["payload"]["contact"]
-    assert contact == {"email": "a***@example.com", "name": "A***", "phone": "+***"}
+    [item] = listed["items"]
+    assert "payload" not in item
+    assert item["payload_preview"] == '{"n": 0, "contact": {"name": "A***", "email": "a***@e***.com", "phone": "+***"}}'
+    assert item["body_bytes"] == len(bytes(entry["raw_body"]))
     detail = (await pipeline.workers["dlq"].get(f"{ADMIN_API}/dlq/{entry['id']}", headers=admin)).json()
     assert detail["payload"]["contact"]["email"] == "ada@example.com"
 
@@ -468,7 +476,7 @@ async def test_queues_overview_names_every_queue_and_is_rate_limited(pipeline: P
     admin = await pipeline.admin_headers()
     overview = (await pipeline.workers["dlq"].get(ADMIN_API, headers=admin)).json()["queues"]
     names = [queue["name"] for queue in overview]
-    assert names == ["distribution", "email", "report-export", "dlq-outcomes", "scheduled-jobs", "dlq"]
+    assert names == ["distribution", "email", "report-export", "dlq-outcomes", "scheduled-jobs", "dlq", "dlq.parking"]
     for queue in overview:
         assert {
             "depth",

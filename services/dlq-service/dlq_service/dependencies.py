@@ -8,9 +8,11 @@ import httpx
 from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dlq_service.parking import Parking
 from dlq_service.queue_stats import QueueStats
 from dlq_service.retries import Redriver
 from dlq_service.settings import Settings
+from dlq_service.signing import RetrySigner
 from libs.auth import Tokens, admin_principal
 from libs.messaging.publisher import Publisher
 from libs.ratelimit import RateLimiter
@@ -28,6 +30,8 @@ def build_dependencies(
     queue_stats: QueueStats,
     http: httpx.AsyncClient,
     redriver: Redriver,
+    signer: RetrySigner,
+    parking: Parking,
 ) -> dict[str, Provide]:
     return {
         "settings": _constant(settings),
@@ -36,6 +40,8 @@ def build_dependencies(
         "queue_stats": _constant(queue_stats),
         "http": _constant(http),
         "redriver": _constant(redriver),
+        "signer": _constant(signer),
+        "parking": _constant(parking),
         "queues_limiter": _constant(RateLimiter(engine, "admin-queues", settings.queues_requests_per_minute)),
         "principal": Provide(admin_principal(tokens)),
     }

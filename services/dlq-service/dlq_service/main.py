@@ -1,19 +1,22 @@
-"""dlq-service wiring: settings -> telemetry -> runtime (database, broker, readiness) -> capture router,
-DLQ size, redriver, queue stats -> admin API app."""
+"""dlq-service wiring: settings -> telemetry -> runtime (database, broker, readiness) -> retry signer, parking,
+capture router, DLQ size and parked depth, redriver, queue stats -> admin API app."""
 
 import httpx
 from litestar import Litestar
 
 from dlq_service.dependencies import build_dependencies
 from dlq_service.metrics import DlqMetrics, dlq_size_gauge
+from dlq_service.parking import Parking
 from dlq_service.queue_stats import QueueStats, vhost_of
 from dlq_service.retries import Redriver
 from dlq_service.routes import QueuesController
 from dlq_service.settings import Settings
+from dlq_service.signing import RetrySigner
 from dlq_service.subscribers import build_router
 from libs.auth import Tokens
 from libs.health import Readiness
-from libs.messaging.topology import DLQ_QUEUE
+from libs.messaging.broker import QueueDepthGauge
+from libs.messaging.topology import DLQ_QUEUE, PARKING_QUEUE
 from libs.runtime import ServiceRuntime, run_service
 from libs.telemetry import Telemetry
 from libs.web import openapi_config
@@ -23,10 +26,14 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
     runtime = ServiceRuntime.create(settings, telemetry, consumes=DLQ_QUEUE, prefetch=settings.prefetch)
     metrics = DlqMetrics.create(telemetry)
     sizes = dlq_size_gauge(telemetry, runtime.engine, settings.dlq_size_poll_s)
+    signer = RetrySigner(settings.dlq_retry_signing_key)
+    parking = Parking(runtime.broker, runtime.publisher)
+    parked = QueueDepthGauge(runtime.broker, PARKING_QUEUE, telemetry)
     runtime.broker.include_router(
         build_router(
-            runtime.engine, runtime.publisher, telemetry, metrics, sizes,
+            runtime.engine, runtime.publisher, telemetry, metrics, sizes, signer, parking,
             nack_backoff_s=settings.nack_backoff_s, handler_timeout_s=settings.handler_timeout_s,
+            capture_attempts=settings.capture_attempts, probe_timeout_s=settings.health_check_timeout_s,
         )
     )  # fmt: skip
     http = httpx.AsyncClient(timeout=settings.health_check_timeout_s)
@@ -37,13 +44,21 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         settings.queue_stats_cache_s,
         settings.health_check_timeout_s,
     )
-    redriver = Redriver(runtime.engine, runtime.publisher)
+    redriver = Redriver(runtime.engine, runtime.publisher, signer)
     app = runtime.app(
         route_handlers=[QueuesController],
-        on_startup=[sizes.start, redriver.resume],
-        on_shutdown=[redriver.stop, sizes.stop, http.aclose],
+        on_startup=[sizes.start, parked.start, redriver.resume],
+        on_shutdown=[redriver.stop, parked.stop, sizes.stop, http.aclose],
         dependencies=build_dependencies(
-            settings, runtime.engine, runtime.publisher, Tokens.from_settings(settings), queue_stats, http, redriver
+            settings,
+            runtime.engine,
+            runtime.publisher,
+            Tokens.from_settings(settings),
+            queue_stats,
+            http,
+            redriver,
+            signer,
+            parking,
         ),
         openapi_config=openapi_config("fmhl dlq-service admin API"),
     )

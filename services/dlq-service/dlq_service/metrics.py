@@ -1,4 +1,4 @@
-"""dlq-service instruments: dead letters received, retry outcomes, and unresolved entries per original queue."""
+"""dlq-service instruments: dead letters received and parked, retry outcomes, unresolved entries per queue."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ DlqSizePoller = DatabaseGauge
 class DlqMetrics:
     received: Counter
     retry_outcomes: Counter
+    parked: Counter
 
     @classmethod
     def create(cls, telemetry: Telemetry) -> DlqMetrics:
@@ -34,6 +35,9 @@ class DlqMetrics:
             received=counter(meter, "fmhl_dead_letters_received_total", "Dead letters received, by queue and reason."),
             retry_outcomes=counter(
                 meter, "fmhl_dlq_retry_outcomes_total", "Retried entries by outcome (succeeded, failed_again)."
+            ),
+            parked=counter(
+                meter, "fmhl_dead_letters_parked_total", "Dead letters PostgreSQL kept refusing, parked in dlq.parking."
             ),
         )
 

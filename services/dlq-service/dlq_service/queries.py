@@ -9,18 +9,18 @@ import base64
 import dataclasses
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import JsonValue
-from sqlalchemy import ColumnElement, Label, Text, cast, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Label, Text, case, cast, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel, col
 
-from dlq_service.dead_letters import mask
+from dlq_service.dead_letters import preview
 from libs import audit
-from libs.db.keyset import decode_cursor, encode_cursor
+from libs.db.keyset import BadCursor, decode_cursor, encode_cursor
 from libs.db.tables import (
     DeadLetter,
     DeadLetterEvent,
@@ -30,8 +30,10 @@ from libs.db.tables import (
     Resolution,
     RetryOutcome,
 )
+from libs.logging.pii import mask_pii
 
 MAX_SEARCH_WORDS = 10
+PREVIEW_CHARS = 300
 
 
 class EntryNotFound(Exception):
@@ -43,8 +45,8 @@ class EntryState(SQLModel):
     status: DeadLetterStatus
 
 
-class DeadLetterSummary(SQLModel):
-    """A row of the list: no raw body, headers or stack trace; contact details in the payload masked."""
+class EntryFields(SQLModel):
+    """What every view of an entry shows: the stored columns, no body, headers or stack trace."""
 
     id: uuid.UUID
     queue: str
@@ -62,7 +64,14 @@ class DeadLetterSummary(SQLModel):
     last_failed_at: datetime | None
     created_at: datetime
     resolution: Resolution | None
-    payload: JsonValue
+
+
+class DeadLetterSummary(EntryFields):
+    """A row of the list: every text masked where it looks like an email address or phone number, and a bounded
+    preview of the payload instead of the payload (the body when it is not JSON)."""
+
+    payload_preview: str | None
+    body_bytes: int
 
 
 class DeadLetterPage(SQLModel):
@@ -70,9 +79,10 @@ class DeadLetterPage(SQLModel):
     next_cursor: str | None
 
 
-class DeadLetterRecord(DeadLetterSummary):
+class DeadLetterRecord(EntryFields):
     """Everything captured of an entry, unmasked, except the raw body."""
 
+    payload: JsonValue
     stack_trace: str | None
     headers: dict[str, JsonValue]
     original_exchange: str | None
@@ -128,7 +138,17 @@ def selected(table: type[SQLModel], model: type[SQLModel], **renamed: Any) -> li
 
 
 # The API says `queue` where the table says `queue_name`.
-SUMMARY = select(*selected(DeadLetter, DeadLetterSummary, queue=DeadLetter.queue_name))
+_PREVIEW_SOURCE = PREVIEW_CHARS * 4
+"""Characters fetched for a preview: masking shortens text, so more is read than is shown."""
+SUMMARY = select(
+    *selected(DeadLetter, EntryFields, queue=DeadLetter.queue_name),
+    func.left(cast(col(DeadLetter.payload), Text), _PREVIEW_SOURCE + 1).label("payload_text"),
+    case(
+        (col(DeadLetter.payload).is_(None), func.substring(col(DeadLetter.raw_body), 1, _PREVIEW_SOURCE + 1)),
+        else_=None,
+    ).label("body_head"),
+    func.octet_length(col(DeadLetter.raw_body)).label("body_bytes"),
+)
 _RECORD = select(*selected(DeadLetter, DeadLetterRecord, queue=DeadLetter.queue_name), col(DeadLetter.raw_body))
 _FAILURES = select(*selected(DeadLetterEvent, FailureRecord)).order_by(col(DeadLetterEvent.id))
 _RETRIES = select(*selected(DeadLetterRetry, RetryRecord)).order_by(col(DeadLetterRetry.id))
@@ -154,6 +174,17 @@ _GROUPS = (
     .group_by(col(DeadLetter.queue_name), col(DeadLetter.fingerprint))
     .order_by(func.count().desc(), func.max(col(DeadLetter.last_failed_at)).desc())
 )
+
+
+def utc_time(value: datetime | None) -> datetime | None:
+    """A time as UTC, naive ones taken as UTC. Raises ValueError for one that is out of range once in UTC
+    (`9999-12-31T23:59:59-14:00`), which the database driver could not send."""
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 def search_words(text: str | None) -> list[str]:
@@ -196,8 +227,16 @@ class Filters:
 
 
 def summary(row: Mapping[Any, Any]) -> DeadLetterSummary:
-    """A list row, with contact details in the payload masked."""
-    return DeadLetterSummary.model_validate({**row, "payload": mask(row["payload"])})
+    """A list row: texts masked, the payload (or the body, when it is not JSON) as a masked, bounded preview."""
+    head = row.get("body_head")
+    text = row.get("payload_text") or (bytes(head).decode("utf-8", "replace") if head is not None else None)
+    fields = {name: mask_pii(value) if isinstance(value, str) else value
+              for name, value in row.items() if name in EntryFields.model_fields}  # fmt: skip
+    return DeadLetterSummary.model_validate(
+        fields | {"payload_preview": preview(text, fetched_whole=len(text or "") <= _PREVIEW_SOURCE,
+                                             length=PREVIEW_CHARS),
+                  "body_bytes": row.get("body_bytes") or 0}
+    )  # fmt: skip
 
 
 async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: str | None) -> DeadLetterPage:
@@ -205,6 +244,10 @@ async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: s
     query = SUMMARY.where(*filters.conditions()).order_by(*_NEWEST_FIRST).limit(limit + 1)
     if cursor:
         cursor_at, cursor_id = decode_cursor(cursor)
+        try:
+            cursor_at = utc_time(cursor_at) or cursor_at
+        except ValueError:
+            raise BadCursor("cursor is not one this API returned") from None
         query = query.where(tuple_(col(DeadLetter.created_at), col(DeadLetter.id)) < tuple_(cursor_at, cursor_id))
     async with engine.connect() as connection:
         rows = (await connection.execute(query)).mappings().all()
@@ -228,7 +271,10 @@ async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int
 async def groups(engine: AsyncEngine) -> DeadLetterGroups:
     async with engine.connect() as connection:
         rows = (await connection.execute(_GROUPS)).mappings().all()
-    return DeadLetterGroups(groups=[DeadLetterGroup.model_validate(row) for row in rows])
+    return DeadLetterGroups(
+        groups=[DeadLetterGroup.model_validate({**row, "sample_error": mask_pii(row["sample_error"] or "") or None})
+                for row in rows]
+    )  # fmt: skip
 
 
 async def view(engine: AsyncEngine, entry_id: uuid.UUID, actor: str) -> DeadLetterDetail:

@@ -1,4 +1,5 @@
-"""The queue overview: each work queue and `dlq` as the broker counts it, beside what the store holds for it."""
+"""The queue overview: each work queue, `dlq` and `dlq.parking` as the broker counts them, beside what the store
+holds for each."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ _STORED = select(
 
 
 def queue_names() -> list[str]:
-    return [queue.name for queue in TOPOLOGY.work_queues] + [DLQ_QUEUE]
+    """The work queues, then `dlq`, then `dlq.parking` (what the dlq-service could not record)."""
+    return [queue.name for queue in TOPOLOGY.work_queues] + [DLQ_QUEUE, TOPOLOGY.parking_queue]
 
 
 def queue_state(name: str, broker: BrokerNumbers, stored: StoredCounts | None) -> QueueState:

@@ -7,17 +7,19 @@ import asyncio
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from faststream.rabbit import RabbitExchange
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import Uuid, any_, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel, col
 
-from dlq_service.queries import EntryNotFound, EntryState, Filters, selected, selected_ids
+from dlq_service.dead_letters import NOT_STORED, ORIGINAL_PROPERTIES
+from dlq_service.queries import EntryNotFound, EntryState, Filters, selected, selected_ids, utc_time
 from dlq_service.settings import Settings
+from dlq_service.signing import RetrySigner
 from libs import audit
 from libs.db.tables import (
     DeadLetter,
@@ -28,36 +30,46 @@ from libs.db.tables import (
     RedriveItem,
     RedriveItemState,
     RedriveStatus,
-    RetryOutcome,
 )
 from libs.logging import get_logger
 from libs.messaging import headers as h
 from libs.messaging.publisher import Publisher, PublishFailed
+from libs.messaging.topology import TOPOLOGY, Topology
 
 log = get_logger("dlq_service.retries")
 MAX_REDRIVE = 100_000
-# What the failure added is dropped, so the retried message starts over as a first delivery.
-_FAILURE_HEADERS = frozenset({h.ATTEMPT, h.REASON, h.ERROR_TYPE, h.ERROR_CLASS, h.ERROR_MESSAGE, h.ERROR_STACK,
-                              h.ATTEMPTS, h.SERVICE, h.FIRST_FAILURE_AT, h.LAST_FAILURE_AT, h.DLQ_ENTRY})  # fmt: skip
+# Bookkeeping of earlier failures, parking and retries is dropped: the retried message starts over as a first
+# delivery, and carries only the mark of this retry.
+_NOT_SENT_BACK = frozenset({h.DLQ_ENTRY, h.DLQ_RETRY, h.DLQ_SIGNATURE, h.PARKED_ERROR, h.PARKED_AT,
+                            h.PARKED_ATTEMPTS, ORIGINAL_PROPERTIES, NOT_STORED})  # fmt: skip
 
 
 class EntryNotRetryable(Exception):
     """The entry is already being retried or is resolved."""
 
 
+class NotInTopology(EntryNotRetryable):
+    """The entry's queue is not one of the topology's work queues: there is nowhere it may be sent back to."""
+
+
 class RedriveNotFound(Exception):
     pass
 
 
+NoNul = StringConstraints(pattern=r"^[^\x00]*$")
+"""PostgreSQL text cannot hold NUL: a value with one is a 400, not a failed statement."""
+UtcTime = Annotated[datetime | None, AfterValidator(utc_time)]
+
+
 class FilterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    queue: str | None = Field(None, max_length=100)
+    queue: Annotated[str | None, NoNul] = Field(None, max_length=100)
     reason: DeadLetterReason | None = None
-    error_type: str | None = Field(None, max_length=200)
-    fingerprint: str | None = Field(None, max_length=64)
-    failed_from: datetime | None = None
-    failed_to: datetime | None = None
-    q: str | None = Field(None, max_length=200, pattern=r"^[^\x00]*$")
+    error_type: Annotated[str | None, NoNul] = Field(None, max_length=200)
+    fingerprint: Annotated[str | None, NoNul] = Field(None, max_length=64)
+    failed_from: UtcTime = None
+    failed_to: UtcTime = None
+    q: Annotated[str | None, NoNul] = Field(None, max_length=200)
 
     def filters(self) -> Filters:
         return Filters(queue=self.queue, reason=self.reason, error_type=self.error_type, fingerprint=self.fingerprint,
@@ -66,8 +78,8 @@ class FilterBody(BaseModel):
 
 class GroupSelection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    queue: str = Field(max_length=100)
-    fingerprint: str = Field(max_length=64)
+    queue: Annotated[str, NoNul] = Field(max_length=100)
+    fingerprint: Annotated[str, NoNul] = Field(max_length=64)
 
 
 class RedriveSelection(BaseModel):
@@ -80,8 +92,9 @@ class RedriveSelection(BaseModel):
 
 
 class BulkRetry(RedriveSelection):
-    dry_run: bool = False
-    rate_per_second: int | None = Field(None, ge=1, le=10_000)
+    # Strict: `true` is not 1 message per second, and "1" is not a dry run.
+    dry_run: bool = Field(False, strict=True)
+    rate_per_second: int | None = Field(None, ge=1, le=10_000, strict=True)
 
     @model_validator(mode="after")
     def _one_selection(self) -> BulkRetry:
@@ -120,15 +133,25 @@ class RedriveState(SQLModel):
     status: RedriveStatus
 
 
-def retry_headers(stored: Mapping[str, Any], entry_id: uuid.UUID) -> dict[str, Any]:
-    carried = {key: value for key, value in stored.items() if not key.startswith("x-") and key not in _FAILURE_HEADERS}
-    return carried | {h.DLQ_ENTRY: str(entry_id)}
+def retry_headers(stored: Mapping[str, Any], entry_id: uuid.UUID, retry_id: int, signature: str) -> dict[str, Any]:
+    carried = {
+        key: value
+        for key, value in stored.items()
+        if not key.startswith("x-") and not h.is_failure_header(key) and key not in _NOT_SENT_BACK
+    }
+    return carried | {h.DLQ_ENTRY: str(entry_id), h.DLQ_RETRY: retry_id, h.DLQ_SIGNATURE: signature}
 
 
-def retry_destination(exchange: str | None, routing_key: str | None, queue: str) -> tuple[str, str]:
-    """The original exchange and routing key. A broker dead letter that came straight from a queue has neither:
-    the default exchange ("") routes it to that queue by name."""
-    return exchange or "", routing_key or queue
+def retry_destination(queue_name: str, topology: Topology = TOPOLOGY) -> tuple[str, str]:
+    """Back to the queue it failed in, as the topology reaches it, whatever the message said about its exchange
+    or routing key. Raises NotInTopology for a queue the topology does not declare."""
+    queue = topology.find_work_queue(queue_name)
+    if queue is None:
+        raise NotInTopology(
+            f"queue {queue_name!r} is not a work queue of the topology: the entry can be inspected and resolved, "
+            "not retried"
+        )
+    return queue.redelivery
 
 
 def redrive_rate(asked: int | None, default: int, maximum: int) -> int:
@@ -140,21 +163,6 @@ def next_send_at(scheduled: float, interval: float, now: float) -> float:
     return max(scheduled + interval, now)
 
 
-# A bound name in an UPDATE must not be a column name of its table: SQLAlchemy would take it for a value to SET.
-_LAST_SENT_RETRY = (
-    select(func.max(col(DeadLetterRetry.id)))
-    .where(
-        col(DeadLetterRetry.entry_id) == bindparam("retried_entry_id"),
-        col(DeadLetterRetry.outcome) == RetryOutcome.sent,
-    )
-    .scalar_subquery()
-)
-# The outcome of an entry's latest retry: capture settles it as failed again, a resolution as succeeded.
-SETTLE_LAST_RETRY = (
-    update(DeadLetterRetry)
-    .where(col(DeadLetterRetry.id) == _LAST_SENT_RETRY)
-    .values(outcome=bindparam("outcome"), outcome_at=func.now())
-)
 _START_RETRY = (
     update(DeadLetter)
     .where(col(DeadLetter.id) == bindparam("entry_id"), col(DeadLetter.status) == DeadLetterStatus.failed)
@@ -162,8 +170,6 @@ _START_RETRY = (
     .returning(
         col(DeadLetter.raw_body),
         col(DeadLetter.headers),
-        col(DeadLetter.original_exchange),
-        col(DeadLetter.original_routing_key),
         col(DeadLetter.queue_name),
         col(DeadLetter.message_id),
         col(DeadLetter.correlation_id),
@@ -172,7 +178,7 @@ _START_RETRY = (
     )
 )
 _STATUS = select(col(DeadLetter.status)).where(col(DeadLetter.id) == bindparam("entry_id"))
-_ADD_RETRY = insert(DeadLetterRetry)
+_ADD_RETRY = insert(DeadLetterRetry).returning(col(DeadLetterRetry.id))
 _FAILED_BY_ID = (
     select(col(DeadLetter.id))
     .where(
@@ -236,11 +242,16 @@ _COMPLETE = (
 
 
 async def retry_entry(
-    engine: AsyncEngine, publisher: Publisher, entry_id: uuid.UUID, actor: str, redrive_id: uuid.UUID | None = None
+    engine: AsyncEngine,
+    publisher: Publisher,
+    signer: RetrySigner,
+    entry_id: uuid.UUID,
+    actor: str,
+    redrive_id: uuid.UUID | None = None,
 ) -> EntryState:
-    """Flip failed -> retrying, republish with confirm, commit. A publish failure rolls the flip back.
+    """Flip failed -> retrying, republish signed with confirm, commit. A publish failure rolls the flip back.
 
-    Raises EntryNotFound, EntryNotRetryable (already retrying or resolved) or PublishFailed."""
+    Raises EntryNotFound, EntryNotRetryable (already retrying or resolved; NotInTopology) or PublishFailed."""
     async with engine.begin() as connection:
         entry = (await connection.execute(_START_RETRY, {"entry_id": entry_id})).first()
         if entry is None:
@@ -248,8 +259,11 @@ async def retry_entry(
             if status is None:
                 raise EntryNotFound(f"dead letter {entry_id} not found")
             raise EntryNotRetryable(f"entry is {status}")
-        await connection.execute(_ADD_RETRY, {"entry_id": entry_id, "redrive_id": redrive_id, "requested_by": actor})
-        exchange, routing_key = retry_destination(entry.original_exchange, entry.original_routing_key, entry.queue_name)
+        exchange, routing_key = retry_destination(entry.queue_name)
+        added = await connection.execute(
+            _ADD_RETRY, {"entry_id": entry_id, "redrive_id": redrive_id, "requested_by": actor}
+        )
+        retry_id: int = added.scalar_one()
         await publisher.publish_raw(
             bytes(entry.raw_body),
             exchange=RabbitExchange(exchange, declare=False) if exchange else None,
@@ -258,11 +272,11 @@ async def retry_entry(
             correlation_id=entry.correlation_id,
             message_type=entry.message_type,
             content_type=entry.content_type or "application/json",
-            headers=retry_headers(entry.headers or {}, entry_id),
+            headers=retry_headers(entry.headers or {}, entry_id, retry_id, signer.sign(entry_id, retry_id)),
         )
         await audit.record(
             connection, actor=actor, action="dlq.job_retried", entity_type="dead_letter", entity_id=str(entry_id),
-            metadata={"redrive_id": redrive_id, "queue": entry.queue_name},
+            metadata={"redrive_id": redrive_id, "queue": entry.queue_name, "retry_id": retry_id},
         )  # fmt: skip
     return EntryState(id=entry_id, status=DeadLetterStatus.retrying)
 
@@ -332,9 +346,10 @@ async def cancel_redrive(engine: AsyncEngine, redrive_id: uuid.UUID, actor: str)
 class Redriver:
     """Runs redrives in this process; a redrive left running by a stopped process resumes at start."""
 
-    def __init__(self, engine: AsyncEngine, publisher: Publisher) -> None:
+    def __init__(self, engine: AsyncEngine, publisher: Publisher, signer: RetrySigner) -> None:
         self.engine = engine
         self.publisher = publisher
+        self.signer = signer
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     def start(self, redrive_id: uuid.UUID) -> None:
@@ -383,7 +398,7 @@ class Redriver:
 
     async def _send(self, redrive_id: uuid.UUID, entry_id: uuid.UUID, actor: str) -> RedriveItemState:
         try:
-            await retry_entry(self.engine, self.publisher, entry_id, actor, redrive_id)
+            await retry_entry(self.engine, self.publisher, self.signer, entry_id, actor, redrive_id)
         except (EntryNotRetryable, EntryNotFound):
             return RedriveItemState.skipped
         except PublishFailed as error:

@@ -25,7 +25,16 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT, HTTP_503
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service import queries, queues, resolutions, retries
-from dlq_service.queries import DeadLetterDetail, DeadLetterGroups, DeadLetterPage, EntryNotFound, EntryState, Filters
+from dlq_service.parking import ParkedMessages, Parking, Recapture, Recaptured, audit_recapture
+from dlq_service.queries import (
+    DeadLetterDetail,
+    DeadLetterGroups,
+    DeadLetterPage,
+    EntryNotFound,
+    EntryState,
+    Filters,
+    utc_time,
+)
 from dlq_service.queue_stats import QueueStats
 from dlq_service.queues import QueuesOverview
 from dlq_service.retries import (
@@ -38,11 +47,22 @@ from dlq_service.retries import (
     RedriveState,
 )
 from dlq_service.settings import Settings
+from dlq_service.signing import RetrySigner
 from libs.auth import Principal
 from libs.db.keyset import BadCursor
 from libs.db.tables import DeadLetterReason, DeadLetterStatus
 from libs.messaging.publisher import Publisher, PublishFailed
 from libs.ratelimit import RateLimiter
+
+NO_NUL = r"^[^\x00]*$"
+"""PostgreSQL text cannot hold NUL: a value with one is a 400, not a failed statement."""
+
+
+def _time(name: str, value: datetime | None) -> datetime | None:
+    try:
+        return utc_time(value)
+    except ValueError as error:
+        raise ValidationException(f"{name} {error}", extra=[{"key": name, "message": str(error)}]) from None
 
 
 class QueuesController(Controller):
@@ -70,20 +90,21 @@ class QueuesController(Controller):
         self,
         principal: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
-        queue: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        queue: Annotated[str | None, QueryParameter(max_length=100, pattern=NO_NUL)] = None,
         status: Annotated[DeadLetterStatus | None, QueryParameter()] = None,
         reason: Annotated[DeadLetterReason | None, QueryParameter()] = None,
-        error_type: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        fingerprint: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        error_type: Annotated[str | None, QueryParameter(max_length=200, pattern=NO_NUL)] = None,
+        fingerprint: Annotated[str | None, QueryParameter(max_length=64, pattern=NO_NUL)] = None,
         failed_from: Annotated[datetime | None, QueryParameter(name="from")] = None,
         failed_to: Annotated[datetime | None, QueryParameter(name="to")] = None,
-        q: Annotated[str | None, QueryParameter(max_length=200, pattern=r"^[^\x00]*$")] = None,
+        q: Annotated[str | None, QueryParameter(max_length=200, pattern=NO_NUL)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
     ) -> DeadLetterPage:
-        """Newest first; keyset pages stay stable while new failures arrive. Payload contact fields masked."""
+        """Newest first; keyset pages stay stable while new failures arrive. Every text masked where it looks like
+        an email address or phone number; the payload only as a bounded, masked preview."""
         filters = Filters(queue=queue, status=status, reason=reason, error_type=error_type, fingerprint=fingerprint,
-                          failed_from=failed_from, failed_to=failed_to, text=q)  # fmt: skip
+                          failed_from=_time("from", failed_from), failed_to=_time("to", failed_to), text=q)  # fmt: skip
         try:
             return await queries.list_page(engine, filters, limit, cursor)
         except BadCursor as error:
@@ -113,11 +134,13 @@ class QueuesController(Controller):
         principal: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
         publisher: NamedDependency[Publisher],
+        signer: NamedDependency[RetrySigner],
     ) -> EntryState:
-        """Republishes the original body and headers (same ids) to the original exchange and routing key.
-        409 when the entry is already retrying or resolved, so a double click sends one message."""
+        """Republishes the original body and headers (same ids) to the queue it failed in, as the topology reaches
+        it, marked with a signed retry. 409 when the entry is already retrying or resolved (a double click sends
+        one message), or when its queue is not in the topology (inspect and resolve it instead)."""
         try:
-            return await retries.retry_entry(engine, publisher, entry_id, principal.subject)
+            return await retries.retry_entry(engine, publisher, signer, entry_id, principal.subject)
         except EntryNotFound as error:
             raise NotFoundException(str(error)) from None
         except EntryNotRetryable as error:
@@ -165,6 +188,37 @@ class QueuesController(Controller):
             return await retries.cancel_redrive(engine, redrive_id, principal.subject)
         except RedriveNotFound as error:
             raise NotFoundException(str(error)) from None
+
+    @get("/dlq/parked")
+    async def parked(
+        self,
+        principal: NamedDependency[Principal],
+        parking: NamedDependency[Parking],
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    ) -> ParkedMessages:
+        """Dead letters PostgreSQL kept refusing, in `dlq.parking` with the error: how many, and up to `limit` of
+        them, masked like the list."""
+        return await parking.peek(limit)
+
+    @post("/dlq/parked/recapture", status_code=HTTP_202_ACCEPTED, raises=[HTTPException])
+    async def recapture_parked(
+        self,
+        data: Annotated[Recapture, Body()],
+        principal: NamedDependency[Principal],
+        engine: NamedDependency[AsyncEngine],
+        parking: NamedDependency[Parking],
+    ) -> Recaptured:
+        """Once the cause is fixed: sends up to `limit` parked messages back to `dlq` to be recorded (a message
+        still refused is parked again). Audited as dlq.parked_recaptured."""
+        try:
+            sent = await parking.recapture(data.limit)
+        except PublishFailed:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail="the broker did not confirm; the rest stays parked",
+                headers={"Retry-After": "5"},
+            ) from None  # fmt: skip
+        await audit_recapture(engine, principal.subject, sent)
+        return sent
 
     @delete("/dlq/{entry_id:uuid}", status_code=200, raises=[NotFoundException])
     async def resolve(

@@ -1,6 +1,9 @@
-"""Two queues. `dlq`: every dead letter, recorded in PostgreSQL before it is acked; there is no DLQ for the
-DLQ, so a dead letter that cannot be recorded (database down) is handed back after a pause, never rejected.
-`dlq-outcomes`: a retried message was handled, so its entry resolves itself."""
+"""Two queues. `dlq`: every dead letter, recorded in PostgreSQL before it is acked. There is no DLQ for the DLQ:
+while PostgreSQL is unreachable a dead letter is handed back after a pause (never rejected, never counted
+against it); one PostgreSQL keeps refusing is parked in `dlq.parking` with the error, then acked. No dead letter
+loops and none is acked without a row or a parked copy.
+`dlq-outcomes`: a retried message was handled, so its entry resolves itself, if the dlq-service signed that retry.
+"""
 
 import asyncio
 from datetime import UTC, datetime
@@ -10,16 +13,20 @@ from faststream.rabbit import RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dlq_service.capture import CaptureOutcome, capture
-from dlq_service.dead_letters import read_dead_letter
+from dlq_service.capture import Captured, CaptureOutcome, DatabaseUnavailable, Refused, record
+from dlq_service.dead_letters import RetryLink, read_dead_letter
 from dlq_service.metrics import DlqMetrics, DlqSizePoller
-from dlq_service.resolutions import resolve_after_retry
+from dlq_service.parking import Parking
+from dlq_service.resolutions import ForgedOutcome, resolve_after_retry
+from dlq_service.signing import RetrySigner
 from libs.contracts import DeadLetterRetrySucceeded
 from libs.db.tables import RetryOutcome
 from libs.logging import correlation_scope, get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, keep_body_raw, subscribe
+from libs.messaging.errors import BusinessRuleViolation
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import DLQ_OUTCOMES, DLQ_QUEUE
+from libs.messaging.wire import printable, short_text
 from libs.telemetry import Telemetry
 
 log = get_logger("dlq_service")
@@ -31,44 +38,81 @@ def build_router(
     telemetry: Telemetry,
     metrics: DlqMetrics,
     sizes: DlqSizePoller,
+    signer: RetrySigner,
+    parking: Parking,
     *,
     nack_backoff_s: float,
     handler_timeout_s: float,
+    capture_attempts: int,
+    probe_timeout_s: float,
 ) -> RabbitRouter:
     router = RabbitRouter()
 
-    @router.subscriber(RabbitQueue(DLQ_QUEUE, declare=False), ack_policy=AckPolicy.MANUAL, decoder=keep_body_raw)
+    async def hand_back(message: RabbitMessage) -> None:
+        await asyncio.sleep(nack_backoff_s)
+        await message.nack(requeue=True)
+
+    @router.subscriber(
+        RabbitQueue(DLQ_QUEUE, declare=False), ack_policy=AckPolicy.MANUAL, decoder=keep_body_raw, no_reply=True
+    )
     async def on_dead_letter(message: RabbitMessage) -> None:
         raw = message.raw_message
-        with correlation_scope(raw.correlation_id):
+        with correlation_scope(short_text(raw.correlation_id)):
             try:
                 letter = read_dead_letter(
                     raw.headers or {}, raw.body, message_id=raw.message_id, correlation_id=raw.correlation_id,
                     message_type=raw.type, content_type=raw.content_type, now=datetime.now(UTC),
                 )  # fmt: skip
-                captured = await capture(engine, letter)
-            except Exception as error:
-                log.error("dead_letter.not_recorded", error, {"message_id": raw.message_id})
-                await asyncio.sleep(nack_backoff_s)
-                await message.nack(requeue=True)
+                outcome: Captured | Refused = await record(
+                    engine, letter, signer, attempts=capture_attempts, probe_timeout_s=probe_timeout_s
+                )
+            except DatabaseUnavailable as error:
+                log.error("dead_letter.not_recorded", error, {"message_id": short_text(raw.message_id)})
+                await hand_back(message)
+                return
+            except Exception as error:  # reading is total; should it still fail, the letter is parked, not lost
+                outcome = Refused(printable(f"{type(error).__name__}: {error}")[:2_000], 0)
+                queue = "unknown"
+            else:
+                queue = letter.queue
+            if isinstance(outcome, Refused):
+                try:
+                    await parking.park(raw, outcome.error, outcome.attempts)
+                except Exception as error:
+                    log.error("dead_letter.not_parked", error, {"message_id": short_text(raw.message_id)})
+                    await hand_back(message)
+                    return
+                await message.ack()
+                metrics.parked.add(1, {"queue": queue})
+                parked = {"message_id": short_text(raw.message_id), "queue": queue, "error": outcome.error,
+                          "attempts": outcome.attempts}  # fmt: skip
+                log.error("dead_letter.parked", None, parked)
                 return
             await message.ack()
-        if captured.outcome != CaptureOutcome.duplicate:
+        if outcome.outcome != CaptureOutcome.duplicate:
             metrics.received.add(1, {"queue": letter.queue, "reason": letter.reason.value})
-            if captured.outcome == CaptureOutcome.failed_again:
+            if outcome.outcome == CaptureOutcome.failed_again:
                 metrics.retry_outcomes.add(1, {"queue": letter.queue, "outcome": RetryOutcome.failed_again.value})
             await sizes.refresh()
-        # Logs carry no payload: contact details stay in the database.
+        if outcome.link_refused:
+            log.warn("dead_letter.retry_link_refused", {"entry_id": str(outcome.entry_id), "queue": letter.queue})
+        # Logs carry no payload: contact details stay in the database (and the logger masks what is left).
         log.warn(
             "dead_letter.received",
-            {"entry_id": str(captured.entry_id), "outcome": captured.outcome.value, "queue": letter.queue,
+            {"entry_id": str(outcome.entry_id), "outcome": outcome.outcome.value, "queue": letter.queue,
              "reason": letter.reason.value, "error_type": letter.error_type, "error_message": letter.error_message,
              "attempts": letter.attempts, "service": letter.service, "message_id": letter.message_id,
              "type": letter.message_type},
         )  # fmt: skip
 
     async def on_dead_letter_retry_succeeded(event: DeadLetterRetrySucceeded, delivery: Delivery) -> None:
-        if await resolve_after_retry(engine, event.entry_id):
+        link = RetryLink(event.entry_id, event.retry_id, event.signature)
+        try:
+            resolved = await resolve_after_retry(engine, signer, link)
+        except ForgedOutcome as error:
+            # Kept as a dead letter of its own, for whoever wants to know who sends such reports.
+            raise BusinessRuleViolation(str(error)) from None
+        if resolved:
             metrics.retry_outcomes.add(1, {"queue": event.queue, "outcome": RetryOutcome.succeeded.value})
             await sizes.refresh()
             log.info("dead_letter.resolved_by_retry", {"entry_id": str(event.entry_id), "queue": event.queue})

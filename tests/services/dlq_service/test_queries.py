@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from sqlalchemy import ClauseElement, create_mock_engine, select
 from sqlmodel import col
 
-from dlq_service.queries import SUMMARY, Filters, like_pattern, search_words, summary
+from dlq_service.queries import SUMMARY, Filters, like_pattern, search_words, summary, utc_time
 from libs.db.tables import DeadLetter, DeadLetterReason, DeadLetterStatus
 
 # The service's own dialect, without a connection: values are written in, as PostgreSQL would read them.
@@ -65,20 +66,47 @@ def test_like_wildcards_in_a_search_word_match_themselves() -> None:
     assert like_pattern("50%_off\\") == "%50\\%\\_off\\\\%"
 
 
-def test_the_list_selects_no_raw_body_headers_or_stack_trace() -> None:
+def test_the_list_selects_no_raw_body_headers_or_stack_trace_only_a_bounded_piece_of_the_payload() -> None:
     selected = sql(SUMMARY)
-    for column in ("raw_body", "headers", "stack_trace"):
+    for column in ("headers", "stack_trace"):
         assert f"dead_letter_queue.{column}" not in selected
+    assert "dead_letter_queue.payload," not in selected
+    assert "left(CAST(dead_letter_queue.payload AS TEXT), 1201) AS payload_text" in selected
+    assert "SUBSTRING(dead_letter_queue.raw_body FROM 1 FOR 1201)" in selected
     assert "dead_letter_queue.queue_name AS queue" in selected
 
 
-def test_a_list_row_masks_contact_details_in_its_payload() -> None:
-    row: dict[str, Any] = dict.fromkeys(SUMMARY.selected_columns.keys()) | {
+def _row(**values: Any) -> dict[str, Any]:
+    return dict.fromkeys(SUMMARY.selected_columns.keys()) | {
         "id": "8b0e1b5e-8d1e-4c1e-9a51-6f0b1c4f5d11", "queue": "email", "reason": "error", "status": "failed",
-        "retry_count": 0, "created_at": datetime(2026, 11, 30, tzinfo=UTC),
-        "payload": {"contact": {"email": "ada@example.com"}, "zip": "94107"},
-    }  # fmt: skip
-    assert summary(row).payload == {"contact": {"email": "a***@example.com"}, "zip": "94107"}
+        "retry_count": 0, "created_at": datetime(2026, 11, 30, tzinfo=UTC), "body_bytes": 10,
+    } | values  # fmt: skip
+
+
+def test_a_list_row_shows_a_masked_preview_of_its_payload() -> None:
+    row = _row(payload_text='{"zip": "94107", "contact": {"email": "ada@example.com"}}')
+    assert summary(row).payload_preview == '{"zip": "94107", "contact": {"email": "a***@e***.com"}}'
+
+
+def test_a_list_row_masks_addresses_and_phone_numbers_in_its_error_message_and_ids() -> None:
+    row = _row(error_message="550 5.1.1 <ada@example.com>: mailbox unavailable", message_id="mail-to:bob@corp.example",
+               correlation_id="+1 415 555 0100")  # fmt: skip
+    listed = summary(row)
+    assert listed.error_message == "550 5.1.1 <a***@e***.com>: mailbox unavailable"
+    assert listed.message_id == "mail-to:b***@c***.example"
+    assert listed.correlation_id == "***00"
+
+
+def test_a_body_that_is_not_json_is_previewed_from_its_bytes() -> None:
+    assert summary(_row(body_head=b"plain \xff text to ada@example.com")).payload_preview == (
+        "plain \ufffd text to a***@e***.com"
+    )
+
+
+def test_a_time_past_the_range_of_utc_is_refused_before_it_reaches_the_driver() -> None:
+    assert utc_time(datetime(2026, 1, 1)) == datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="out of range"):
+        utc_time(datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-14))))
 
 
 def test_filters_join_with_and() -> None:

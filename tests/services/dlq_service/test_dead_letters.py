@@ -1,21 +1,29 @@
-"""What a dead letter says about its failure: reading headers or `x-death`, dedupe keys, fingerprints, masking."""
+"""What a dead letter says about its failure: reading headers or `x-death`, dedupe keys, fingerprints, masking,
+and that whatever a header or property holds, what is read fits its column."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
+import pytest
 
 from dlq_service.dead_letters import (
+    CUT,
+    MAX_JSON_DEPTH,
+    ORIGINAL_PROPERTIES,
     DeadLetterMessage,
+    RetryLink,
     broker_reason,
     decode_payload,
     fingerprint,
     json_safe,
     mask,
     normalize_message,
+    preview,
     read_dead_letter,
     top_application_frame,
 )
@@ -99,11 +107,23 @@ def test_a_broker_reason_rabbitmq_did_not_document_is_a_rejection() -> None:
     assert broker_reason("something-new") is DeadLetterReason.rejected
 
 
-def test_the_dlq_entry_header_of_a_retry_names_its_entry() -> None:
+def test_a_retried_message_names_its_entry_retry_and_signature() -> None:
     entry = uuid.uuid4()
-    assert read(policy_headers(**{h.DLQ_ENTRY: str(entry)})).retried_entry == entry
-    assert read(policy_headers(**{h.DLQ_ENTRY: "not-a-uuid"})).retried_entry is None
-    assert read(policy_headers()).retried_entry is None
+    link = {h.DLQ_ENTRY: str(entry), h.DLQ_RETRY: 7, h.DLQ_SIGNATURE: "ab" * 32}
+    assert read(policy_headers(**link)).retry_link == RetryLink(entry, 7, "ab" * 32)
+
+
+@pytest.mark.parametrize(
+    "link",
+    [{}, {h.DLQ_ENTRY: "not-a-uuid", h.DLQ_RETRY: 1, h.DLQ_SIGNATURE: "s"},
+     {h.DLQ_ENTRY: str(uuid.uuid4()), h.DLQ_SIGNATURE: "s"},
+     {h.DLQ_ENTRY: str(uuid.uuid4()), h.DLQ_RETRY: True, h.DLQ_SIGNATURE: "s"},
+     {h.DLQ_ENTRY: str(uuid.uuid4()), h.DLQ_RETRY: 2**40, h.DLQ_SIGNATURE: "s"},
+     {h.DLQ_ENTRY: str(uuid.uuid4()), h.DLQ_RETRY: 1}],
+    ids=["none", "bad-entry", "no-retry", "boolean-retry", "retry-out-of-range", "no-signature"],
+)  # fmt: skip
+def test_an_incomplete_or_malformed_retry_link_is_no_link(link: dict[str, Any]) -> None:
+    assert read(policy_headers(**link)).retry_link is None
 
 
 def test_the_same_dead_letter_delivered_twice_has_one_dedupe_key() -> None:
@@ -156,6 +176,10 @@ def test_a_body_that_is_not_json_has_no_payload() -> None:
     assert decode_payload(b"[" * 100_000) is None
 
 
+def test_json_nested_deeper_than_the_encoder_goes_has_no_payload() -> None:
+    assert decode_payload(b"[" * 300 + b"]" * 300) is None
+
+
 def test_json_that_jsonb_cannot_hold_has_no_payload() -> None:
     assert decode_payload(b'{"name": "a\\u0000b"}') is None
     assert decode_payload(b'{"name": "ab"}') == {"name": "ab"}
@@ -163,18 +187,134 @@ def test_json_that_jsonb_cannot_hold_has_no_payload() -> None:
 
 def test_header_values_become_json_postgresql_accepts() -> None:
     safe = json_safe({"a\x00": b"bytes\x00", "at": datetime(2026, 1, 1, tzinfo=UTC), "list": (1, 2.5, None)})
-    assert safe == {"a\ufffd": "bytes\ufffd", "at": "2026-01-01T00:00:00+00:00", "list": [1, 2.5, None]}
+    assert safe == {"a\\x00": "bytes\\x00", "at": "2026-01-01T00:00:00+00:00", "list": [1, 2.5, None]}
     assert orjson.loads(orjson.dumps(safe)) == safe
+
+
+def test_invalid_utf8_in_header_keys_and_values_is_escaped_not_lost() -> None:
+    # What the tolerant AMQP decoder hands over: surrogate escapes for the invalid bytes.
+    raw_key = b"k\xffy".decode("utf-8", "surrogateescape")
+    assert json_safe({raw_key: b"v\xfe", "text": "t\udcff"}) == {"k\\xffy": "v\\xfe", "text": "t\\xff"}
+
+
+def test_header_values_nested_past_the_limit_are_stored_as_a_marker() -> None:
+    nested: dict[str, Any] = {}
+    deepest = nested
+    for _ in range(MAX_JSON_DEPTH + 10):
+        deepest["n"] = {}
+        deepest = deepest["n"]
+    encoded = orjson.dumps(json_safe(nested))
+    assert b"nested deeper than" in encoded
+
+
+def test_integers_json_cannot_hold_and_decimals_are_stored_as_text() -> None:
+    assert json_safe({"big": 2**70, "money": Decimal("1.10"), "ok": 2**40}) == {
+        "big": str(2**70), "money": "1.10", "ok": 2**40,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [(4, 4), (2**31, None), (-(2**31) - 1, None), (True, None), ("4", None), (4.0, None), ([4], None)],
+    ids=["int", "past-int32", "below-int32", "boolean", "text", "float", "list"],
+)
+def test_attempts_are_stored_only_when_they_are_an_integer_the_column_holds(value: Any, stored: int | None) -> None:
+    assert read(policy_headers(**{h.ATTEMPTS: value})).attempts == stored
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "not a time", 12, {"at": 1}, b"\xff"],
+    ids=["past-max-in-utc", "before-min-in-utc", "text", "number", "table", "bytes"],
+)
+def test_a_failure_time_that_cannot_be_stored_is_the_time_it_arrived(value: Any) -> None:
+    letter = read(policy_headers(**{h.LAST_FAILURE_AT: value, h.FIRST_FAILURE_AT: value}))
+    assert letter.last_failed_at == letter.first_failed_at == NOW
+
+
+def test_text_headers_of_any_type_become_text() -> None:
+    letter = read(
+        policy_headers(**{h.ERROR_TYPE: 42, h.ERROR_MESSAGE: {"nested": [1]}, h.ORIGINAL_QUEUE: b"em\x00ail"})
+    )
+    assert letter.error_type == "42"
+    assert letter.error_message == "{'nested': [1]}"
+    assert letter.queue == "em\\x00ail"
+
+
+def test_nul_and_invalid_utf8_in_properties_are_escaped() -> None:
+    letter = read_dead_letter(
+        policy_headers(), b"{}", message_id="id\x00" + b"\xff".decode("utf-8", "surrogateescape"),
+        correlation_id="c\x00", message_type="t\udcfe", content_type=None, now=NOW,
+    )  # fmt: skip
+    assert (letter.message_id, letter.correlation_id, letter.message_type) == ("id\\x00\\xff", "c\\x00", "t\\xfe")
+    assert letter.dedupe_key  # an escaped id still makes a key
+
+
+def test_a_property_too_long_for_its_column_is_cut_with_a_marker_and_kept_whole_in_the_headers() -> None:
+    letter = read(policy_headers(), message_id="m" * 250)
+    assert letter.message_id is not None
+    assert len(letter.message_id) == 200
+    assert letter.message_id.endswith(CUT)
+    assert letter.headers[ORIGINAL_PROPERTIES] == {"message_id": "m" * 250}
+
+
+def test_headers_that_are_not_a_table_and_deaths_that_are_not_a_list_read_as_a_broker_rejection() -> None:
+    for death in ({"queue": "email"}, "email", [1, 2], []):
+        letter = read({"x-death": death, "x-first-death-reason": 7})
+        assert letter.reason is DeadLetterReason.rejected
+        assert letter.queue == "unknown"
+
+
+def test_every_column_of_a_hostile_letter_fits() -> None:
+    letter = read_dead_letter(
+        {h.REASON: b"\xff" * 40, h.ORIGINAL_QUEUE: "q" * 500, h.ORIGINAL_EXCHANGE: "e" * 500,
+         h.ORIGINAL_ROUTING_KEY: "r" * 500, h.ERROR_TYPE: "T" * 500, h.SERVICE: "s" * 500, h.ATTEMPTS: 2**62},
+        b"\x00\xff", message_id="i" * 300, correlation_id="c" * 300, message_type="t" * 300,
+        content_type="x" * 300, now=NOW,
+    )  # fmt: skip
+    values = letter.entry_values(uuid.uuid4())
+    limits = {"queue_name": 100, "job_id": 100, "original_exchange": 255, "original_routing_key": 255,
+              "message_id": 200, "correlation_id": 128, "error_type": 200, "service": 100, "message_type": 100,
+              "content_type": 100}  # fmt: skip
+    for column, limit in limits.items():
+        assert len(values[column]) <= limit, column
+    assert values["attempts"] is None
+    assert letter.reason is DeadLetterReason.error
+    assert values["raw_body"] == b"\x00\xff"
+    assert values["payload"] is None
 
 
 def test_contact_details_are_masked_at_any_depth() -> None:
     payload = {"lead": {"contact": {"email": "ada@example.com", "name": "Ada", "phone": "+1 555"}},
                "to": ["bob@example.com"], "zip": "94107"}  # fmt: skip
     assert mask(payload) == {
-        "lead": {"contact": {"email": "a***@example.com", "name": "A***", "phone": "+***"}},
-        "to": ["b***@example.com"],
+        "lead": {"contact": {"email": "a***@e***.com", "name": "A***", "phone": "+***"}},
+        "to": ["b***@e***.com"],
         "zip": "94107",
     }
+
+
+def test_an_address_or_phone_number_is_masked_under_any_key_and_inside_text() -> None:
+    masked = mask({"note": "call +1 (415) 555-0100 or write to bob@corp.example.org", "zip": "94107"})
+    assert masked == {"note": "call ***00 or write to b***@c***.org", "zip": "94107"}
+
+
+def test_a_preview_is_bounded_masked_and_says_when_there_is_more() -> None:
+    text = orjson.dumps({"contact": {"name": "Ada Lovelace", "email": "ada@example.com"}, "pad": "x" * 1000}).decode()
+    shown = preview(text, fetched_whole=True, length=80)
+    assert shown is not None
+    assert len(shown) == 80
+    assert shown.endswith(CUT)
+    assert "ada@example.com" not in shown
+    assert "Lovelace" not in shown
+
+
+def test_a_preview_of_a_prefix_never_shows_part_of_an_address_cut_at_its_end() -> None:
+    text = '{"note": "x", "email": "ada.lovelace@exam'
+    shown = preview(text, fetched_whole=False, length=300)
+    assert shown is not None
+    assert "ada" not in shown
+    assert shown.endswith(CUT)
 
 
 def test_a_new_entry_fits_its_columns() -> None:
@@ -184,6 +324,14 @@ def test_a_new_entry_fits_its_columns() -> None:
     assert len(values["job_id"]) == 100
     assert len(values["message_id"]) == 200
     assert values["failed_at"] == values["last_failed_at"] == letter.last_failed_at
+
+
+def test_a_stripped_letter_keeps_its_body_and_dedupe_key_and_says_why_its_headers_are_missing() -> None:
+    letter = read(policy_headers())
+    stripped = letter.stripped("refused by PostgreSQL: DataError")
+    assert (stripped.raw_body, stripped.dedupe_key) == (letter.raw_body, letter.dedupe_key)
+    assert (stripped.payload, stripped.stack_trace) == (None, None)
+    assert stripped.headers == {"fmhl-dlq-headers-not-stored": "refused by PostgreSQL: DataError"}
 
 
 def test_an_empty_id_is_stored_as_null() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dlq_service.queue_stats import STATS_PENDING, BrokerNumbers
 from dlq_service.queues import StoredCounts, queue_names, queue_state
-from libs.messaging.topology import DLQ_QUEUE, TOPOLOGY
+from libs.messaging.topology import DLQ_QUEUE, PARKING_QUEUE, TOPOLOGY
 
 
-def test_every_work_queue_is_listed_and_the_dlq_last() -> None:
+def test_every_work_queue_is_listed_then_the_dlq_and_its_parking_queue() -> None:
     names = queue_names()
-    assert names[:-1] == [queue.name for queue in TOPOLOGY.work_queues]
-    assert names[-1] == DLQ_QUEUE
+    assert names[:-2] == [queue.name for queue in TOPOLOGY.work_queues]
+    assert names[-2:] == [DLQ_QUEUE, PARKING_QUEUE]
 
 
 def test_a_queue_the_store_has_nothing_for_has_no_failures_and_no_age() -> None:
