@@ -95,23 +95,28 @@ ENV
 }
 
 # Each service's own environment: its broker user, its database role, and the shared settings it needs.
+# `service_env_files DIR HOST [SECRETS_ONLY]`: HOST is where PostgreSQL and RabbitMQ answer (compose: their
+# container names); SECRETS_ONLY leaves out the settings a compose file sets itself (paths, SMTP).
 service_env_files() {
+  local dir="$1" db_host="$2" mq_host="$3" secrets_only="${4:-}"
   load_env
-  mkdir -p -m 700 "$RUN/env"
+  mkdir -p -m 700 "$dir"
   for service in "${SERVICES[@]}"; do
-    local file="$RUN/env/$service.env"
     (
       umask 077
       {
-        echo "DATABASE_URL=postgresql+asyncpg://$(role_of "$service"):$(secret "db-$service")@127.0.0.1:5432/$DATABASE"
-        echo "RABBITMQ_URL=amqp://$(user_of "$service"):$(secret "mq-$service")@127.0.0.1:5672/$VHOST"
+        echo "DATABASE_URL=postgresql+asyncpg://$(role_of "$service"):$(secret "db-$service")@$db_host:5432/$DATABASE"
+        echo "RABBITMQ_URL=amqp://$(user_of "$service"):$(secret "mq-$service")@$mq_host:5672/$VHOST"
         if [ "$service" = dlq-service ]; then
-          echo "RABBITMQ_MANAGEMENT_URL=http://$(user_of "$service-monitoring"):$(secret "mq-$service-monitoring")@127.0.0.1:15672"
+          echo "RABBITMQ_MANAGEMENT_URL=http://$(user_of "$service-monitoring"):$(secret "mq-$service-monitoring")@$mq_host:15672"
         fi
-        for name in ${SETTINGS[$service]}; do echo "$name=${!name}"; done
-      } > "$file.new"
+        for name in ${SETTINGS[$service]}; do
+          case "$secrets_only:$name" in secrets-only:EXPORT_DIR|secrets-only:SMTP_*) continue ;; esac
+          echo "$name=${!name}"
+        done
+      } > "$dir/$service.env.new"
     )
-    mv "$file.new" "$file"
+    mv "$dir/$service.env.new" "$dir/$service.env"
   done
 }
 
@@ -231,7 +236,7 @@ provision() {
   (cd "$ROOT" && "$PY" -m libs.messaging.permissions apply --secrets "$SECRETS" --prefix "$PREFIX")
   # Creating roles needs a superuser; the script carries SCRAM verifiers, never a password in clear.
   (cd "$ROOT" && "$PY" -m libs.db.grants sql --secrets "$SECRETS" --prefix "$PREFIX") | psql_admin -1 -d "$DATABASE"
-  service_env_files
+  service_env_files "$RUN/env" 127.0.0.1 127.0.0.1
 }
 
 # ---- the six services --------------------------------------------------------------------------
@@ -316,11 +321,27 @@ down() {
 
 docker_engine() { command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; }
 
+# Docker compose, with the same machine-wide secrets: compose.env for the images' administrator and the file's
+# own variables; compose/provision.env every service password (FMHL_SECRET_<NAME>) for the one-shot that
+# provisions users and roles; compose/<service>.env a service's own credentials and secrets, its env_file.
 compose() {
+  env_file
+  load_env
   local env_file="$RUN/compose.env"
-  printf 'FMHL_DB_PASSWORD=%s\nFMHL_MQ_PASSWORD=%s\nFMHL_JWT_SECRET=%s\n' "$(secret db-password)" \
-    "$(secret mq-password)" "$(secret jwt-secret)$(secret jwt-secret)" > "$env_file"
-  chmod 600 "$env_file"
+  (
+    umask 077
+    printf 'FMHL_DB_PASSWORD=%s\nFMHL_MQ_PASSWORD=%s\nFMHL_JWT_SECRET=%s\nFMHL_TOTP_KEY=%s\nFMHL_DLQ_RETRY_SIGNING_KEY=%s\n' \
+      "$(secret db-password)" "$(secret mq-password)" "$JWT_SECRET" "$TOTP_ENCRYPTION_KEY" "$DLQ_RETRY_SIGNING_KEY" \
+      > "$env_file"
+    mkdir -p -m 700 "$RUN/compose"
+    for service in "${SERVICES[@]}"; do
+      for name in "db-$service" "mq-$service"; do
+        echo "FMHL_SECRET_$(echo "${name//-/_}" | tr '[:lower:]' '[:upper:]')=$(secret "$name")"
+      done
+    done > "$RUN/compose/provision.env"
+    echo "FMHL_SECRET_MQ_DLQ_SERVICE_MONITORING=$(secret mq-dlq-service-monitoring)" >> "$RUN/compose/provision.env"
+  )
+  service_env_files "$RUN/compose" postgres rabbitmq secrets-only
   (cd "$ROOT" && docker compose --env-file "$env_file" "$@")
 }
 

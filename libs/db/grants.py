@@ -4,11 +4,12 @@ The tables stay owned by the migrations' role; a service role gets SELECT/INSERT
 limited to columns: no service reads secrets or personal data it does not need, and only ingest-gateway and
 distribution-worker may change a balance), plus USAGE on the sequence of each BIGSERIAL table it inserts into.
 
-    python -m libs.db.grants sql --secrets DIR [--prefix fmhl] | psql -1 -v ON_ERROR_STOP=1 -d DB   (as a superuser)
-    python -m libs.db.grants apply --secrets DIR [--prefix fmhl]   (DATABASE_URL: a role that may create roles)
+    python -m libs.db.grants sql [--secrets DIR] [--prefix fmhl] | psql -1 -v ON_ERROR_STOP=1 -d DB  (a superuser)
+    python -m libs.db.grants apply [--secrets DIR] [--prefix fmhl]   (DATABASE_URL: a role that may create roles)
     python -m libs.db.grants show
 
-Each role's password comes from `DIR/db-<service>` and is sent as a SCRAM verifier, never in clear. Run it
+Each role's password comes from `DIR/db-<service>` (or `FMHL_SECRET_DB_<SERVICE>` without `--secrets`) and is
+sent as a SCRAM verifier, never in clear. Run it
 after every migration: it revokes whatever a role holds on the tables and grants the declaration again, in one
 transaction, so a new table is closed to every service until it is declared here.
 """
@@ -57,6 +58,7 @@ from libs.db.tables import (
     Subscription,
     User,
 )
+from libs.messaging.permissions import read_secrets
 
 
 class Privilege(enum.StrEnum):
@@ -285,27 +287,19 @@ def table_rows() -> list[str]:
     return rows
 
 
-def _passwords(directory: Path) -> dict[str, str]:
-    found = {}
-    for service in GRANTS:
-        path = directory / secret_name(service)
-        if not path.is_file():
-            raise SystemExit(f"missing secret {path}: generate it first (deploy/local/stack.sh credentials)")
-        found[secret_name(service)] = path.read_text().strip()
-    return found
+def _passwords(directory: Path | None) -> dict[str, str]:
+    return read_secrets(directory, (secret_name(service) for service in GRANTS))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m libs.db.grants", description=__doc__)
     parser.add_argument("command", choices=["sql", "apply", "show"])
-    parser.add_argument("--secrets", type=Path, help="directory of password files (sql, apply)")
+    parser.add_argument("--secrets", type=Path, help="directory of password files (else FMHL_SECRET_<NAME>)")
     parser.add_argument("--prefix", default="fmhl", help="role names are <prefix>_<service>")
     arguments = parser.parse_args(argv)
     if arguments.command == "show":
         print("\n".join(table_rows()))
         return
-    if arguments.secrets is None:
-        parser.error(f"{arguments.command} needs --secrets")
     passwords = _passwords(arguments.secrets)
     if arguments.command == "sql":
         print(";\n".join(statements(passwords, prefix=arguments.prefix)) + ";")

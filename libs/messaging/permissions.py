@@ -5,12 +5,13 @@ A service's user may configure (declare) only its own queues, write only to the 
 the topic exchange only its own bindings). The exchanges and every other queue are declared by `apply`, run
 with the broker administrator's credentials like a migration; a service finds them declared.
 
-    python -m libs.messaging.permissions apply --secrets DIR [--prefix fmhl]
+    python -m libs.messaging.permissions apply [--secrets DIR] [--prefix fmhl]
     python -m libs.messaging.permissions declare     (the topology only)
     python -m libs.messaging.permissions show
 
 read the administrator's `RABBITMQ_URL` (its vhost is the one provisioned) and `RABBITMQ_MANAGEMENT_URL`, and
-each user's password from `DIR/<secret>` (`mq-email-worker`, ...). Running them again changes nothing.
+each user's password from `DIR/<secret>` (`mq-email-worker`, ...) or, without `--secrets`, from
+`FMHL_SECRET_<SECRET>` (`FMHL_SECRET_MQ_EMAIL_WORKER`). Running them again changes nothing.
 """
 
 from __future__ import annotations
@@ -279,21 +280,33 @@ def table_rows(prefix: str = "fmhl", topology: Topology = TOPOLOGY) -> list[str]
     return rows
 
 
-def read_secrets(directory: Path, names: Iterable[str]) -> dict[str, str]:
-    """Each secret's file content, stripped; a missing one stops with its path."""
+def secret_variable(name: str) -> str:
+    """Where a secret comes from without a directory: `mq-email-worker` is `FMHL_SECRET_MQ_EMAIL_WORKER`."""
+    return "FMHL_SECRET_" + name.upper().replace("-", "_")
+
+
+def read_secrets(directory: Path | None, names: Iterable[str]) -> dict[str, str]:
+    """Each secret from its file in `directory` (a Kubernetes Secret volume, the machine's secrets directory) or,
+    without one, from its environment variable (compose's env_file); a missing one stops, naming where."""
     secrets = {}
     for name in names:
-        path = directory / name
-        if not path.is_file():
-            raise SystemExit(f"missing secret {path}: generate it first (deploy/local/stack.sh credentials)")
-        secrets[name] = path.read_text().strip()
+        if directory is None:
+            value = os.environ.get(secret_variable(name), "").strip()
+            where = secret_variable(name)
+        else:
+            path = directory / name
+            value = path.read_text().strip() if path.is_file() else ""
+            where = str(path)
+        if not value:
+            raise SystemExit(f"missing secret {where}: generate it first (deploy/local/stack.sh credentials)")
+        secrets[name] = value
     return secrets
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m libs.messaging.permissions", description=__doc__)
     parser.add_argument("command", choices=["apply", "declare", "show"])
-    parser.add_argument("--secrets", type=Path, help="directory of password files (apply)")
+    parser.add_argument("--secrets", type=Path, help="directory of password files (else FMHL_SECRET_<NAME>)")
     parser.add_argument("--prefix", default="fmhl", help="user names are <prefix>-<service>")
     arguments = parser.parse_args(argv)
     if arguments.command == "show":
@@ -308,8 +321,6 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.command == "declare":
         asyncio.run(declare(os.environ["RABBITMQ_URL"]))
         return
-    if arguments.secrets is None:
-        parser.error("apply needs --secrets")
     passwords = read_secrets(arguments.secrets, (user.secret for user in users(arguments.prefix)))
     provisioned = asyncio.run(
         apply(os.environ["RABBITMQ_URL"], os.environ["RABBITMQ_MANAGEMENT_URL"], passwords, prefix=arguments.prefix)
