@@ -111,6 +111,8 @@ RULES: dict[str, dict[tuple[str, str], Rule]] = {
         ("POST", "/api/v1/admin/queues/dlq/retry"): Rule.admin,
         ("GET", "/api/v1/admin/queues/dlq/redrives/{redrive_id:uuid}"): Rule.admin,
         ("POST", "/api/v1/admin/queues/dlq/redrives/{redrive_id:uuid}/cancel"): Rule.admin,
+        ("GET", "/api/v1/admin/queues/dlq/parked"): Rule.admin,
+        ("POST", "/api/v1/admin/queues/dlq/parked/recapture"): Rule.admin,
     },
     "scheduler": OPS | SCHEMA | {
         ("GET", "/api/v1/admin/jobs"): Rule.admin,
