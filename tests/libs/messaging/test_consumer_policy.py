@@ -8,12 +8,15 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker, RabbitRouter
+from pamqp import commands
 
 from libs.messaging import headers as h
 from libs.messaging.broker import EVENTS, create_broker, declare_topology
@@ -29,6 +32,7 @@ Behaviour = Callable[[int], Awaitable[None]]
 
 @dataclass
 class Harness:
+    url: str
     queue: WorkQueue
     publisher: Publisher
     telemetry: Telemetry
@@ -52,11 +56,28 @@ class Harness:
     async def send_ping(self, n: int) -> str:
         return await self.send(Ping(n=n).model_dump_json().encode())
 
+    async def send_as_anyone(self, n: int, **properties: Any) -> str:
+        """A ping from a plain aio-pika client, as any holder of publish rights could send it."""
+        correlation_id = f"cid-{uuid.uuid4()}"
+        connection = await aio_pika.connect(self.url)
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EVENTS.name)
+        message = aio_pika.Message(Ping(n=n).model_dump_json().encode(), type="test.ping",
+                                   correlation_id=correlation_id, delivery_mode=2, **properties)  # fmt: skip
+        await exchange.publish(message, routing_key=self.queue.routing_keys[0])
+        await connection.close()
+        return correlation_id
+
     async def dead_letter(self, message_id: str, timeout: float = 10.0) -> AbstractIncomingMessage:
+        return await self.dead_letter_where(lambda message: message.message_id == message_id, timeout)
+
+    async def dead_letter_where(
+        self, matches: Callable[[AbstractIncomingMessage], bool], timeout: float = 10.0
+    ) -> AbstractIncomingMessage:
         async with asyncio.timeout(timeout):
             while True:
                 message = await self.dead_letters.get()
-                if message.message_id == message_id:
+                if matches(message):
                     return message
 
     def attempts_of(self, n: int) -> list[tuple[float, int]]:
@@ -108,7 +129,7 @@ async def harness(rabbitmq_url: str) -> AsyncIterator[Harness]:
     await broker.connect()
     await declare_topology(broker, Topology((queue,)))
     observer, dead_letters = await _observe_dead_letters(rabbitmq_url, queue.name)
-    state = Harness(queue, publisher, telemetry, dead_letters)
+    state = Harness(rabbitmq_url, queue, publisher, telemetry, dead_letters)
     loop = asyncio.get_running_loop()
 
     async def on_ping(ping: Ping, delivery: Delivery) -> None:
@@ -244,7 +265,7 @@ async def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(
     await declare_topology(broker, Topology((queue,)))
     observer, dead_letters = await _observe_dead_letters(rabbitmq_url, queue.name)
     publisher = Publisher(broker, Topology((queue,)), telemetry, timeout_s=5.0)
-    state = Harness(queue, publisher, telemetry, dead_letters)
+    state = Harness(rabbitmq_url, queue, publisher, telemetry, dead_letters)
     poison = await state.send_ping(-1)
     await state.send_ping(1)
 
@@ -282,3 +303,104 @@ async def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(
     assert handled_good_message
     assert (dead.headers or {})["x-first-death-reason"] == "delivery_limit"
     assert (dead.headers or {})["x-first-death-queue"] == queue.name
+
+
+FORGED_FAILURE = {
+    h.ATTEMPT: 3, h.ATTEMPTS: 99, h.REASON: "delivery_limit", h.SERVICE: "someone-else",
+    h.ORIGINAL_EXCHANGE: "amq.fanout", h.ORIGINAL_QUEUE: "elsewhere", h.ORIGINAL_ROUTING_KEY: "admin.everything",
+    h.FIRST_FAILURE_AT: "2000-01-01T00:00:00+00:00", h.LAST_FAILURE_AT: "2000-01-01T00:00:00+00:00",
+    h.ERROR_TYPE: "Forged", h.ERROR_CLASS: "permanent", h.ERROR_MESSAGE: "forged", h.ERROR_STACK: "forged",
+    "fmhl-error-anything": "forged",
+}  # fmt: skip
+
+
+async def test_failure_headers_set_by_a_publisher_are_overwritten_in_the_dead_letter(harness: Harness) -> None:
+    async def refuse(_: int) -> None:
+        raise BusinessRuleViolation("refused")
+
+    harness.behaviours[6] = refuse
+    message_id = str(uuid.uuid4())
+    await harness.send_as_anyone(6, message_id=message_id, headers=FORGED_FAILURE)
+    headers = (await harness.dead_letter(message_id)).headers or {}
+
+    assert harness.attempts_of(6)[0][1] == 1
+    assert (headers[h.ATTEMPT], headers[h.ATTEMPTS], headers[h.REASON]) == (1, 1, "error")
+    assert (headers[h.ERROR_TYPE], headers[h.ERROR_MESSAGE]) == ("BusinessRuleViolation", "refused")
+    assert headers[h.ORIGINAL_EXCHANGE] == EVENTS.name
+    assert headers[h.ORIGINAL_QUEUE] == harness.queue.name
+    assert headers[h.ORIGINAL_ROUTING_KEY] == harness.queue.routing_keys[0]
+    assert headers[h.SERVICE] == "test-worker"
+    assert headers[h.FIRST_FAILURE_AT] == headers[h.LAST_FAILURE_AT] != "2000-01-01T00:00:00+00:00"
+    assert "fmhl-error-anything" not in headers
+
+
+async def test_a_forged_attempt_count_does_not_spend_the_retry_budget(harness: Harness) -> None:
+    async def always_down(_: int) -> None:
+        raise ConnectionRefusedError("smtp connection refused")
+
+    harness.behaviours[7] = always_down
+    message_id = str(uuid.uuid4())
+    # As if it came back from our last delay queue: the x-death a publisher may write like any other header.
+    death = {"queue": harness.queue.delay_queue(harness.queue.max_attempts - 1), "reason": "expired", "count": 1}
+    await harness.send_as_anyone(7, message_id=message_id, headers=FORGED_FAILURE | {"x-death": [death]})
+    headers = (await harness.dead_letter(message_id, timeout=15)).headers or {}
+
+    assert [attempt for _, attempt in harness.attempts_of(7)] == [1, 2, 3, 4]
+    assert headers[h.ATTEMPTS] == harness.queue.max_attempts
+    assert headers[h.FIRST_FAILURE_AT] != "2000-01-01T00:00:00+00:00"
+
+
+class WithoutMessageId(commands.Basic.Properties):
+    """aiormq gives every message it publishes a random id; other clients (and attackers) need not."""
+
+    def marshal(self) -> bytes:
+        kept = {name: getattr(self, name) for name in self.__slots__ if name != "message_id"}
+        return commands.Basic.Properties(**kept).marshal()
+
+
+async def test_a_message_without_a_message_id_is_dead_lettered_saying_so(harness: Harness) -> None:
+    correlation_id = f"cid-{uuid.uuid4()}"
+    connection = await aiormq.connect(harness.url)
+    channel = await connection.channel()
+    await channel.basic_publish(
+        Ping(n=8).model_dump_json().encode(), exchange=EVENTS.name, routing_key=harness.queue.routing_keys[0],
+        properties=WithoutMessageId(message_id="dropped", message_type="test.ping", correlation_id=correlation_id),
+    )  # fmt: skip
+    await connection.close()
+    dead = await harness.dead_letter_where(lambda message: message.correlation_id == correlation_id)
+
+    headers = dead.headers or {}
+    assert harness.attempts_of(8) == []
+    assert headers[h.ERROR_TYPE] == "MissingMessageId"
+    assert "no message_id" in str(headers[h.ERROR_MESSAGE])
+    assert headers[h.ERROR_CLASS] == "permanent"
+
+
+async def test_a_number_too_long_to_convert_fails_once_as_permanent(harness: Harness) -> None:
+    async def convert(_: int) -> None:
+        int("9" * 5_000)
+
+    harness.behaviours[9] = convert
+    message_id = await harness.send_ping(9)
+    headers = (await harness.dead_letter(message_id)).headers or {}
+
+    assert len(harness.attempts_of(9)) == 1
+    assert (headers[h.ERROR_TYPE], headers[h.ERROR_CLASS], headers[h.ATTEMPTS]) == ("ValueError", "permanent", 1)
+
+
+async def test_a_reply_to_gets_no_answer(harness: Harness) -> None:
+    connection = await aio_pika.connect(harness.url)
+    channel = await connection.channel()
+    stranger = await channel.declare_queue(f"stranger-{uuid.uuid4().hex[:8]}", exclusive=True)
+    await harness.send_as_anyone(10, message_id=str(uuid.uuid4()), reply_to=stranger.name)
+    await eventually(lambda: len(harness.attempts_of(10)) == 1)
+    await eventually(lambda: harness.metric("fmhl_jobs_completed_total{queue=") == 1)
+
+    async def nothing_arrived() -> bool:
+        return (await stranger.declare()).message_count == 0
+
+    deadline = asyncio.get_running_loop().time() + 1.5
+    while asyncio.get_running_loop().time() < deadline:
+        assert await nothing_arrived()
+        await asyncio.sleep(0.1)
+    await connection.close()
