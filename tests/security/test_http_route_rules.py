@@ -32,7 +32,7 @@ from export_worker.settings import Settings as ExportSettings
 from ingest_gateway.accounts import create_lead_source
 from ingest_gateway.main import build as build_gateway
 from ingest_gateway.settings import Settings as GatewaySettings
-from libs.auth import Principal, Tokens
+from libs.auth import Principal, Role, Tokens
 from libs.runtime import SERVICES
 from libs.telemetry import setup_telemetry
 from scheduler.main import build as build_scheduler
@@ -158,8 +158,8 @@ async def callers(database_url: str) -> Callers:
     tokens = Tokens(TEST_JWT_SECRET, "fmhl-ops", "fmhl-api", 900)
     provider_id = uuid.uuid4()
 
-    def bearer(role: str, amr: tuple[str, ...], provider: uuid.UUID | None = None) -> dict[str, str]:
-        principal = Principal(subject=str(uuid.uuid4()), role=role, provider_id=provider, amr=amr)  # type: ignore[arg-type]
+    def bearer(role: Role, amr: tuple[str, ...], provider: uuid.UUID | None = None) -> dict[str, str]:
+        principal = Principal(subject=str(uuid.uuid4()), role=role, provider_id=provider, amr=amr)
         return {"Authorization": f"Bearer {tokens.issue(principal)}"}
 
     engine = create_async_engine(database_url)
