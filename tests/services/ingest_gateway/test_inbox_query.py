@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -53,3 +53,20 @@ def test_a_status_filter_narrows_to_that_status() -> None:
     assert "assignments.status =" in sql
     assert AssignmentStatus.refunded in params.values()
     assert "assignments.status =" not in compiled(InboxQuery(PROVIDER, limit=20))[0]
+
+
+@pytest.mark.parametrize(
+    "at",
+    [datetime(2030, 1, 1, 12), datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=23)))],
+    ids=["without-zone", "beyond-utc-max"],
+)
+def test_a_cursor_time_the_database_cannot_compare_is_invalid(at: datetime) -> None:
+    with pytest.raises(Invalid) as refused:
+        statement(InboxQuery(PROVIDER, limit=20, cursor=encode_cursor(at, uuid.uuid4())))
+    assert refused.value.field == "cursor"
+
+
+def test_a_range_ending_on_the_calendars_last_day_is_invalid_naming_to() -> None:
+    with pytest.raises(Invalid) as refused:
+        statement(InboxQuery(PROVIDER, limit=20, date_to=date.max))
+    assert refused.value.field == "to"
