@@ -15,6 +15,7 @@ ignored, so a publisher cannot make a worker send messages on its behalf.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import traceback
 import uuid
@@ -86,14 +87,23 @@ class Arrival:
         return self.attempts_before + 1
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def publishable(value: Any) -> Any:
-    """A header value the AMQP encoder accepts again: text read from invalid UTF-8 becomes printable."""
+    """A header value the AMQP encoder accepts again, as close to what arrived as it can be: text read from invalid
+    UTF-8 becomes printable (names cut to a short string), raw bytes a byte array, a double past what pamqp's
+    32-bit float encoding holds becomes text."""
     if isinstance(value, str):
         return printable(value)
+    if isinstance(value, bytes):
+        return bytearray(value)
     if isinstance(value, Mapping):
-        return {printable(str(key)): publishable(item) for key, item in value.items()}
+        return {short_text(str(key)) or "": publishable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [publishable(item) for item in value]
+    if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        return str(value)
     return value
 
 
@@ -117,7 +127,7 @@ def attempts_so_far(queue: WorkQueue, headers: Mapping[str, Any], user_id: str |
 def carried_headers(headers: Mapping[str, Any], *, ours: bool) -> dict[str, Any]:
     """What survives a republish: never the broker's `x-` bookkeeping, and failure headers only when `ours`."""
     return {
-        printable(key): publishable(value)
+        short_text(key) or "": publishable(value)
         for key, value in headers.items()
         if not key.startswith("x-") and (ours or not h.is_failure_header(key))
     }
@@ -277,7 +287,7 @@ class ConsumerPolicy:
         permanent = is_permanent(error)
         carried = dict(arrival.carried)
         if arrival.raw_properties and UNDECODABLE_PROPERTIES not in carried:
-            carried[UNDECODABLE_PROPERTIES] = arrival.raw_properties
+            carried[UNDECODABLE_PROPERTIES] = publishable(arrival.raw_properties)
         now = _now()
         attempt = arrival.attempt
         context = {

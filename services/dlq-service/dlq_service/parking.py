@@ -104,7 +104,7 @@ class Parking:
             h.PARKED_AT: dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             h.PARKED_ATTEMPTS: attempts,
         }
-        original = {printable(key): publishable(value) for key, value in (message.headers or {}).items()}
+        original = publishable(dict(message.headers or {}))
         try:
             await self._send(message, PARKING_QUEUE, {**original, **parked})
         except PublishFailed as failure:
@@ -151,7 +151,7 @@ class Parking:
         while sent < limit and (message := await queue.get(no_ack=False, fail=False)) is not None:
             headers = {key: value for key, value in (message.headers or {}).items() if key not in _PARKING_HEADERS}
             try:
-                await self._send(message, DLQ_QUEUE, {printable(k): publishable(v) for k, v in headers.items()})
+                await self._send(message, DLQ_QUEUE, publishable(headers))
             except PublishFailed:
                 await message.nack(requeue=True)
                 raise
