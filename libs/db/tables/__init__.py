@@ -18,6 +18,8 @@ SQLModel.metadata.naming_convention = {
 
 from libs.db.tables.accounts import LeadSource, User, UserRole  # noqa: E402
 from libs.db.tables.audit import AuditEntry  # noqa: E402
+from libs.db.tables.console_sessions import ConsoleSession  # noqa: E402
+from libs.db.tables.dead_letter_edits import DeadLetterEdit  # noqa: E402
 from libs.db.tables.dead_letters import (  # noqa: E402
     DeadLetter,
     DeadLetterEvent,
@@ -53,7 +55,9 @@ __all__ = [
     "AuditEntry",
     "BadLeadReport",
     "BalanceDiscrepancy",
+    "ConsoleSession",
     "DeadLetter",
+    "DeadLetterEdit",
     "DeadLetterEvent",
     "DeadLetterReason",
     "DeadLetterRetry",
