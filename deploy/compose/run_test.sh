@@ -164,6 +164,7 @@ FMHL_DB_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))'
 FMHL_MQ_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
 FMHL_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
 FMHL_TOTP_KEY=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')
+FMHL_DLQ_SIGNING_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 FMHL_GATEWAY_PORT=$base
 FMHL_DLQ_PORT=$((base + 1))
 FMHL_DISTRIBUTION_PORT=$((base + 2))
