@@ -2,11 +2,12 @@
 
 from pydantic import Field, SecretStr, field_validator
 
-from libs.auth import AuthSettingsMixin
+from libs.auth import AuthSettingsMixin, TotpSecrets
+from libs.auth.login import LoginSettingsMixin
 from libs.settings import WorkerSettings, refuse_placeholder
 
 
-class Settings(AuthSettingsMixin, WorkerSettings):
+class Settings(LoginSettingsMixin, AuthSettingsMixin, WorkerSettings):
     service_name: str = "dlq-service"
     http_port: int = Field(8001, ge=1, le=65535, description="Admin API, health and metrics.")
     nack_backoff_s: float = Field(
@@ -30,8 +31,30 @@ class Settings(AuthSettingsMixin, WorkerSettings):
     redrive_default_rate: int = Field(10, ge=1, le=1000, description="Messages per second of a bulk retry.")
     redrive_max_rate: int = Field(200, ge=1, le=10_000, description="Upper bound a request may ask for.")
     dlq_size_poll_s: float = Field(10.0, gt=0, le=300, description="How often fmhl_dlq_size is recounted.")
+    totp_encryption_key: SecretStr | None = Field(
+        None,
+        description="The gateway's TOTP_ENCRYPTION_KEY: the console's login opens users' sealed TOTP secrets with "
+        "it. Unset: nobody can log in to the console (the JSON API is unaffected).",
+    )
+    scheduler_url: str | None = Field(
+        None, description="The scheduler's HTTP base URL (http://127.0.0.1:8104): the console's jobs page uses its API."
+    )
+    console_session_idle_s: int = Field(
+        900, ge=60, le=86_400, description="A console session unused this long is over (log in again)."
+    )
+    console_session_max_s: int = Field(
+        28_800, ge=300, le=604_800, description="A console session ends this long after login, however active."
+    )
 
     @field_validator("dlq_retry_signing_key")
     @classmethod
     def _refuse_placeholder_key(cls, value: SecretStr) -> SecretStr:
         return refuse_placeholder(value)
+
+    @field_validator("totp_encryption_key")
+    @classmethod
+    def _valid_fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            refuse_placeholder(value)
+            TotpSecrets.from_keys(value.get_secret_value())
+        return value
