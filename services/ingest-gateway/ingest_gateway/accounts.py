@@ -76,7 +76,9 @@ _RECORD_FAILURE = (
     .values(
         failed_logins=case((_REACHES_THRESHOLD, 0), else_=_FAILURES_AFTER_THIS),
         locked_until=case(
-            (_REACHES_THRESHOLD, func.now() + bindparam("duration", type_=Interval())), else_=col(User.locked_until)
+            # clock_timestamp(): the lock runs from this failure, whenever its transaction began.
+            (_REACHES_THRESHOLD, func.clock_timestamp() + bindparam("duration", type_=Interval())),
+            else_=col(User.locked_until),
         ),
     )
     .returning(col(User.locked_until))
@@ -104,17 +106,19 @@ async def login(
 ) -> Principal | None:
     """A principal when the account is not locked and the password (and the code, if given) is right; None
     otherwise, whatever was wrong. Each failure counts towards the account's lockout."""
-    async with engine.begin() as connection:
+    async with engine.connect() as connection:
         user = (await connection.execute(_USER_BY_EMAIL, {"email": email.lower()})).first()
-        if user is None:
-            verify_nobody(password)
-            return None
-        password_ok = verify_password(user.password_hash, password)
-        if user.locked:
-            # Not counted: a locked account's lock is not prolonged by whoever keeps knocking.
-            log.warn("auth.login_while_locked", {"user_id": str(user.id)})
-            return None
-        amr = ["pwd"]
+    # The hash is verified holding no pooled connection: a burst of logins must not starve the other routes.
+    if user is None:
+        verify_nobody(password)
+        return None
+    password_ok = verify_password(user.password_hash, password)
+    if user.locked:
+        # Not counted: a locked account's lock is not prolonged by whoever keeps knocking.
+        log.warn("auth.login_while_locked", {"user_id": str(user.id)})
+        return None
+    amr = ["pwd"]
+    async with engine.begin() as connection:
         if password_ok and totp_code is not None:
             if await _use_code(connection, totp, user.id, user.totp_secret, totp_code):
                 amr.append("otp")
