@@ -19,7 +19,7 @@ from libs.messaging.broker import QueueDepthGauge, broker_check, broker_lifecycl
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import TOPOLOGY
 from libs.settings import ServiceSettings, Settings, load_or_exit
-from libs.telemetry import Telemetry, setup_telemetry
+from libs.telemetry import Telemetry, telemetry_for
 from libs.web import create_app, serve
 
 
@@ -89,6 +89,6 @@ def run_service(
     """`__main__`: settings (or exit naming the bad variable), logging, telemetry, the app, serve until SIGTERM."""
     settings = load_or_exit(settings_cls)
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    telemetry = setup_telemetry(settings.service_name, settings.traces_exporter)
+    telemetry = telemetry_for(settings)
     app, readiness = build(settings, telemetry)
     serve(app, settings, telemetry, readiness)

@@ -2,7 +2,7 @@
 
 from libs.telemetry.instruments import DURATION_BUCKETS_MS, counter, duration_histogram, gauge
 from libs.telemetry.polling import DatabaseGauge, PeriodicRefresh
-from libs.telemetry.process import PROMETHEUS_CONTENT_TYPE, Telemetry, setup_telemetry
+from libs.telemetry.process import PROMETHEUS_CONTENT_TYPE, Telemetry, setup_telemetry, telemetry_for
 
 __all__ = [
     "DURATION_BUCKETS_MS",
@@ -14,4 +14,5 @@ __all__ = [
     "duration_histogram",
     "gauge",
     "setup_telemetry",
+    "telemetry_for",
 ]

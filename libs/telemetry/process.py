@@ -1,18 +1,22 @@
-"""The meter and tracer of one service process, with metrics exposed in Prometheus text format."""
+"""The meter and tracer of one service process, with metrics exposed in Prometheus text format; either can be
+switched off for real (no-op providers), and spans are recorded only where something exports them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import Meter
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
-from opentelemetry.trace import Tracer
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import NoOpTracerProvider, Tracer, TracerProvider
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from libs.settings import ServiceSettings
 
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -25,6 +29,13 @@ class Telemetry:
     meter_provider: MeterProvider
     tracer_provider: TracerProvider
     registry: CollectorRegistry
+    metrics_enabled: bool = True
+    traces_enabled: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is recorded or propagated at all: when not, a broker needs no telemetry middleware."""
+        return self.metrics_enabled or self.traces_enabled
 
     @property
     def meter(self) -> Meter:
@@ -38,17 +49,53 @@ class Telemetry:
         return generate_latest(self.registry)
 
     def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+        if isinstance(self.tracer_provider, SdkTracerProvider):
+            self.tracer_provider.shutdown()
+        if isinstance(self.meter_provider, SdkMeterProvider):
+            self.meter_provider.shutdown()
 
 
-def setup_telemetry(service: str, traces_exporter: str = "none") -> Telemetry:
+def sampler(traces_exporter: str, sample_ratio: float) -> Sampler:
+    """No exporter: no span is recorded (nothing would read it), yet every span still gets ids, so logs and
+    propagated `traceparent` headers keep their trace ids. With one: `sample_ratio` of new traces, and a
+    message or request follows the decision its caller made."""
+    if traces_exporter == "none":
+        return ALWAYS_OFF
+    return ParentBased(TraceIdRatioBased(sample_ratio))
+
+
+def setup_telemetry(
+    service: str,
+    traces_exporter: str = "none",
+    *,
+    metrics: bool = True,
+    traces: bool = True,
+    sample_ratio: float = 1.0,
+) -> Telemetry:
+    """`metrics=False` / `traces=False`: a no-op meter / tracer, whose instruments and spans cost nothing."""
     resource = Resource.create({"service.name": service})
     # A registry per process object, not the global one: tests build several services in one interpreter.
     registry = CollectorRegistry(auto_describe=True)
-    reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-    tracer_provider = TracerProvider(resource=resource)
-    if traces_exporter == "console":
-        tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-    return Telemetry(service, meter_provider, tracer_provider, registry)
+    meter_provider: MeterProvider = NoOpMeterProvider()
+    if metrics:
+        reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)
+        meter_provider = SdkMeterProvider(resource=resource, metric_readers=[reader])
+    tracer_provider: TracerProvider = NoOpTracerProvider()
+    if traces:
+        sdk_tracer_provider = SdkTracerProvider(resource=resource, sampler=sampler(traces_exporter, sample_ratio))
+        if traces_exporter == "console":
+            sdk_tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        tracer_provider = sdk_tracer_provider
+    return Telemetry(service, meter_provider, tracer_provider, registry, metrics, traces)
+
+
+def telemetry_for(settings: ServiceSettings) -> Telemetry:
+    """As the settings ask: TELEMETRY_ENABLED=false turns off both; METRICS_ENABLED=false (no /metrics route to
+    read them) turns off the instruments."""
+    return setup_telemetry(
+        settings.service_name,
+        settings.traces_exporter,
+        metrics=settings.telemetry_enabled and settings.metrics_enabled,
+        traces=settings.telemetry_enabled,
+        sample_ratio=settings.traces_sample_ratio,
+    )

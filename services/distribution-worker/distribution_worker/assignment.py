@@ -21,6 +21,8 @@ class MatchingSubscription:
     created_at: datetime
     daily_cap: int | None
     assigned_today: int
+    balance_cents: int
+    """The provider's balance when the subscriptions were matched (not locked: the charge itself decides)."""
 
 
 def _fairness_key(subscription: MatchingSubscription) -> tuple[bool, datetime, datetime, uuid.UUID]:
@@ -37,6 +39,27 @@ def candidates(subscriptions: Iterable[MatchingSubscription]) -> list[MatchingSu
     for subscription in sorted(open_, key=_fairness_key):
         best.setdefault(subscription.provider_id, subscription)
     return sorted(best.values(), key=_fairness_key)
+
+
+@dataclass(frozen=True)
+class Choice:
+    chosen: list[MatchingSubscription]
+    """Who is charged, in fair order."""
+    unpaid: list[MatchingSubscription]
+    """Candidates met before the lead was full whose balance did not cover their price: skipped and paused."""
+
+
+def choose(subscriptions: Iterable[MatchingSubscription], max_providers: int) -> Choice:
+    """The first `max_providers` candidates, in fair order, whose balance covers their price."""
+    choice = Choice([], [])
+    for subscription in candidates(subscriptions):
+        if len(choice.chosen) >= max_providers:
+            break
+        if subscription.balance_cents >= subscription.price_cents:
+            choice.chosen.append(subscription)
+        else:
+            choice.unpaid.append(subscription)
+    return choice
 
 
 def crossed_low_balance(balance_after_cents: int, price_cents: int, threshold_cents: int) -> bool:

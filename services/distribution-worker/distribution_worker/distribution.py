@@ -1,8 +1,13 @@
-"""Distributing one lead, in one transaction: match, charge, assign, record the message as processed.
+"""Distributing one lead: read it and its matching subscriptions, choose, then settle everything in one statement.
 
-Redelivery is harmless: the lead row is locked and its status says whether it was already distributed,
-the processed-messages record and the unique (lead, provider) and one-charge-per-assignment constraints
-make a second assignment or charge impossible.
+Two statements per lead and no explicit transaction: one read (the lead and its matching subscriptions), then
+the settlement (settlement.py), which is its own transaction and re-checks under lock what the read said.
+When the world moved in between (the lead was handled by another delivery, a chosen provider's balance fell),
+it writes nothing and the lead is read again.
+
+Redelivery is harmless: the settlement writes only while the lead still has the status read, the
+processed-messages record and the unique (lead, provider) and one-charge-per-assignment constraints make a
+second assignment or charge impossible.
 """
 
 from __future__ import annotations
@@ -11,29 +16,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import String, and_, any_, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import and_, any_, bindparam, case, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col
 
-from distribution_worker.assignment import MatchingSubscription, candidates, crossed_low_balance
+from distribution_worker.assignment import Choice, MatchingSubscription, choose, crossed_low_balance
 from distribution_worker.lead_state import LeadEvent, Step, next_step
 from distribution_worker.metrics import DistributionMetrics
-from libs import ledger
-from libs.db.tables import (
-    Assignment,
-    Lead,
-    LeadSource,
-    LeadStatus,
-    PausedReason,
-    ProcessedMessage,
-    Provider,
-    Subscription,
-    SubscriptionStatus,
-)
+from distribution_worker.settlement import Settled, settle
+from libs.db import retry_on_disconnect
+from libs.db.tables import Assignment, Lead, LeadSource, LeadStatus, Provider, Subscription, SubscriptionStatus
 from libs.messaging.errors import BusinessRuleViolation, TransientError
 
-CONSUMER = "distribution-worker"
+ATTEMPTS = 3
+"""Reads and settlements tried for one delivery while the lead or a chosen provider's balance keeps changing
+between them; each new try reads again, so it no longer chooses a provider that cannot pay."""
 
 
 @dataclass(frozen=True)
@@ -53,39 +50,34 @@ class Outcome:
     assigned: list[Assigned] = field(default_factory=list)
     skipped_providers: list[uuid.UUID] = field(default_factory=list)
     newly_distributed: bool = False
+    auto_approved: bool = False
 
 
-# The transaction's statements, built once: this is the hot path.
+class Moved(Exception):
+    """The lead or a chosen provider's balance changed between the reads and the settlement."""
 
-LOCK_LEAD = (
+
+# The statements, built once: this is the hot path.
+
+_LEAD = (
     select(col(Lead.status), col(Lead.category), col(Lead.zip), col(LeadSource.trusted))
     .join(LeadSource, col(LeadSource.id) == col(Lead.source_id))
     .where(col(Lead.id) == bindparam("lead_id"))
-    .with_for_update(of=Lead)
+    .subquery("lead")
 )
-
-AUTO_APPROVE = (
-    update(Lead).where(col(Lead.id) == bindparam("lead_id")).values(status=LeadStatus.approved, decided_at=func.now())
-)
-
-FIRST_DELIVERY = (
-    insert(ProcessedMessage)
-    .values(consumer=CONSUMER, message_id=bindparam("delivery_id"))
-    .on_conflict_do_nothing()
-    .returning(col(ProcessedMessage.message_id))
-)
-
-_ZIP = bindparam("zip", type_=String)
-_ASSIGNED_TODAY = (
-    select(func.count())
+# Counted only for a capped subscription (CASE evaluates its subquery only when reached), through the index on
+# (subscription_id, created_at): today's assignments of one subscription, however many rows the table holds.
+_ASSIGNED_TODAY = case(
+    (col(Subscription.daily_cap).is_(None), 0),
+    else_=select(func.count())
     .where(
         col(Assignment.subscription_id) == col(Subscription.id),
         col(Assignment.created_at) >= func.date_trunc("day", func.now()),
     )
-    .scalar_subquery()
+    .scalar_subquery(),
 )
 # The columns are MatchingSubscription's fields, by name.
-MATCHING = (
+_MATCHING = (
     select(
         col(Subscription.id),
         col(Subscription.provider_id),
@@ -96,17 +88,29 @@ MATCHING = (
         col(Subscription.created_at),
         col(Subscription.daily_cap),
         _ASSIGNED_TODAY.label("assigned_today"),
+        col(Provider.balance_cents),
     )
     .join(Provider, col(Provider.id) == col(Subscription.provider_id))
     .where(
         col(Subscription.status) == SubscriptionStatus.active,
-        col(Subscription.category) == bindparam("category"),
+        col(Subscription.category) == _LEAD.c.category,
         or_(
-            any_(col(Subscription.zip_codes)) == _ZIP,
-            and_(col(Subscription.zip_prefix).is_not(None), _ZIP.like(col(Subscription.zip_prefix).concat("%"))),
+            any_(col(Subscription.zip_codes)) == _LEAD.c.zip,
+            and_(col(Subscription.zip_prefix).is_not(None), _LEAD.c.zip.like(col(Subscription.zip_prefix).concat("%"))),
         ),
     )
+    .lateral("matching")
 )
+# The lead and its matching subscriptions in one read: a row per subscription, or one without any.
+READ_LEAD = (
+    select(_LEAD.c.status, _LEAD.c.category, _LEAD.c.zip, _LEAD.c.trusted, *_MATCHING.c)
+    .select_from(_LEAD)
+    .outerjoin(_MATCHING, true())
+)
+MATCHING_FIELDS = list(_MATCHING.c.keys())
+
+
+STATUS = select(col(Lead.status)).where(col(Lead.id) == bindparam("lead_id"))
 
 EXISTING = (
     select(col(Assignment.id), col(Assignment.provider_id), col(Provider.email), col(Assignment.price_cents))
@@ -114,36 +118,20 @@ EXISTING = (
     .where(col(Assignment.lead_id) == bindparam("lead_id"))
 )
 
-PAUSE_UNPAID = (
-    update(Subscription)
-    .where(col(Subscription.id) == bindparam("subscription_id"), col(Subscription.status) == SubscriptionStatus.active)
-    .values(status=SubscriptionStatus.paused, paused_reason=PausedReason.insufficient_balance)
-)
 
-ASSIGN = (
-    insert(Assignment)
-    .values(
-        lead_id=bindparam("lead_id"),
-        provider_id=bindparam("provider_id"),
-        subscription_id=bindparam("subscription_id"),
-        price_cents=bindparam("price_cents"),
-    )
-    .returning(col(Assignment.id))
-)
-
-# clock_timestamp(), not now(): two assignments in one transaction must not tie in the round-robin order.
-TOUCH_SUBSCRIPTION = (
-    update(Subscription)
-    .where(col(Subscription.id) == bindparam("subscription_id"))
-    .values(last_assigned_at=func.clock_timestamp())
-)
-
-SET_LEAD_STATUS = update(Lead).where(col(Lead.id) == bindparam("lead_id")).values(status=bindparam("status"))
+@dataclass(frozen=True)
+class LeadRead:
+    status: LeadStatus
+    trusted: bool
+    matching: list[MatchingSubscription]
 
 
-async def _matching(connection: AsyncConnection, category: str, zip_code: str) -> list[MatchingSubscription]:
-    rows = (await connection.execute(MATCHING, {"category": category, "zip": zip_code})).mappings()
-    return [MatchingSubscription(**row) for row in rows]
+async def _read(connection: AsyncConnection, lead_id: uuid.UUID) -> LeadRead | None:
+    rows = (await connection.execute(READ_LEAD, {"lead_id": lead_id})).mappings().all()
+    if not rows:
+        return None
+    matching = [MatchingSubscription(**{name: row[name] for name in MATCHING_FIELDS}) for row in rows if row["id"]]
+    return LeadRead(LeadStatus(rows[0]["status"]), rows[0]["trusted"], matching)
 
 
 async def _existing(connection: AsyncConnection, lead_id: uuid.UUID) -> list[Assigned]:
@@ -160,9 +148,41 @@ async def distribute(
     max_providers: int,
     metrics: DistributionMetrics,
 ) -> Outcome:
+    """Idempotent, so a try whose connection died under it is simply run again."""
     started = time.perf_counter()
-    async with engine.begin() as connection:
-        lead = (await connection.execute(LOCK_LEAD, {"lead_id": lead_id})).first()
+    # Each statement is its own transaction: the one that writes commits as it ends.
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    for _ in range(ATTEMPTS):
+        try:
+            outcome = await retry_on_disconnect(
+                lambda: _distribute_once(autocommit, lead_id, message_id, event, max_providers, metrics)
+            )
+            break
+        except Moved:
+            continue
+    else:
+        raise TransientError(f"lead {lead_id} or its providers' balances kept changing while it was distributed")
+    if outcome.auto_approved:
+        metrics.leads_approved.add(1, {"by": "auto"})
+    if outcome.newly_distributed:
+        metrics.distribution_duration.record((time.perf_counter() - started) * 1000)
+        metrics.assignments_created.add(len(outcome.assigned))
+        metrics.skipped_insufficient_balance.add(len(outcome.skipped_providers))
+        if outcome.status == LeadStatus.unassigned:
+            metrics.leads_unassigned.add(1)
+    return outcome
+
+
+async def _distribute_once(
+    engine: AsyncEngine,
+    lead_id: uuid.UUID,
+    message_id: str,
+    event: LeadEvent,
+    max_providers: int,
+    metrics: DistributionMetrics,
+) -> Outcome:
+    async with engine.connect() as connection:
+        lead = await _read(connection, lead_id)
         if lead is None:
             raise BusinessRuleViolation(f"lead {lead_id} does not exist")
         match next_step(lead.status, trusted=lead.trusted, event=event):
@@ -174,74 +194,55 @@ async def distribute(
                 return Outcome(lead_id, lead.status)
             case Step.retry_later:
                 raise TransientError(f"approval of lead {lead_id} is not committed yet")
-            case Step.approve_and_distribute:
-                await connection.execute(AUTO_APPROVE, {"lead_id": lead_id})
-                metrics.leads_approved.add(1, {"by": "auto"})
-            case Step.distribute:
-                pass
-        # This very message was handled before (redelivered after its commit): report, assign nothing again.
-        if await connection.scalar(FIRST_DELIVERY, {"delivery_id": message_id}) is None:
-            return Outcome(lead_id, lead.status, await _existing(connection, lead_id))
-        outcome = await _assign(connection, lead_id, lead.category, lead.zip, max_providers, metrics)
-        await connection.execute(SET_LEAD_STATUS, {"lead_id": lead_id, "status": outcome.status})
-    metrics.distribution_duration.record((time.perf_counter() - started) * 1000)
-    metrics.assignments_created.add(len(outcome.assigned))
-    metrics.skipped_insufficient_balance.add(len(outcome.skipped_providers))
-    if outcome.status == LeadStatus.unassigned:
-        metrics.leads_unassigned.add(1)
-    return outcome
+            case Step.approve_and_distribute | Step.distribute as step:
+                auto_approved = step is Step.approve_and_distribute
+        choice = choose(lead.matching, max_providers)
+        settled = await _settle(connection, lead_id, lead.status, message_id, choice, metrics)
+        if not settled.recorded:
+            if settled.paid and await _status(connection, lead_id) == lead.status:
+                # The lead is unchanged, so this very message was handled before: assign nothing again.
+                return Outcome(lead_id, lead.status, await _existing(connection, lead_id))
+            raise Moved
+    return Outcome(
+        lead_id,
+        LeadStatus.distributed if choice.chosen else LeadStatus.unassigned,
+        [_assigned(subscription, settled) for subscription in choice.chosen],
+        [subscription.provider_id for subscription in choice.unpaid],
+        newly_distributed=True,
+        auto_approved=auto_approved,
+    )
 
 
-async def _assign(
+async def _status(connection: AsyncConnection, lead_id: uuid.UUID) -> LeadStatus | None:
+    status = await connection.scalar(STATUS, {"lead_id": lead_id})
+    return None if status is None else LeadStatus(status)
+
+
+async def _settle(
     connection: AsyncConnection,
     lead_id: uuid.UUID,
-    category: str,
-    zip_code: str,
-    max_providers: int,
+    read_status: LeadStatus,
+    message_id: str,
+    choice: Choice,
     metrics: DistributionMetrics,
-) -> Outcome:
-    outcome = Outcome(lead_id, LeadStatus.unassigned, newly_distributed=True)
-    for subscription in candidates(await _matching(connection, category, zip_code)):
-        if len(outcome.assigned) >= max_providers:
-            break
-        assigned = await _charge_and_assign(connection, lead_id, subscription, metrics)
-        if assigned is None:
-            outcome.skipped_providers.append(subscription.provider_id)
-        else:
-            outcome.assigned.append(assigned)
-    outcome.status = LeadStatus.distributed if outcome.assigned else LeadStatus.unassigned
-    return outcome
-
-
-async def _charge_and_assign(
-    connection: AsyncConnection, lead_id: uuid.UUID, subscription: MatchingSubscription, metrics: DistributionMetrics
-) -> Assigned | None:
+) -> Settled:
     started = time.perf_counter()
     try:
-        balance_after = await ledger.debit(connection, subscription.provider_id, subscription.price_cents)
-        if balance_after is None:
-            await connection.execute(PAUSE_UNPAID, {"subscription_id": subscription.id})
-            return None
-        values = {
-            "lead_id": lead_id,
-            "provider_id": subscription.provider_id,
-            "subscription_id": subscription.id,
-            "price_cents": subscription.price_cents,
-        }
-        assignment_id = (await connection.execute(ASSIGN, values)).scalar_one()
-        await ledger.record_charge(connection, subscription.provider_id, subscription.price_cents, assignment_id)
-        await connection.execute(TOUCH_SUBSCRIPTION, {"subscription_id": subscription.id})
+        return await settle(connection, lead_id, read_status=read_status, message_id=message_id, choice=choice)
     except Exception:
         metrics.billing_failures.add(1)
         raise
     finally:
-        metrics.billing_duration.record((time.perf_counter() - started) * 1000)
+        # One observation per charge, as when each had its own statement: the count stays the number of charges.
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for _ in choice.chosen:
+            metrics.billing_duration.record(elapsed_ms)
+
+
+def _assigned(subscription: MatchingSubscription, settled: Settled) -> Assigned:
+    assignment_id, balance_after = settled.balances_after[subscription.provider_id]
     low = crossed_low_balance(balance_after, subscription.price_cents, subscription.low_balance_threshold_cents)
     return Assigned(
-        assignment_id,
-        subscription.provider_id,
-        subscription.provider_email,
-        subscription.price_cents,
-        balance_after,
+        assignment_id, subscription.provider_id, subscription.provider_email, subscription.price_cents, balance_after,
         low,
-    )
+    )  # fmt: skip

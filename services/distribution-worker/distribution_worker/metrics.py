@@ -27,7 +27,9 @@ class DistributionMetrics:
                 meter, "fmhl_distribution_duration_ms", "Time to distribute one lead, in one transaction."
             ),
             billing_duration=duration_histogram(
-                meter, "fmhl_billing_operation_duration_ms", "Time of one conditional charge."
+                meter,
+                "fmhl_billing_operation_duration_ms",
+                "Time of the statement that made a charge, once per charge (a lead's charges share one statement).",
             ),
             assignments_created=counter(
                 meter, "fmhl_assignments_created_total", "Leads assigned (and charged) to providers."

@@ -4,6 +4,8 @@ Each handler distributes in one transaction, then (after commit) asks for the em
 event finds the lead distributed and asks again for the same emails, which email-worker sends once.
 """
 
+import asyncio
+
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +22,24 @@ from libs.telemetry import Telemetry
 log = get_logger("distribution_worker")
 
 
+def emails(outcome: Outcome) -> list[tuple[str, SendEmail]]:
+    """The mails a distributed lead asks for, each with a message id that email-worker sends once."""
+    mails = []
+    for assigned in outcome.assigned:
+        mails.append((
+            f"email:new_lead:{assigned.assignment_id}",
+            SendEmail(template="new_lead", to=assigned.provider_email,
+                      params={"lead_id": str(outcome.lead_id), "price_cents": assigned.price_cents}),
+        ))  # fmt: skip
+        if assigned.low_balance and assigned.balance_after_cents is not None:
+            mails.append((
+                f"email:low_balance:{assigned.assignment_id}",
+                SendEmail(template="low_balance", to=assigned.provider_email,
+                          params={"balance_cents": assigned.balance_after_cents}),
+            ))  # fmt: skip
+    return mails
+
+
 def build_router(
     engine: AsyncEngine,
     publisher: Publisher,
@@ -30,18 +50,10 @@ def build_router(
     handler_timeout_s: float,
 ) -> RabbitRouter:
     async def announce(outcome: Outcome) -> None:
-        for assigned in outcome.assigned:
-            await publisher.publish(
-                SendEmail(template="new_lead", to=assigned.provider_email,
-                          params={"lead_id": str(outcome.lead_id), "price_cents": assigned.price_cents}),
-                message_id=f"email:new_lead:{assigned.assignment_id}",
-            )  # fmt: skip
-            if assigned.low_balance and assigned.balance_after_cents is not None:
-                await publisher.publish(
-                    SendEmail(template="low_balance", to=assigned.provider_email,
-                              params={"balance_cents": assigned.balance_after_cents}),
-                    message_id=f"email:low_balance:{assigned.assignment_id}",
-                )  # fmt: skip
+        # Published together, each confirmed: the confirms' round trips overlap instead of adding up.
+        await asyncio.gather(
+            *(publisher.publish(email, message_id=message_id) for message_id, email in emails(outcome))
+        )
         log.info(
             "lead.distributed" if outcome.newly_distributed else "lead.already_handled",
             {"lead_id": str(outcome.lead_id), "status": outcome.status, "assigned": len(outcome.assigned),

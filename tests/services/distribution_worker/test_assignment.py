@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from distribution_worker.assignment import MatchingSubscription, candidates, crossed_low_balance
+from distribution_worker.assignment import MatchingSubscription, candidates, choose, crossed_low_balance
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -22,6 +22,7 @@ def subscription(
     daily_cap: int | None = None,
     assigned_today: int = 0,
     id_: uuid.UUID | None = None,
+    balance_cents: int = 10_000,
 ) -> MatchingSubscription:
     return MatchingSubscription(
         id=id_ or uuid.uuid4(),
@@ -33,6 +34,7 @@ def subscription(
         created_at=created,
         daily_cap=daily_cap,
         assigned_today=assigned_today,
+        balance_cents=balance_cents,
     )
 
 
@@ -93,6 +95,30 @@ def test_a_capped_subscription_gives_its_providers_place_to_another_of_its_subsc
 
 def test_no_matching_subscription_gives_no_candidate() -> None:
     assert candidates([]) == []
+
+
+def test_the_first_candidates_in_fair_order_are_chosen_up_to_the_maximum() -> None:
+    first, second, third = (subscription(last_assigned=minutes(n)) for n in (1, 2, 3))
+    choice = choose([third, first, second], max_providers=2)
+    assert (choice.chosen, choice.unpaid) == ([first, second], [])
+
+
+def test_a_candidate_that_cannot_pay_is_unpaid_and_the_next_one_takes_its_place() -> None:
+    poor = subscription(last_assigned=minutes(1), balance_cents=99)
+    second, third = subscription(last_assigned=minutes(2)), subscription(last_assigned=minutes(3))
+    choice = choose([poor, second, third], max_providers=2)
+    assert (choice.chosen, choice.unpaid) == ([second, third], [poor])
+
+
+def test_a_balance_equal_to_the_price_pays() -> None:
+    exact = subscription(balance_cents=100)
+    assert choose([exact], max_providers=1).chosen == [exact]
+
+
+def test_candidates_after_a_full_lead_are_neither_chosen_nor_unpaid() -> None:
+    chosen, poor_after = subscription(last_assigned=minutes(1)), subscription(last_assigned=minutes(2), balance_cents=0)
+    choice = choose([chosen, poor_after], max_providers=1)
+    assert (choice.chosen, choice.unpaid) == ([chosen], [])
 
 
 def test_low_balance_is_crossed_by_the_charge_that_goes_below_the_threshold() -> None:
