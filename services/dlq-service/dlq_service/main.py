@@ -1,9 +1,10 @@
 """dlq-service wiring: settings -> telemetry -> runtime (database, broker, readiness) -> retry signer, parking,
-capture router, DLQ size and parked depth, redriver, queue stats -> admin API app."""
+capture router, DLQ size and parked depth, redriver, queue stats -> admin API app and operations console."""
 
 import httpx
 from litestar import Litestar
 
+from dlq_service.console import build_console
 from dlq_service.dependencies import build_dependencies
 from dlq_service.metrics import DlqMetrics, dlq_size_gauge
 from dlq_service.parking import Parking
@@ -45,8 +46,9 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         settings.health_check_timeout_s,
     )
     redriver = Redriver(runtime.engine, runtime.publisher, signer)
+    console = build_console(settings, runtime.engine, http)
     app = runtime.app(
-        route_handlers=[QueuesController],
+        route_handlers=[QueuesController, console.router],
         on_startup=[sizes.start, parked.start, redriver.resume],
         on_shutdown=[redriver.stop, parked.stop, sizes.stop, http.aclose],
         dependencies=build_dependencies(
@@ -61,6 +63,7 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
             parking,
         ),
         openapi_config=openapi_config("fmhl dlq-service admin API"),
+        template_config=console.templates,
     )
     return app, runtime.readiness
 
