@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, bindparam, cast, select
+from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
 
@@ -58,7 +58,7 @@ class AuditPage:
     next_cursor: str | None
 
 
-_ROWS = (
+_ROWS: Select[Any] = (
     select(
         col(AuditEntry.id), col(AuditEntry.actor), col(User.email).label("actor_email"), col(AuditEntry.action),
         col(AuditEntry.entity_type), col(AuditEntry.entity_id), col(AuditEntry.correlation_id),
