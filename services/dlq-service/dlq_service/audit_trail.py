@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, select
+from sqlalchemy import ColumnElement, Text, bindparam, cast, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
 
@@ -58,17 +58,18 @@ class AuditPage:
     next_cursor: str | None
 
 
-_ROWS: Select[Any] = (
-    select(
-        col(AuditEntry.id), col(AuditEntry.actor), col(User.email).label("actor_email"), col(AuditEntry.action),
-        col(AuditEntry.entity_type), col(AuditEntry.entity_id), col(AuditEntry.correlation_id),
-        col(AuditEntry.details).label("details"), col(AuditEntry.created_at),
-    )
+_COLUMNS: list[Any] = [
+    col(AuditEntry.id), col(AuditEntry.actor), col(User.email).label("actor_email"), col(AuditEntry.action),
+    col(AuditEntry.entity_type), col(AuditEntry.entity_id), col(AuditEntry.correlation_id),
+    col(AuditEntry.details).label("details"), col(AuditEntry.created_at),
+]  # fmt: skip
+_ROWS = (
+    select(*_COLUMNS)
     .select_from(AuditEntry)
     .outerjoin(User, cast(col(User.id), Text) == col(AuditEntry.actor))
     .order_by(col(AuditEntry.id).desc())
     .limit(bindparam("limit"))
-)  # fmt: skip
+)
 
 
 def cursor_id(cursor: str | None) -> int | None:
