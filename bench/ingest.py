@@ -133,6 +133,7 @@ class Ingest:
                 baseline = await self.wrk(url, api_key, f"{run}-baseline", self.duration_s)
         finally:
             async with channel(env.rabbitmq_url) as chan:
+                await declare_topology(chan)
                 await purge_topology(chan)
             await engine.dispose()
         return Measurement(
