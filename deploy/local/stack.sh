@@ -135,7 +135,8 @@ apt_install() {
 
 install() {
   [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts system services)"
-  apt_install rabbitmq-server postgresql postgresql-contrib prometheus prometheus-alertmanager curl
+  # chromium and chromium-driver: the console's browser tests run Debian's headless Chromium (no browser download).
+  apt_install rabbitmq-server postgresql postgresql-contrib prometheus prometheus-alertmanager curl chromium chromium-driver
   if [ ! -x "$PY" ]; then
     say "creating the virtualenv in .venv"
     "$PY_BOOT" -m venv "$VENV"
@@ -359,6 +360,10 @@ up() {
   start_services
   status
   demo
+  # The demo admin's password and TOTP secret were printed above by the demo, to this terminal only.
+  say "operations console: http://127.0.0.1:${PORTS[dlq-service]}/console"
+  say "  log in as the demo admin above: its email, its password, and the code its TOTP secret gives now:"
+  say "  $PY -c 'import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).now())' <the TOTP secret printed above>"
 }
 
 demo() {
