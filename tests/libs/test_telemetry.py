@@ -1,4 +1,5 @@
-"""Metric names as Prometheus sees them are exactly the plan's; gauges read from the database follow its rows."""
+"""Metric names as Prometheus sees them are exactly the plan's; gauges read from the database follow its rows;
+telemetry switched off records nothing, and spans are sampled as configured."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from datetime import UTC, datetime
 
 import pytest
 from opentelemetry.metrics import Observation
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col
 
 from libs.db.tables import RateLimitHit
-from libs.telemetry import DatabaseGauge, counter, duration_histogram, gauge, setup_telemetry
+from libs.settings import ServiceSettings, load_settings
+from libs.telemetry import DatabaseGauge, counter, duration_histogram, gauge, setup_telemetry, telemetry_for
+from libs.telemetry.process import sampler
 
 
 def test_ms_histogram_keeps_its_name_and_has_the_alert_boundaries() -> None:
@@ -89,3 +94,64 @@ async def test_a_database_gauge_follows_its_rows_and_drops_a_label_whose_rows_ar
     text = telemetry.exposition().decode()
     assert f'fmhl_test_hits{{bucket="{buckets[0]}"}} 2.0' in text
     assert buckets[1] not in text
+
+
+def test_switched_off_telemetry_records_no_instrument_and_no_span() -> None:
+    telemetry = setup_telemetry("svc", metrics=False, traces=False)
+    counter(telemetry.meter, "fmhl_leads_submitted_total", "d").add(3)
+    with telemetry.tracer.start_as_current_span("work") as span:
+        assert not span.is_recording()
+        assert not span.get_span_context().is_valid
+    assert "fmhl_leads_submitted_total" not in telemetry.exposition().decode()
+    assert not telemetry.enabled
+
+
+def test_telemetry_enabled_false_turns_off_metrics_and_traces() -> None:
+    telemetry = telemetry_for(service_settings(telemetry_enabled=False))
+    assert (telemetry.metrics_enabled, telemetry.traces_enabled, telemetry.enabled) == (False, False, False)
+
+
+def test_metrics_enabled_false_turns_off_only_the_instruments() -> None:
+    telemetry = telemetry_for(service_settings(metrics_enabled=False))
+    assert (telemetry.metrics_enabled, telemetry.traces_enabled) == (False, True)
+
+
+def test_with_no_exporter_a_span_is_not_recorded_yet_has_ids_for_logs_and_headers() -> None:
+    telemetry = setup_telemetry("svc", "none")
+    with telemetry.tracer.start_as_current_span("work") as span:
+        assert not span.is_recording()
+        assert span.get_span_context().is_valid
+
+
+def test_a_sample_ratio_of_zero_records_no_new_trace() -> None:
+    decision = sampler("console", 0.0).should_sample(None, trace_id=random_trace_id(), name="work").decision
+    assert decision is Decision.DROP
+
+
+def test_a_sample_ratio_of_one_records_every_new_trace() -> None:
+    decision = sampler("console", 1.0).should_sample(None, trace_id=random_trace_id(), name="work").decision
+    assert decision is Decision.RECORD_AND_SAMPLE
+
+
+def test_a_message_follows_the_sampling_decision_of_its_caller() -> None:
+    sampled_parent = NonRecordingSpan(
+        SpanContext(random_trace_id(), 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    )
+    context = set_span_in_context(sampled_parent)
+    decision = sampler("console", 0.0).should_sample(context, trace_id=random_trace_id(), name="work").decision
+    assert decision is Decision.RECORD_AND_SAMPLE
+
+
+def random_trace_id() -> int:
+    return uuid.uuid4().int
+
+
+def service_settings(**switches: bool) -> ServiceSettings:
+    return load_settings(
+        ServiceSettings,
+        service_name="svc",
+        http_port=8000,
+        database_url="postgresql+asyncpg://u:p-not-a-placeholder@127.0.0.1/db",
+        rabbitmq_url="amqp://u:p-not-a-placeholder@127.0.0.1/vhost",
+        **switches,
+    )
