@@ -53,12 +53,17 @@ def crafted(
 
 
 async def publish_crafted(
-    url: str, body: bytes, properties: commands.Basic.Properties, routing_key: str = "email.send"
+    url: str,
+    body: bytes,
+    properties: commands.Basic.Properties,
+    *,
+    exchange: str = EVENTS.name,
+    routing_key: str = "email.send",
 ) -> None:
     connection = await aiormq.connect(url)
     channel = await connection.channel()
     await channel.confirm_delivery()
-    await channel.basic_publish(body, exchange=EVENTS.name, routing_key=routing_key, properties=properties)
+    await channel.basic_publish(body, exchange=exchange, routing_key=routing_key, properties=properties)
     await connection.close()
 
 

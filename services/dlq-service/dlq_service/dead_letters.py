@@ -87,7 +87,10 @@ class DeadLetterMessage:
     raw_body: bytes
     payload: Any
     identity: str
-    """The message id as it came (escaped), or the body's hash: what the dedupe key is made of."""
+    """The message id as it came (escaped), or the body's hash."""
+    occurrence: str
+    """Which failure of it this is, as the headers said it (time and count as sent, not as coerced): a redelivery
+    says the same, so it has the same dedupe key even when the time it names could not be stored."""
 
     @property
     def fingerprint(self) -> str:
@@ -96,7 +99,7 @@ class DeadLetterMessage:
     @property
     def dedupe_key(self) -> str:
         """Same dead letter delivered again -> same key; the same message failing again later -> a new key."""
-        marker = "|".join([self.identity, self.queue, self.reason, self.last_failed_at.isoformat(), str(self.attempts)])
+        marker = "|".join([self.identity, self.queue, self.reason, self.occurrence])
         return hashlib.sha256(marker.encode()).hexdigest()
 
     def stripped(self, why: str) -> DeadLetterMessage:
@@ -330,6 +333,7 @@ def read_dead_letter(
         stack_trace = _text(headers.get(h.ERROR_STACK))
         attempts = _int32(headers.get(h.ATTEMPTS))
         service = _text(headers.get(h.SERVICE))
+        occurrence = [headers.get(h.LAST_FAILURE_AT), headers.get(h.ATTEMPTS)]
     else:
         death = _first_death(headers)
         said = _text(headers.get("x-first-death-reason")) or _text(death.get("reason")) or "rejected"
@@ -342,6 +346,7 @@ def read_dead_letter(
         error_type, stack_trace, service = None, None, None
         error_message = f"dead-lettered by the broker: {said}"
         attempts = _int32(delivery_count + 1) if delivery_count is not None else _int32(death.get("count"))
+        occurrence = [death.get("time"), death.get("count"), headers.get("x-delivery-count")]
     properties = _fit_properties(
         message_id=(message_id, _limit("message_id")), correlation_id=(correlation_id, _limit("correlation_id")),
         message_type=(message_type, _limit("message_type")), content_type=(content_type, _limit("content_type")),
@@ -373,6 +378,7 @@ def read_dead_letter(
         raw_body=bytes(body),
         payload=decode_payload(body),
         identity=identity,
+        occurrence="|".join(_text(part) or "" for part in occurrence),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker, RabbitQueue
@@ -26,6 +26,7 @@ from libs.messaging.consumer import publishable
 from libs.messaging.publisher import Publisher, PublishFailed
 from libs.messaging.topology import DLQ_QUEUE, PARKING_QUEUE
 from libs.messaging.wire import printable, short_text
+from libs.web.limits import JsonInt
 
 log = get_logger("dlq_service.parking")
 PREVIEW_CHARS = 300
@@ -51,7 +52,7 @@ class ParkedMessages(SQLModel):
 
 class Recapture(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    limit: int = Field(100, ge=1, le=10_000, strict=True)
+    limit: Annotated[JsonInt, Field(ge=1, le=10_000)] = 100
 
 
 class Recaptured(SQLModel):

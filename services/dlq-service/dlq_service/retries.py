@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from faststream.rabbit import RabbitExchange
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import Uuid, any_, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,6 +35,7 @@ from libs.logging import get_logger
 from libs.messaging import headers as h
 from libs.messaging.publisher import Publisher, PublishFailed
 from libs.messaging.topology import TOPOLOGY, Topology
+from libs.web.limits import JsonInt, fits_column
 
 log = get_logger("dlq_service.retries")
 MAX_REDRIVE = 100_000
@@ -59,14 +60,27 @@ class RedriveNotFound(Exception):
 NoNul = StringConstraints(pattern=r"^[^\x00]*$")
 """PostgreSQL text cannot hold NUL: a value with one is a 400, not a failed statement."""
 UtcTime = Annotated[datetime | None, AfterValidator(utc_time)]
+Queue = Annotated[str, NoNul, fits_column(col(DeadLetter.queue_name))]
+ErrorType = Annotated[str, NoNul, fits_column(col(DeadLetter.error_type))]
+Fingerprint = Annotated[str, NoNul, fits_column(col(DeadLetter.fingerprint))]
+
+
+def _json_boolean(value: object) -> object:
+    # Litestar validates with strict=False, which overrides a field's own Strict(): 1 or "true" is not a yes.
+    if not isinstance(value, bool):
+        raise ValueError("must be a JSON boolean")
+    return value
+
+
+JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
 
 
 class FilterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    queue: Annotated[str | None, NoNul] = Field(None, max_length=100)
+    queue: Queue | None = None
     reason: DeadLetterReason | None = None
-    error_type: Annotated[str | None, NoNul] = Field(None, max_length=200)
-    fingerprint: Annotated[str | None, NoNul] = Field(None, max_length=64)
+    error_type: ErrorType | None = None
+    fingerprint: Fingerprint | None = None
     failed_from: UtcTime = None
     failed_to: UtcTime = None
     q: Annotated[str | None, NoNul] = Field(None, max_length=200)
@@ -78,8 +92,8 @@ class FilterBody(BaseModel):
 
 class GroupSelection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    queue: Annotated[str, NoNul] = Field(max_length=100)
-    fingerprint: Annotated[str, NoNul] = Field(max_length=64)
+    queue: Queue
+    fingerprint: Fingerprint
 
 
 class RedriveSelection(BaseModel):
@@ -92,9 +106,9 @@ class RedriveSelection(BaseModel):
 
 
 class BulkRetry(RedriveSelection):
-    # Strict: `true` is not 1 message per second, and "1" is not a dry run.
-    dry_run: bool = Field(False, strict=True)
-    rate_per_second: int | None = Field(None, ge=1, le=10_000, strict=True)
+    # `true` is not 1 message per second, and 1 is not a dry run.
+    dry_run: JsonBool = False
+    rate_per_second: Annotated[JsonInt, Field(ge=1, le=10_000)] | None = None
 
     @model_validator(mode="after")
     def _one_selection(self) -> BulkRetry:

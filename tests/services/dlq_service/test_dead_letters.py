@@ -135,6 +135,17 @@ def test_the_same_message_failing_again_later_has_a_new_dedupe_key() -> None:
     assert read(policy_headers()).dedupe_key != read(policy_headers(**{h.LAST_FAILURE_AT: later})).dedupe_key
 
 
+def test_a_redelivery_whose_failure_time_could_not_be_stored_keeps_its_dedupe_key() -> None:
+    # The coerced time is the time it arrived, which differs between deliveries; the key must not.
+    def unreadable(now: datetime) -> DeadLetterMessage:
+        return read_dead_letter(
+            policy_headers(**{h.LAST_FAILURE_AT: "9999-12-31T23:59:59-14:00"}), b"{}", message_id="m-1",
+            correlation_id=None, message_type=None, content_type=None, now=now,
+        )  # fmt: skip
+
+    assert unreadable(NOW).dedupe_key == unreadable(NOW + timedelta(seconds=5)).dedupe_key
+
+
 def test_without_a_message_id_the_body_identifies_the_dead_letter() -> None:
     first = read(policy_headers(), body=b"one", message_id=None)
     assert first.dedupe_key == read(policy_headers(), body=b"one", message_id=None).dedupe_key
