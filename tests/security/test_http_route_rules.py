@@ -47,6 +47,8 @@ class Rule(Enum):
     provider = "a provider, for its own data"
     provider_or_admin = "a provider for its own data, or an admin with MFA"
     admin = "an admin with MFA"
+    console_page = "a console session (its own login, with MFA): anyone else is sent to the login page"
+    console_form = "a console form with its CSRF token: no token, no entry"
 
 
 class Caller(Enum):
@@ -69,7 +71,11 @@ EXPECTED: dict[Rule, dict[Caller, int]] = {
                              Caller.admin_without_mfa: 403, Caller.admin: ALLOWED},
     Rule.admin: {Caller.anonymous: 401, Caller.lead_source: 401, Caller.provider: 403,
                  Caller.admin_without_mfa: 403, Caller.admin: ALLOWED},
+    # No bearer token or API key opens the console: it knows only its own session cookie.
+    Rule.console_page: dict.fromkeys(Caller, 303),
+    Rule.console_form: dict.fromkeys(Caller, 403),
 }  # fmt: skip
+CONSOLE_LOGIN = "/console/login"
 
 OPS = {
     ("GET", "/health/live"): Rule.public,
@@ -113,6 +119,30 @@ RULES: dict[str, dict[tuple[str, str], Rule]] = {
         ("POST", "/api/v1/admin/queues/dlq/redrives/{redrive_id:uuid}/cancel"): Rule.admin,
         ("GET", "/api/v1/admin/queues/dlq/parked"): Rule.admin,
         ("POST", "/api/v1/admin/queues/dlq/parked/recapture"): Rule.admin,
+        ("GET", "/console/login"): Rule.public,
+        ("POST", "/console/login"): Rule.console_form,
+        ("POST", "/console/logout"): Rule.console_form,
+        ("GET", "/console/static/{file_path:path}"): Rule.public,
+        ("HEAD", "/console/static/{file_path:path}"): Rule.public,
+        ("GET", "/console"): Rule.console_page,
+        ("GET", "/console/overview/live"): Rule.console_page,
+        ("GET", "/console/audit"): Rule.console_page,
+        ("GET", "/console/dead-letters"): Rule.console_page,
+        ("GET", "/console/dead-letters/groups"): Rule.console_page,
+        ("POST", "/console/dead-letters/groups/resolve"): Rule.console_form,
+        ("GET", "/console/dead-letters/{entry_id:uuid}"): Rule.console_page,
+        ("POST", "/console/dead-letters/{entry_id:uuid}/retry"): Rule.console_form,
+        ("POST", "/console/dead-letters/{entry_id:uuid}/resolve"): Rule.console_form,
+        ("GET", "/console/dead-letters/{entry_id:uuid}/edit"): Rule.console_page,
+        ("POST", "/console/dead-letters/{entry_id:uuid}/edit"): Rule.console_form,
+        ("GET", "/console/redrives"): Rule.console_page,
+        ("POST", "/console/redrives"): Rule.console_form,
+        ("GET", "/console/redrives/new"): Rule.console_page,
+        ("GET", "/console/redrives/{redrive_id:uuid}"): Rule.console_page,
+        ("GET", "/console/redrives/{redrive_id:uuid}/progress"): Rule.console_page,
+        ("POST", "/console/redrives/{redrive_id:uuid}/cancel"): Rule.console_form,
+        ("GET", "/console/jobs"): Rule.console_page,
+        ("POST", "/console/jobs/{name:str}/{action:str}"): Rule.console_form,
     },
     "scheduler": OPS | SCHEMA | {
         ("GET", "/api/v1/admin/jobs"): Rule.admin,
@@ -145,6 +175,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     },
 }
 _PARAMETER = re.compile(r"\{(\w+):(\w+)\}")
+FILLERS = {"uuid": None, "str": "nothing-by-this-name", "path": "/nothing-by-this-name.css"}
 
 
 @dataclass
@@ -205,7 +236,7 @@ def concrete(path: str, provider_id: uuid.UUID) -> str:
         name, kind = match.groups()
         if name == "provider_id":
             return str(provider_id)
-        return str(uuid.uuid4()) if kind == "uuid" else "nothing-by-this-name"
+        return FILLERS[kind] or str(uuid.uuid4())
 
     return _PARAMETER.sub(value, path)
 
@@ -233,20 +264,25 @@ async def test_each_caller_gets_in_exactly_where_its_rule_says(
         rule = RULES[service][(method, path)]
         url = concrete(path, callers.provider_id)
         for caller, expected in EXPECTED[rule].items():
-            status = (await client.request(method, url, headers=callers.headers[caller])).status_code
-            refused = status in (401, 403)
-            if status >= 500 or (expected == ALLOWED and refused) or (expected != ALLOWED and status != expected):
+            response = await client.request(method, url, headers=callers.headers[caller], follow_redirects=False)
+            status = response.status_code
+            refused = status in (401, 403) or (status == 303 and response.headers["location"].startswith(CONSOLE_LOGIN))
+            if status >= 500 or (expected == ALLOWED and refused) or (expected != ALLOWED and not refused):
                 wrong.append(f"{method} {path} as {caller.value}: {status} ({rule.value} may call it)")
+            elif expected != ALLOWED and status != expected:
+                wrong.append(f"{method} {path} as {caller.value}: {status}, not {expected}")
     assert wrong == []
 
 
 @pytest.mark.parametrize("service", sorted(RULES))
-async def test_a_preflight_is_answered_without_credentials(
+async def test_a_preflight_is_never_refused_for_lack_of_credentials(
     apps: dict[str, AsyncTestClient[Litestar]], callers: Callers, service: str
 ) -> None:
+    """Litestar answers OPTIONS with the allowed methods (204); the console sends whoever has no session to its
+    login page (303). A preflight carries no credentials, so neither may be a 401, a 403 or an error."""
     client = apps[service]
     statuses = {
-        path: (await client.options(concrete(path, callers.provider_id))).status_code
+        path: (await client.options(concrete(path, callers.provider_id), follow_redirects=False)).status_code
         for _, path in routes_of(client.app)
     }
-    assert {path: status for path, status in statuses.items() if status != 204} == {}
+    assert {path: status for path, status in statuses.items() if status not in (204, 303)} == {}

@@ -7,7 +7,6 @@ or write. Each answers 401 or 403 before the route reads its body.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from litestar import Request
@@ -15,10 +14,11 @@ from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import AuthenticatedSource, Lockout, lead_source_for
+from ingest_gateway.accounts import AuthenticatedSource, lead_source_for
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.settings import Settings
 from libs.auth import Tokens, TotpSecrets, admin_principal, provider_principal, user_principal
+from libs.auth.login import THROTTLE_SCOPE, Lockout
 from libs.messaging.publisher import Publisher
 from libs.ratelimit import RateLimiter
 from libs.web import constant
@@ -43,8 +43,8 @@ def build_dependencies(
         "tokens": constant(tokens),
         "metrics": constant(metrics),
         "totp": constant(TotpSecrets.from_settings(settings)),
-        "lockout": constant(Lockout(settings.login_lockout_threshold, timedelta(seconds=settings.login_lockout_s))),
-        "throttle": constant(RateLimiter(engine, "login", settings.login_attempts_per_minute)),
+        "lockout": constant(Lockout.from_settings(settings)),
+        "throttle": constant(RateLimiter(engine, THROTTLE_SCOPE, settings.login_attempts_per_minute)),
         "principal": Provide(user_principal(tokens)),
         "admin": Provide(admin_principal(tokens)),
         "provider": Provide(provider_principal(tokens)),

@@ -16,8 +16,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from ingest_gateway.accounts import Lockout, create_user, login
+from ingest_gateway.accounts import create_user
 from libs.auth import TotpSecrets, is_sealed
+from libs.auth.login import Lockout, login
 from libs.db.tables import AuditEntry, User
 from tests.conftest import TEST_TOTP_ENCRYPTION_KEY
 

@@ -12,9 +12,10 @@ from litestar.params import Body
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import Lockout, login, unlock
+from ingest_gateway.accounts import unlock
 from ingest_gateway.settings import Settings
 from libs.auth import Principal, Tokens, TotpSecrets
+from libs.auth.login import Lockout, login, throttle_key
 from libs.contracts import EmailAddress
 from libs.db.tables import User
 from libs.logging import get_logger
@@ -66,7 +67,7 @@ class AuthController(Controller):
         settings: NamedDependency[Settings],
     ) -> TokenResponse:
         client = client_address(request, settings.trusted_proxies)
-        wait = await throttle.retry_after(f"{data.email.lower()}|{client}")
+        wait = await throttle.retry_after(throttle_key(data.email, client))
         if wait is not None:
             raise TooManyRequestsException("too many login attempts", headers={"Retry-After": str(wait)})
         principal = await login(engine, totp, lockout, data.email, data.password, data.totp_code)
