@@ -164,7 +164,7 @@ FMHL_DB_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))'
 FMHL_MQ_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
 FMHL_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
 FMHL_TOTP_KEY=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')
-FMHL_DLQ_SIGNING_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+FMHL_DLQ_RETRY_SIGNING_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 FMHL_GATEWAY_PORT=$base
 FMHL_DLQ_PORT=$((base + 1))
 FMHL_DISTRIBUTION_PORT=$((base + 2))
@@ -196,9 +196,10 @@ up() {
   start_health_runner
   say "docker compose up --wait"
   if ! compose up -d --no-build --wait --wait-timeout "${FMHL_COMPOSE_WAIT_S:-300}" >"$STATE/up.log" 2>&1; then
-    tail -n 20 "$STATE/up.log" >&2
-    compose ps -a >&2 || true
+    # Most telling last: each container's state, then how compose gave up.
     compose logs --tail 20 >&2 || true
+    compose ps -a --format 'table {{.Service}}\t{{.Status}}' >&2 || true
+    grep -v -E 'Waiting|Healthy|Creat|Start|Exited' "$STATE/up.log" | tail -n 5 >&2
     die "the stack did not become healthy"
   fi
   env_file
