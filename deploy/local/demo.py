@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col
 
 from ingest_gateway.cli import create_lead_source, create_user
+from libs.auth import TotpSecrets
 from libs.db.tables import Assignment, Lead, LeadStatus, Provider, Subscription
 from libs.runtime import service
 
@@ -70,7 +71,15 @@ async def main() -> None:
     engine = create_async_engine(os.environ["DATABASE_URL"])
     password = secrets.token_urlsafe(16)
     admin_email = f"admin-{run}@demo.example"
-    _, totp_secret = await create_user(engine, admin_email, "admin", password, None, True)
+    _, totp_secret = await create_user(
+        engine,
+        admin_email,
+        "admin",
+        password,
+        None,
+        True,
+        totp=TotpSecrets.from_keys(os.environ["TOTP_ENCRYPTION_KEY"]),
+    )
     assert totp_secret is not None
     _, api_key = await create_lead_source(engine, f"demo-forms-{run}", trusted=False)
     client = httpx.AsyncClient(base_url=GATEWAY, timeout=10)

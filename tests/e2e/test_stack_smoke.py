@@ -16,9 +16,10 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ingest_gateway.cli import create_user
+from libs.auth import TotpSecrets
 from libs.messaging.topology import DISTRIBUTION, DLQ_QUEUE, EMAIL, REPORT_EXPORT, SCHEDULED_JOBS
 from libs.runtime import SERVICES
-from tests.conftest import ServiceProcess, wait_for
+from tests.conftest import TEST_TOTP_ENCRYPTION_KEY, ServiceProcess, wait_for
 from tests.e2e.conftest import postgres_cluster
 
 CONSUMED_QUEUE = {
@@ -73,7 +74,9 @@ def admin_token(stack: list[ServiceProcess], database_url: str) -> str:
     async def admin() -> tuple[str, str]:
         engine = create_async_engine(database_url)
         email = f"fuzz-{uuid.uuid4().hex[:12]}@example.com"
-        _, secret = await create_user(engine, email, "admin", password, None, True)
+        _, secret = await create_user(
+            engine, email, "admin", password, None, True, totp=TotpSecrets.from_keys(TEST_TOTP_ENCRYPTION_KEY)
+        )
         await engine.dispose()
         assert secret is not None
         return email, secret
