@@ -44,7 +44,7 @@ from libs.messaging.errors import (
     UnknownMessageType,
     is_permanent,
 )
-from libs.messaging.publisher import Publisher
+from libs.messaging.publisher import MAX_HEADER_BYTES, Publisher, header_bytes
 from libs.messaging.topology import WorkQueue
 from libs.messaging.wire import UNDECODABLE_PROPERTIES, is_clean, printable, raw_bytes, short_text, undecodable
 from libs.telemetry import Telemetry, duration_histogram
@@ -288,6 +288,9 @@ class ConsumerPolicy:
         carried = dict(arrival.carried)
         if arrival.raw_properties and UNDECODABLE_PROPERTIES not in carried:
             carried[UNDECODABLE_PROPERTIES] = publishable(arrival.raw_properties)
+        if header_bytes(carried) > MAX_HEADER_BYTES // 2:
+            # Room for ours: the publisher's own headers go (the body stays), and the record says so.
+            carried = {h.HEADERS_DROPPED: f"{header_bytes(carried)} bytes of headers, too large to carry"}
         now = _now()
         attempt = arrival.attempt
         context = {

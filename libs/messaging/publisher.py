@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from faststream.rabbit import RabbitBroker, RabbitExchange
+from pamqp import encode
 
 from libs.contracts import Message
 from libs.logging import current_correlation_id
@@ -16,9 +18,21 @@ from libs.messaging.headers import CORRELATION_ID
 from libs.messaging.topology import Topology
 from libs.telemetry import Telemetry
 
+MAX_HEADER_BYTES = 64 * 1024
+"""Headers and properties share one AMQP frame (131,072 bytes here): a larger one makes RabbitMQ close the whole
+connection (FRAME_ERROR), with every consumer on it. Refused before sending instead."""
+
 
 class PublishFailed(Exception):
     """The broker did not confirm the message in time, returned it as unroutable, or is unreachable."""
+
+
+def header_bytes(headers: Mapping[str, Any]) -> int:
+    """The headers' size on the wire; a table the encoder refuses counts as too large."""
+    try:
+        return len(encode.field_table(dict(headers)))
+    except (TypeError, ValueError, struct.error, RecursionError):
+        return MAX_HEADER_BYTES + 1
 
 
 class Publisher:
@@ -64,6 +78,8 @@ class Publisher:
         user_id: str | None = None,
     ) -> None:
         """`user_id`: RabbitMQ refuses the publish unless it names this connection's own user."""
+        if (size := header_bytes(headers)) > MAX_HEADER_BYTES:
+            raise PublishFailed(f"{routing_key}: headers of {size} bytes exceed {MAX_HEADER_BYTES}")
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self.broker.publish(

@@ -404,3 +404,22 @@ async def test_a_reply_to_gets_no_answer(harness: Harness) -> None:
         assert await nothing_arrived()
         await asyncio.sleep(0.1)
     await connection.close()
+
+
+async def test_headers_too_large_to_carry_are_dropped_not_the_connection(harness: Harness) -> None:
+    async def refuse(_: int) -> None:
+        raise BusinessRuleViolation("refused")
+
+    harness.behaviours[11] = refuse
+    message_id = str(uuid.uuid4())
+    # Under the frame as sent; with the error headers added it would not be, and RabbitMQ would close the
+    # connection that every consumer of this process shares.
+    await harness.send_as_anyone(11, message_id=message_id, headers={"padding": "x" * 120_000})
+    headers = (await harness.dead_letter(message_id)).headers or {}
+    await harness.send_ping(12)
+
+    assert "padding" not in headers
+    assert "too large to carry" in str(headers[h.HEADERS_DROPPED])
+    assert headers[h.ERROR_TYPE] == "BusinessRuleViolation"
+    await eventually(lambda: len(harness.attempts_of(12)) == 1)
+    assert len(harness.attempts_of(11)) == 1
