@@ -5,6 +5,7 @@
 # Usage: run_test.sh [pytest args]   the whole check: tests/deploy/test_compose_run.py brings the stack up and down
 #        run_test.sh prepare         install what is missing, build the images (kept between runs)
 #        run_test.sh up | down       the stack alone (up prints the env file the test reads)
+#        run_test.sh compose ARGS... | podman ARGS...   either tool, set up as the test uses it
 set -euo pipefail
 shopt -s nullglob
 
@@ -219,6 +220,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   compose) shift; compose "$@" ;;
+  podman) shift; podman "$@" ;;
   *)
     prepare
     cd "$ROOT"

@@ -19,6 +19,8 @@ import pyotp
 import pytest
 import yaml
 
+from libs.messaging.topology import TOPOLOGY
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TEST = ROOT / "deploy" / "compose" / "run_test.sh"
 SERVICES = ["ingest-gateway", "dlq-service", "distribution-worker", "email-worker", "export-worker", "scheduler"]
@@ -164,6 +166,21 @@ def test_every_container_is_healthy_and_the_migration_completed(stack: Stack) ->
     assert not unhealthy
 
 
+def test_the_image_creates_the_volume_directories_for_its_user(stack: Stack) -> None:
+    """Docker, unlike Podman, gives a new named volume the owner of the image's directory (root where none)."""
+    owners = subprocess.run(
+        ["bash", str(RUN_TEST), "podman", "run", "--rm", "--entrypoint", "stat", "fmhl-ops:local",
+         "-c", "%n %u", "/exports", "/mail"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.split()  # fmt: skip
+    user = subprocess.run(
+        ["bash", str(RUN_TEST), "podman", "image", "inspect", "--format", "{{.Config.User}}", "fmhl-ops:local"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert owners == ["/exports", user.split(":")[0], "/mail", user.split(":")[0]]
+    assert user.split(":")[0] != "0"
+
+
 def test_an_approved_lead_is_distributed_to_every_subscribed_provider(scenario: Scenario) -> None:
     def inboxes() -> list[list[dict[str, Any]]] | None:
         pages = [inbox(scenario.admin, provider) for provider in (scenario.good_provider, scenario.refused_provider)]
@@ -244,3 +261,11 @@ def test_every_service_stops_cleanly_within_its_grace_period(stack: Stack) -> No
     stack.compose("stop", *SERVICES)
     containers = stack.containers()
     assert {name: containers[name]["ExitCode"] for name in SERVICES} == dict.fromkeys(SERVICES, 0)
+
+
+def test_rabbitmq_recreated_finds_its_queues_again(stack: Stack) -> None:
+    """After the services stopped: a new container with the same hostname and volume is the same node."""
+    stack.compose("rm", "--stop", "--force", "rabbitmq")
+    stack.compose("up", "--detach", "--no-deps", "--wait", "rabbitmq")
+    queues = stack.compose("exec", "-T", "rabbitmq", "rabbitmqctl", "--quiet", "list_queues", "--vhost", "fmhl", "name")
+    assert {queue.name for queue in TOPOLOGY.work_queues} | {TOPOLOGY.dlq_queue} <= set(queues.split())
