@@ -1,6 +1,6 @@
 """Renders alerts/fmhl.rules.yml as a PrometheusRule for the Prometheus Operator: one source for both.
 
-python deploy/k8s/render_rules.py > deploy/k8s/base/prometheusrule.yaml   (task k8s-rules)
+python deploy/k8s/render_rules.py > deploy/k8s/components/monitoring/prometheusrule.yaml   (task k8s-rules)
 """
 
 from pathlib import Path
