@@ -133,6 +133,8 @@ class Parking:
     async def peek(self, limit: int) -> ParkedMessages:
         """Up to `limit` parked messages, handed back at once: a concurrent look may see others."""
         queue = await self._queue()
+        # Counted first: messages taken for a look are unacked until the broker has them back.
+        depth, _ = await queue_counts(self.broker, PARKING_QUEUE)
         taken: list[AbstractIncomingMessage] = []
         try:
             while len(taken) < limit and (message := await queue.get(no_ack=False, fail=False)) is not None:
@@ -141,7 +143,6 @@ class Parking:
         finally:
             for message in taken:
                 await message.nack(requeue=True)
-        depth, _ = await queue_counts(self.broker, PARKING_QUEUE)
         return ParkedMessages(depth=depth, items=items)
 
     async def recapture(self, limit: int) -> Recaptured:
