@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import sqlalchemy.exc
+from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelClosed, ChannelInvalidStateError
 from opentelemetry.metrics import Counter, Observation
 
@@ -89,6 +90,15 @@ def is_unavailable(error: BaseException) -> bool:
 
 def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:300]
+
+
+def channel_open(raw: AbstractIncomingMessage) -> bool:
+    """False once the channel a delivery came on has closed: the broker has returned it to its queue already,
+    so a held delivery is dropped rather than handled twice."""
+    try:
+        return not raw.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
 
 
 class BreakerState(enum.StrEnum):

@@ -1,0 +1,1 @@
+"""Fault injection: the pipeline under worker, broker and database faults, checked from PostgreSQL afterwards."""

@@ -1,0 +1,87 @@
+"""The broker stopped, killed or cut off mid-run: the gateway answers 503 instead of a 202 it could not keep,
+every service reconnects by itself, and nothing is lost or charged twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.faults.conftest import Scenario
+from tests.faults.known import LOW_BALANCE_MAIL_LOST, MAIL_SENT_AGAIN, SLOW_DEAD_CONNECTION_DETECTION, SLOW_DETECTION
+from tests.faults.proxy import Mode
+from tests.faults.stack import PIPELINE
+
+BLACKHOLE_S = 60
+PUBLISH_TIMEOUT_S = 5.0
+"""The services' PUBLISH_TIMEOUT_S default."""
+# A broker connection lost between a commit and its ack or its follow-up publish meets both mail defects.
+BROKER_LOSS_DEFECTS = {**MAIL_SENT_AGAIN, **LOW_BALANCE_MAIL_LOST}
+
+
+async def test_rabbitmq_stopped_and_started_mid_run(scenario: Scenario) -> None:
+    workload = await scenario.workload()
+    driving = scenario.drive(workload)
+    await workload.accepted_at_least(workload.leads // 3)
+    await asyncio.to_thread(scenario.rabbitmq.stop)
+    await asyncio.to_thread(scenario.rabbitmq.start)
+    await driving
+    await scenario.verify(workload, known=BROKER_LOSS_DEFECTS)
+
+
+async def test_the_broker_process_killed_mid_run(scenario: Scenario) -> None:
+    workload = await scenario.workload()
+    driving = scenario.drive(workload)
+    await workload.accepted_at_least(workload.leads // 3)
+    await asyncio.to_thread(scenario.rabbitmq.kill)
+    await asyncio.to_thread(scenario.rabbitmq.start)
+    await driving
+    await scenario.verify(workload, known=BROKER_LOSS_DEFECTS)
+
+
+async def seconds_until_broker_down(url: str, since: float, timeout: float) -> float:
+    """How long after `since` the service's readiness reports its broker connection down (not merely slow)."""
+    async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(timeout):
+        while True:
+            try:
+                checks = (await client.get(url)).json().get("checks", {})
+            except (httpx.HTTPError, ValueError):
+                checks = {}
+            broker = checks.get("broker", {})
+            if broker.get("status") == "down" and "timed out" not in broker.get("error", ""):
+                return time.monotonic() - since
+            await asyncio.sleep(0.5)
+
+
+async def test_the_broker_port_black_holed_for_a_minute(scenario: Scenario) -> None:
+    heartbeat = scenario.rabbitmq.heartbeat_s
+    workload = await scenario.workload()
+    driving = scenario.drive(workload)
+    await workload.accepted_at_least(workload.leads // 3)
+    scenario.proxy.set(Mode.blackhole)
+    dark = time.monotonic()
+    dark_at_s = dark - workload.started
+    try:
+        detected = await asyncio.gather(*(
+            seconds_until_broker_down(scenario.stack.running[role].url("/health/ready"), dark, BLACKHOLE_S)
+            for role in PIPELINE
+        ))  # fmt: skip
+        await asyncio.sleep(max(0.0, BLACKHOLE_S - (time.monotonic() - dark)))
+    finally:
+        scenario.proxy.set(Mode.forward)
+    healed_at_s = time.monotonic() - workload.started
+    await driving
+    scenario.figures["dead_connection_detected_s"] = dict(zip(PIPELINE, (round(s, 1) for s in detected), strict=True))
+    during = workload.attempts_between(dark_at_s, healed_at_s)
+    scenario.figures["requests_while_dark"] = len(during)
+    scenario.figures["slowest_answer_while_dark_s"] = round(max(attempt.seconds for attempt in during), 1)
+    # Dead connections are noticed within twice the heartbeat (plus the client's heartbeat tick, half a heartbeat,
+    # and one readiness poll).
+    late = {role: s for role, s in zip(PIPELINE, detected, strict=True) if s > 2.5 * heartbeat + 1.5}
+    found = {SLOW_DEAD_CONNECTION_DETECTION: f"{late}"} if late else {}
+    await scenario.verify(workload, found=found, known={**BROKER_LOSS_DEFECTS, **SLOW_DETECTION})
+    # Requests answer (503) within the publish timeout, and none hangs until the client gives up.
+    assert all(attempt.error is None for attempt in during), [a for a in during if a.error][:5]
+    assert {attempt.status for attempt in during} <= {202, 503}
+    assert max(attempt.seconds for attempt in during) <= PUBLISH_TIMEOUT_S + 2.0
