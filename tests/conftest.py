@@ -70,6 +70,7 @@ def schema_database_url() -> str:
 
 TEST_JWT_SECRET = "test-only-signing-key-0123456789abcdef"
 TEST_TOTP_ENCRYPTION_KEY = "dGVzdC1vbmx5LXRvdHAtc2VhbGluZy1rZXktMzJieSE="  # a Fernet key: 32 bytes, base64
+TEST_RETRY_SIGNING_KEY = "test-only-retry-signing-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +82,7 @@ def service_env(rabbitmq_url: str, database_url: str, tmp_path_factory: pytest.T
         "LOG_LEVEL": "DEBUG",
         "JWT_SECRET": TEST_JWT_SECRET,
         "TOTP_ENCRYPTION_KEY": TEST_TOTP_ENCRYPTION_KEY,
+        "DLQ_RETRY_SIGNING_KEY": TEST_RETRY_SIGNING_KEY,
         "EXPORT_DIR": str(tmp_path_factory.mktemp("exports")),
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": os.environ.get("TEST_SMTP_PORT", "2626"),
