@@ -257,7 +257,7 @@ async def test_each_action_is_in_the_audit_log_linked_to_its_entity(
         browser.get(console.page(f"/console/audit?actor={admin.user_id}&action={action}"))
         assert browser.find_elements(By.CSS_SELECTOR, f"tr[data-action='{action}']"), action
     browser.get(console.page(f"/console/audit?actor={admin.user_id}&action=dlq.entry_viewed"))
-    revealed = browser.find_elements(By.XPATH, "//tr[contains(., '\"reveal\": true')]")
+    revealed = browser.find_elements(By.XPATH, "//tr[contains(., '\"reveal\":true')]")
     assert revealed
     browser.get(console.page(f"/console/audit?actor={admin.user_id}&action=dlq.job_retried"))
     click_through(browser, browser.find_element(By.CSS_SELECTOR, "tr[data-action='dlq.job_retried'] a.entity"))

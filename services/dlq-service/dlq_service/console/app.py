@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from litestar import Router
 from litestar.config.csrf import CSRFConfig
@@ -85,6 +86,12 @@ def _seconds(value: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
+def _json(value: Any, indent: bool = False) -> str:
+    """JSON as text for a page, escaped there like any text (Jinja's `tojson` is for scripts: it shows `<` as
+    `\\u003c`)."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0, default=str).decode()
+
+
 def templates() -> TemplateConfig[JinjaTemplateEngine]:
     """Every template escapes what it prints (payloads, headers and errors are whatever a publisher sent)."""
     environment = Environment(
@@ -94,6 +101,7 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
     )
     environment.filters["when"] = _when
     environment.filters["seconds"] = _seconds
+    environment.filters["json"] = _json
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 
