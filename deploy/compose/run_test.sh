@@ -103,7 +103,8 @@ prepare() {
   base_image
   python_image
   local pids=() failed=0
-  build_if_changed localhost/fmhl-standin/rabbitmq:test "$HERE/standins" "$HERE/standins/rabbitmq.Containerfile" & pids+=($!)
+  build_if_changed localhost/fmhl-standin/rabbitmq:test "$HERE/standins" "$HERE/standins/rabbitmq.Containerfile" \
+    "$HERE/standins/rabbitmq-entrypoint.sh" & pids+=($!)
   build_if_changed localhost/fmhl-standin/postgres:test "$HERE/standins" "$HERE/standins/postgres.Containerfile" \
     "$HERE/standins/postgres-entrypoint.sh" & pids+=($!)
   build_if_changed localhost/fmhl-standin/prometheus:test "$HERE/standins" "$HERE/standins/prometheus.Containerfile" & pids+=($!)

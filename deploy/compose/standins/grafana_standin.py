@@ -8,6 +8,8 @@ Fails at start when a provisioning file or dashboard does not parse or a provide
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,5 +80,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    # PID 1 ignores SIGTERM unless it handles it: without this, every stop waits for the kill.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"grafana stand-in: {len(DASHBOARDS)} dashboards, datasource {DATASOURCE['url']}", flush=True)
     ThreadingHTTPServer(("0.0.0.0", 3000), Handler).serve_forever()
