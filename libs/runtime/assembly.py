@@ -16,6 +16,7 @@ from libs.db import create_engine, database_check
 from libs.health import Readiness
 from libs.logging import configure_logging
 from libs.messaging.broker import QueueDepthGauge, broker_check, broker_lifecycle, create_broker, queue_check
+from libs.messaging.outage import Outages
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import TOPOLOGY
 from libs.settings import ServiceSettings, Settings, load_or_exit
@@ -31,6 +32,9 @@ class ServiceRuntime:
     broker: RabbitBroker
     publisher: Publisher
     readiness: Readiness
+    outages: Outages
+    """A breaker per consumed queue (`outages.breaker(queue)`, given to that queue's ConsumerPolicy): an outage
+    pauses consumption, and readiness answers 503 while a consumer is paused."""
     on_startup: list[LifespanHook] = field(default_factory=list)
     on_shutdown: list[LifespanHook] = field(default_factory=list)
 
@@ -44,8 +48,11 @@ class ServiceRuntime:
             settings.rabbitmq_url.get_secret_value(), telemetry, service=settings.service_name, prefetch=prefetch
         )
         checks = {"database": database_check(engine), "broker": broker_check(broker)}
+        # The breakers probe the same dependencies readiness checks.
+        outages = Outages(dict(checks), telemetry)
         if consumes is not None:
             checks["queue"] = queue_check(broker, consumes)
+            checks["consumers"] = outages.check()
         start_broker, stop_broker = broker_lifecycle(broker, TOPOLOGY)
         runtime = cls(
             settings=settings,
@@ -54,8 +61,10 @@ class ServiceRuntime:
             broker=broker,
             publisher=Publisher(broker, TOPOLOGY, telemetry, settings.publish_timeout_s),
             readiness=Readiness(checks, timeout_s=settings.health_check_timeout_s),
+            outages=outages,
             on_startup=[start_broker],
-            on_shutdown=[stop_broker, engine.dispose],
+            # Deliveries held for an outage go back to their queue first, so the broker's drain does not wait on them.
+            on_shutdown=[outages.stop, stop_broker, engine.dispose],
         )
         if consumes is not None:
             depth = QueueDepthGauge(broker, consumes, telemetry)
