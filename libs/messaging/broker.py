@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -20,6 +20,9 @@ from libs.telemetry import PeriodicRefresh, Telemetry
 
 EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
 DEAD_LETTERS = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True)
+# Passive declarations: a service's user may not configure the exchanges, only find them.
+EVENTS_LOOKUP = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True, declare=False)
+DEAD_LETTERS_LOOKUP = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True, declare=False)
 _USERS: weakref.WeakKeyDictionary[RabbitBroker, str] = weakref.WeakKeyDictionary()
 
 
@@ -59,18 +62,29 @@ def create_broker(
     return broker
 
 
-async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
-    """Idempotent: every service runs it at start, so no start order matters."""
-    events = await broker.declare_exchange(EVENTS)
-    dead_letters = await broker.declare_exchange(DEAD_LETTERS)
-    dlq = await broker.declare_queue(
-        RabbitQueue(topology.dlq_queue, durable=True, arguments=topology.dlq_arguments)  # type: ignore[call-overload]
-    )
-    await dlq.bind(dead_letters, routing_key="")
-    await broker.declare_queue(
-        RabbitQueue(topology.parking_queue, durable=True, arguments=topology.dlq_arguments)  # type: ignore[call-overload]
-    )
+async def declare_topology(broker: RabbitBroker, topology: Topology, queues: Collection[str] | None = None) -> None:
+    """Idempotent. Everything (`queues=None`) is declared by the provisioning step, as the broker's administrator.
+    A service passes the queues its own user may configure (libs.messaging.permissions) and declares only those,
+    with their bindings and delay queues; the exchanges it binds to are then looked up, never declared."""
+    everything = queues is None
+
+    def wanted(name: str) -> bool:
+        return queues is None or name in queues
+
+    events = await broker.declare_exchange(EVENTS if everything else EVENTS_LOOKUP)
+    if wanted(topology.dlq_queue):
+        dead_letters = await broker.declare_exchange(DEAD_LETTERS if everything else DEAD_LETTERS_LOOKUP)
+        dlq = await broker.declare_queue(
+            RabbitQueue(topology.dlq_queue, durable=True, arguments=topology.dlq_arguments)  # type: ignore[call-overload]
+        )
+        await dlq.bind(dead_letters, routing_key="")
+    if wanted(topology.parking_queue):
+        await broker.declare_queue(
+            RabbitQueue(topology.parking_queue, durable=True, arguments=topology.dlq_arguments)  # type: ignore[call-overload]
+        )
     for work_queue in topology.work_queues:
+        if not wanted(work_queue.name):
+            continue
         queue = await broker.declare_queue(
             RabbitQueue(work_queue.name, durable=True, arguments=work_queue.arguments())  # type: ignore[call-overload]
         )
@@ -116,12 +130,14 @@ async def queue_counts(broker: RabbitBroker, queue_name: str) -> tuple[int, int]
     return int(result.message_count or 0), int(result.consumer_count or 0)
 
 
-def broker_lifecycle(broker: RabbitBroker, topology: Topology) -> tuple[Any, Any]:
-    """Startup and shutdown hooks: declare the topology before consuming; on stop, drain in-flight handlers."""
+def broker_lifecycle(
+    broker: RabbitBroker, topology: Topology, queues: Collection[str] | None = None
+) -> tuple[Any, Any]:
+    """Startup and shutdown hooks: declare the queues before consuming; on stop, drain in-flight handlers."""
 
     async def start() -> None:
         await broker.connect()
-        await declare_topology(broker, topology)
+        await declare_topology(broker, topology, queues)
         await broker.start()
 
     async def stop() -> None:

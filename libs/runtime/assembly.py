@@ -17,6 +17,7 @@ from libs.health import Readiness
 from libs.logging import configure_logging
 from libs.messaging.broker import QueueDepthGauge, broker_check, broker_lifecycle, create_broker, queue_check
 from libs.messaging.outage import Outages
+from libs.messaging.permissions import broker_grant
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import TOPOLOGY
 from libs.settings import ServiceSettings, Settings, load_or_exit
@@ -53,7 +54,8 @@ class ServiceRuntime:
         if consumes is not None:
             checks["queue"] = queue_check(broker, consumes)
             checks["consumers"] = outages.check()
-        start_broker, stop_broker = broker_lifecycle(broker, TOPOLOGY)
+        # Its own queues only: its broker user may configure nothing else (the provisioning step declared the rest).
+        start_broker, stop_broker = broker_lifecycle(broker, TOPOLOGY, broker_grant(settings.service_name).queues())
         runtime = cls(
             settings=settings,
             telemetry=telemetry,

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,11 @@ class PrivateRabbitMQ:
         self.ctl("add_user", self.user, self.password)
         self.ctl("set_user_tags", self.user, "administrator")
         self.ctl("set_permissions", "-p", self.vhost, self.user, ".*", ".*", ".*")
+        # As the provisioning step does: services declare only their own queues and find the exchanges.
+        subprocess.run(
+            [sys.executable, "-m", "libs.messaging.permissions", "declare"],
+            env={**os.environ, "RABBITMQ_URL": self.url()}, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
