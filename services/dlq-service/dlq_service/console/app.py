@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from litestar import Router
+from litestar import Response, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
@@ -105,6 +105,13 @@ def templates() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 
+async def with_headers(response: Response[Any]) -> Response[Any]:
+    """The static files' handler is its own router: the console's headers are added to what it answers."""
+    for name, value in HEADERS.items():
+        response.headers[name] = value
+    return response
+
+
 def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient) -> Console:
     sessions = ConsoleSessions(
         engine, timedelta(seconds=settings.console_session_idle_s), timedelta(seconds=settings.console_session_max_s)
@@ -127,7 +134,7 @@ def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClie
     )  # fmt: skip
     static = create_static_files_router(
         path="/static", directories=[HERE / "static"], opt={PUBLIC: True}, include_in_schema=False,
-        name="console:static", send_as_attachment=False,
+        name="console:static", send_as_attachment=False, after_request=with_headers,
     )  # fmt: skip
     exception_handlers: dict[Any, Any] = {
         NotAuthorizedException: to_login,

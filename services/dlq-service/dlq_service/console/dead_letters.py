@@ -11,7 +11,7 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
-from litestar.params import Body
+from litestar.params import Body, FromPath
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -102,7 +102,7 @@ class DeadLettersController(Controller):
     @get("/{entry_id:uuid}", name="console:entry")
     async def entry(
         self,
-        entry_id: uuid.UUID,
+        entry_id: FromPath[uuid.UUID],
         request: Request[Any, Any, Any],
         admin: NamedDependency[SessionUser],
         engine: NamedDependency[AsyncEngine],
@@ -124,7 +124,7 @@ class DeadLettersController(Controller):
     @post("/{entry_id:uuid}/retry", name="console:retry")
     async def retry(
         self,
-        entry_id: uuid.UUID,
+        entry_id: FromPath[uuid.UUID],
         admin: NamedDependency[SessionUser],
         engine: NamedDependency[AsyncEngine],
         publisher: NamedDependency[Publisher],
@@ -144,7 +144,11 @@ class DeadLettersController(Controller):
 
     @post("/{entry_id:uuid}/resolve", name="console:resolve")
     async def resolve(
-        self, entry_id: uuid.UUID, data: Form, admin: NamedDependency[SessionUser], engine: NamedDependency[AsyncEngine]
+        self,
+        entry_id: FromPath[uuid.UUID],
+        data: Form,
+        admin: NamedDependency[SessionUser],
+        engine: NamedDependency[AsyncEngine],
     ) -> Redirect:
         try:
             await group_resolutions.resolve_entry(engine, entry_id, admin.subject, field(data, "note"))
@@ -154,7 +158,7 @@ class DeadLettersController(Controller):
 
     @get("/{entry_id:uuid}/edit", name="console:edit")
     async def edit(
-        self, entry_id: uuid.UUID, admin: NamedDependency[SessionUser], engine: NamedDependency[AsyncEngine]
+        self, entry_id: FromPath[uuid.UUID], admin: NamedDependency[SessionUser], engine: NamedDependency[AsyncEngine]
     ) -> Template:
         """The editor starts from the body as it is: a look at the payload, audited as revealed."""
         try:
@@ -170,7 +174,7 @@ class DeadLettersController(Controller):
     @post("/{entry_id:uuid}/edit", name="console:edit-and-retry")
     async def edit_and_retry(
         self,
-        entry_id: uuid.UUID,
+        entry_id: FromPath[uuid.UUID],
         data: Form,
         admin: NamedDependency[SessionUser],
         engine: NamedDependency[AsyncEngine],

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_409_CONFLICT, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -51,8 +52,8 @@ class JobsController(Controller):
     @post("/{name:str}/{action:str}", name="console:job-action")
     async def act(
         self,
-        name: str,
-        action: str,
+        name: FromPath[str],
+        action: FromPath[str],
         admin: NamedDependency[SessionUser],
         engine: NamedDependency[AsyncEngine],
         scheduler_api: NamedDependency[SchedulerApi],

@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -102,7 +103,7 @@ class RedrivesController(Controller):
     @get("/{redrive_id:uuid}", name="console:redrive")
     async def redrive(
         self,
-        redrive_id: uuid.UUID,
+        redrive_id: FromPath[uuid.UUID],
         request: Request[Any, Any, Any],
         admin: NamedDependency[SessionUser],
         engine: NamedDependency[AsyncEngine],
@@ -116,14 +117,14 @@ class RedrivesController(Controller):
 
     @get("/{redrive_id:uuid}/progress", name="console:redrive-progress")
     async def progress(
-        self, redrive_id: uuid.UUID, admin: NamedDependency[SessionUser], engine: NamedDependency[AsyncEngine]
+        self, redrive_id: FromPath[uuid.UUID], admin: NamedDependency[SessionUser], engine: NamedDependency[AsyncEngine]
     ) -> Template:
         """The progress block alone, for the page to swap in while the redrive runs."""
         return Template(template_name="_redrive_progress.html", context=await self._progress(engine, redrive_id))
 
     @post("/{redrive_id:uuid}/cancel", name="console:redrive-cancel")
     async def cancel(
-        self, redrive_id: uuid.UUID, admin: NamedDependency[SessionUser], engine: NamedDependency[AsyncEngine]
+        self, redrive_id: FromPath[uuid.UUID], admin: NamedDependency[SessionUser], engine: NamedDependency[AsyncEngine]
     ) -> Redirect:
         try:
             await retries.cancel_redrive(engine, redrive_id, admin.subject)
