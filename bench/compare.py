@@ -69,9 +69,9 @@ async def main(argv: Sequence[str]) -> None:
         "the same run; a side's ratio is the median of its runs' figure/baseline. **after/before (ratios)** "
         "divides the after ratio by the before ratio, so load that slows a whole run cancels out; 1.000 means "
         "unchanged, below 0.950 means more than 5% slower. Spread is (max - min) / median of a side's runs. "
-        "Service CPU per item is the measured process's own CPU time per request, lead or dead letter: other "
-        "load on the machine barely moves it, so it is the steadiest sign of a change in the code's own cost "
-        "(PostgreSQL's and RabbitMQ's share of the work is not in it).",
+        "Service CPU per item is the measured process's own CPU time per request, lead or dead letter: far "
+        "steadier than throughput when both sides see a similar load, though it rises with load too, and it "
+        "leaves out PostgreSQL's and RabbitMQ's share of the work.",
         "",
         *comparison_table(measured, summaries["before"], summaries["after"]),
         *([f"Runs lost (both sides dropped): {'; '.join(lost)}.", ""] if lost else []),

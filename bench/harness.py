@@ -171,8 +171,8 @@ class Service:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (/proc): unlike throughput, barely moved by other load
-        on the machine, so it shows a change in the service's own cost through the noise."""
+        """User + system CPU time of the process so far (/proc): far steadier than throughput under other load
+        on the machine (though not immune to it), so it shows a change in the service's own cost."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

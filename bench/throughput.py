@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -50,7 +51,7 @@ def revision(checkout: Path) -> str:
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:
-    return " ".join(["python -m", module, *argv])
+    return shlex.join(["python", "-m", module, *argv])
 
 
 def arguments(argv: Sequence[str]) -> argparse.Namespace:
