@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ from tests.services.conftest import MailSink
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 DLQ_PORT, EMAIL_PORT, SCHEDULER_PORT = 18401, 18402, 18404
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Only a run that asks for it replaces the committed screenshots:
+#   FMHL_SCREENSHOT_DIR=docs/screenshots .venv/bin/python -m pytest tests/browser
+SCREENSHOTS = Path(os.environ.get("FMHL_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "fmhl-console-screenshots")
 PASSWORD = "a console password for tests only"
 # Without the networking flags Chromium keeps calling Google's hosts, which this machine's closed network refuses.
 CHROMIUM_FLAGS = (
