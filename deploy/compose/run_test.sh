@@ -200,7 +200,7 @@ up() {
   if ! compose up -d --no-build --wait --wait-timeout "${FMHL_COMPOSE_WAIT_S:-300}" >"$STATE/up.log" 2>&1; then
     # Most telling last: each container's state, then how compose gave up.
     compose logs --tail 20 >&2 || true
-    compose ps -a --format 'table {{.Service}}\t{{.Status}}' >&2 || true
+    compose ps -a --format 'table {{.Service}}\t{{.Status}}\t{{.Health}}' >&2 || true
     grep -v -E 'Waiting|Healthy|Creat|Start|Exited' "$STATE/up.log" | tail -n 5 >&2
     die "the stack did not become healthy"
   fi
