@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -175,7 +176,8 @@ class Scenario:
     began: float = field(default_factory=time.monotonic)
 
     async def workload(self, leads: int = LEADS, rate_per_s: float = RATE_PER_S) -> Workload:
-        run = await seed(self.engine, f"{self.name}-{secrets.token_hex(3)}")
+        # Short and plain: the run's name becomes its category (at most 100 characters) and mail addresses.
+        run = await seed(self.engine, f"{re.sub(r'[^a-z0-9]+', '-', self.name)[:40]}-{secrets.token_hex(3)}")
         self.since = await database_now(self.engine)
         self.deadlocks_before = await deadlocks(self.engine)
         return Workload(self.stack.running["ingest-gateway"].url(""), run, leads, rate_per_s)
