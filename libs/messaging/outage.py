@@ -202,13 +202,16 @@ class Breaker:
         if self.paused:
             self._close()
 
-    def failed(self, error: BaseException) -> Verdict:
+    def failed(self, error: BaseException, *, unavailable: bool | None = None) -> Verdict:
+        """`unavailable`: the caller's own classification (e.g. dlq-service's DatabaseUnavailable); by default the
+        error is classified by `is_unavailable`."""
         if is_permanent(error):
             # Says nothing about the dependencies: a trial that met a malformed message lets the next one try.
             self._trial_running = False
             self._notify()
             return Verdict.counted
-        unavailable = is_unavailable(error)
+        if unavailable is None:
+            unavailable = is_unavailable(error)
         if self.state is BreakerState.closed:
             if unavailable:
                 self._open(Cause.unavailable, error)

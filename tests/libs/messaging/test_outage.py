@@ -150,6 +150,13 @@ async def test_an_unavailable_dependency_holds_the_delivery_and_pauses() -> None
     await breaker.stop()
 
 
+async def test_a_caller_that_classified_the_failure_itself_is_believed() -> None:
+    breaker = Breaker("q", {"database": Dependency()}, FAST)
+    assert breaker.failed(TransientError("the database is unreachable"), unavailable=True) is Verdict.held
+    assert breaker.cause is Cause.unavailable
+    await breaker.stop()
+
+
 async def test_consecutive_ordinary_failures_pause_after_the_threshold_and_a_success_resets_the_count() -> None:
     breaker = Breaker("q", {"database": Dependency()}, FAST)
     for _ in range(FAST.failure_threshold - 1):
