@@ -79,7 +79,7 @@ def test_the_prometheus_rule_is_the_rendering_of_alerts() -> None:
         from render_rules import render  # type: ignore[import-not-found]
     finally:
         sys.path.pop(0)
-    committed = (ROOT / "deploy" / "k8s" / "base" / "prometheusrule.yaml").read_text()
+    committed = (ROOT / "deploy" / "k8s" / "components" / "monitoring" / "prometheusrule.yaml").read_text()
     assert committed == render(), "run `task k8s-rules` after changing alerts/"
     rule = of_kind(build("production"), "PrometheusRule")["fmhl-ops"]
     source = yaml.safe_load((ROOT / "alerts" / "fmhl.rules.yml").read_text())
