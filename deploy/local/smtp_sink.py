@@ -51,9 +51,10 @@ def main() -> None:
     folder = Path(sys.argv[1])
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 2525
     refused = {domain.strip().lower() for domain in os.environ.get("SMTP_SINK_REFUSE", "refused.example").split(",")}
-    controller = Controller(MailFolder(folder, refused), hostname=os.environ.get("SMTP_SINK_HOST", "127.0.0.1"), port=port)
+    host = os.environ.get("SMTP_SINK_HOST", "127.0.0.1")
+    controller = Controller(MailFolder(folder, refused), hostname=host, port=port)
     controller.start()
-    print(f"smtp sink on 127.0.0.1:{port}, mail in {folder}", flush=True)
+    print(f"smtp sink on {host}:{port}, mail in {folder}", flush=True)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
