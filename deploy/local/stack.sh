@@ -31,7 +31,7 @@ declare -A MODULES=([ingest-gateway]=ingest_gateway [dlq-service]=dlq_service
                     [export-worker]=export_worker [scheduler]=scheduler)
 # The shared settings each service needs besides its own credentials: a worker never sees a signing key.
 declare -A SETTINGS=([ingest-gateway]="JWT_SECRET TOTP_ENCRYPTION_KEY EXPORT_DIR"
-                     [dlq-service]="JWT_SECRET DLQ_RETRY_SIGNING_KEY" [scheduler]="JWT_SECRET"
+                     [dlq-service]="JWT_SECRET DLQ_RETRY_SIGNING_KEY TOTP_ENCRYPTION_KEY" [scheduler]="JWT_SECRET"
                      [distribution-worker]="" [email-worker]="SMTP_HOST SMTP_PORT" [export-worker]="EXPORT_DIR")
 if [ -n "${FMHL_HTTP_PORTS:-}" ]; then
   read -r -a _ports <<< "$FMHL_HTTP_PORTS"
@@ -109,6 +109,8 @@ service_env_files() {
         echo "RABBITMQ_URL=amqp://$(user_of "$service"):$(secret "mq-$service")@$mq_host:5672/$VHOST"
         if [ "$service" = dlq-service ]; then
           echo "RABBITMQ_MANAGEMENT_URL=http://$(user_of "$service-monitoring"):$(secret "mq-$service-monitoring")@$mq_host:15672"
+          # The console's scheduled-jobs page acts through the scheduler's admin API.
+          echo "SCHEDULER_URL=http://$([ "$mq_host" = 127.0.0.1 ] && echo "127.0.0.1:${PORTS[scheduler]}" || echo "scheduler:8080")"
         fi
         for name in ${SETTINGS[$service]}; do
           case "$secrets_only:$name" in secrets-only:EXPORT_DIR|secrets-only:SMTP_*) continue ;; esac

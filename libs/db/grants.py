@@ -39,7 +39,9 @@ from libs.db.tables import (
     AuditEntry,
     BadLeadReport,
     BalanceDiscrepancy,
+    ConsoleSession,
     DeadLetter,
+    DeadLetterEdit,
     DeadLetterEvent,
     DeadLetterRetry,
     EmailLog,
@@ -167,8 +169,19 @@ GRANTS: dict[str, tuple[TableGrant, ...]] = {
         grant(DeadLetterRetry, SELECT, INSERT, UPDATE),
         grant(Redrive, SELECT, INSERT, UPDATE),
         grant(RedriveItem, SELECT, INSERT, UPDATE),
-        grant(AuditEntry, SELECT, INSERT, reading=[AuditEntry.id]),
+        # The console: the audit page reads the whole trail; its login is the gateway's (same users, lockout and
+        # throttle), so it updates the same login columns; its sessions and edited bodies are its own.
+        grant(AuditEntry, SELECT, INSERT),
         grant(RateLimitHit, SELECT, INSERT, DELETE),
+        grant(
+            User,
+            SELECT,
+            UPDATE,
+            updating=[User.totp_secret, User.totp_last_used_step, User.failed_logins, User.locked_until],
+        ),
+        grant(ConsoleSession, SELECT, INSERT, UPDATE, DELETE),
+        grant(DeadLetterEdit, SELECT, INSERT, DELETE),
+        grant(ScheduledJobRun, SELECT),
     ),
     "scheduler": (
         grant(ScheduledJob, SELECT, INSERT, UPDATE),
