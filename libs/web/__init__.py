@@ -5,7 +5,7 @@ from libs.web.client import Network, client_address
 from libs.web.dependencies import constant
 from libs.web.limits import JsonInt, fits_column
 from libs.web.middleware import CORRELATION_HEADER, RequestContext, accept_correlation_id
-from libs.web.openapi import SCHEMA_CSP, SCHEMA_PATH, openapi_config
+from libs.web.openapi import SCHEMA_CSP, SCHEMA_PATH, Error, document_refusals, error_responses, openapi_config
 from libs.web.ops_routes import ops_routes
 from libs.web.requests import JsonSafeRequest
 from libs.web.security import security_headers
@@ -15,6 +15,7 @@ __all__ = [
     "CORRELATION_HEADER",
     "SCHEMA_CSP",
     "SCHEMA_PATH",
+    "Error",
     "JsonInt",
     "JsonSafeRequest",
     "Network",
@@ -23,6 +24,8 @@ __all__ = [
     "client_address",
     "constant",
     "create_app",
+    "document_refusals",
+    "error_responses",
     "fits_column",
     "openapi_config",
     "ops_routes",

@@ -13,13 +13,37 @@ from html import escape
 from typing import Any
 
 from litestar import Request
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, YamlRenderPlugin
-from litestar.openapi.spec import Components, Reference, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
+from pydantic import BaseModel
 
 SCHEMA_PATH = "/schema"
 BEARER = SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+ERROR_SCHEMA = "Error"
+ERROR_DESCRIPTIONS = {
+    400: "A parameter or the body is malformed or breaks a rule; `extra` names the fields",
+    401: "No credentials, or credentials that are not valid (expired, unknown, wrong signature)",
+    403: "Valid credentials without the right to this operation or this resource",
+    404: "No such resource (a path parameter of the wrong type matches no route either)",
+    409: "The resource's current state does not allow this",
+    413: "The request body is larger than the service accepts",
+    429: "Too many requests: wait Retry-After seconds",
+    503: "A dependency did not confirm and nothing was changed: retry after Retry-After seconds",
+}
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2rem;color:#1a1a1a}"
@@ -64,6 +88,107 @@ class SchemaPage(OpenAPIRenderPlugin):
 def _credentials(operation: dict[str, Any], document: dict[str, Any]) -> str:
     requirements = operation.get("security", document.get("security")) or []
     return ", ".join(sorted({name for requirement in requirements for name in requirement})) or "none"
+
+
+class Error(BaseModel):
+    """The body of every refusal: Litestar's exception response."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | list[Any] | None = None
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """`responses=error_responses(409, 503)` on a route: the refusals only that route can answer.
+
+    401/403 (secured operations), 400 (parameters or a body), 404 (path parameters) and 413 (a body) are added to
+    every operation by `document_refusals`, which also gives each the one error schema and Retry-After.
+    """
+    return {status: ResponseSpec(data_container=Error, description=ERROR_DESCRIPTIONS[status]) for status in statuses}
+
+
+def _error_schema() -> Schema:
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        required=["status_code", "detail"],
+        properties={
+            "status_code": Schema(type=OpenAPIType.INTEGER, minimum=400, maximum=599),
+            "detail": Schema(type=OpenAPIType.STRING),
+            "extra": Schema(
+                one_of=[
+                    Schema(type=OpenAPIType.OBJECT, additional_properties=Schema()),
+                    Schema(type=OpenAPIType.ARRAY, items=Schema()),
+                    Schema(type=OpenAPIType.NULL),
+                ]
+            ),
+        },
+        description="Why the request was refused",
+    )
+
+
+def _refusal(status: int) -> OpenAPIResponse:
+    headers: dict[str, OpenAPIHeader | Reference] = {}
+    if status in RETRY_AFTER_STATUSES:
+        headers["Retry-After"] = OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]+$"),
+            required=True,
+            description="Seconds to wait before retrying",
+        )
+    return OpenAPIResponse(
+        description=ERROR_DESCRIPTIONS.get(status, "Refused"),
+        headers=headers or None,
+        content={"application/json": OpenAPIMediaType(schema=Reference(f"#/components/schemas/{ERROR_SCHEMA}"))},
+    )
+
+
+def _statuses_every_operation_can_answer(operation: Operation, secured: bool) -> set[int]:
+    parameters = [parameter for parameter in operation.parameters or [] if not isinstance(parameter, Reference)]
+    statuses: set[int] = set()
+    if parameters or operation.request_body is not None:
+        statuses.add(400)
+    if operation.request_body is not None:
+        statuses.add(413)
+    if any(parameter.param_in == "path" for parameter in parameters):
+        statuses.add(404)
+    if secured:
+        statuses |= {401, 403}
+    return statuses
+
+
+def document_refusals(document: OpenAPI) -> None:
+    """Every operation lists each refusal it can answer with the one typed error body; none promises a 500.
+
+    Litestar documents `raises=[HTTPException]` as a 500, and knows nothing of authentication done in
+    dependencies or of the 404 a mistyped path parameter gets, so the document is completed once here.
+    """
+    schemas = document.components.schemas if isinstance(document.components, Components) else None
+    if schemas is None:
+        return
+    schemas[ERROR_SCHEMA] = _error_schema()
+    for path_item in (document.paths or {}).values():
+        for method in HTTP_METHODS:
+            operation = getattr(path_item, method, None)
+            if not isinstance(operation, Operation):
+                continue
+            security = operation.security if operation.security is not None else document.security
+            responses = operation.responses or {}
+            refusals = {int(status) for status in responses if int(status) >= 400}
+            refusals |= _statuses_every_operation_can_answer(operation, bool(security))
+            # The contract is that no request makes the API fail: a 5xx other than 503 is never documented.
+            refusals -= {status for status in refusals if status >= 500 and status != 503}
+            operation.responses = {
+                **{status: _http_dated(response) for status, response in responses.items() if int(status) < 400},
+                **{str(status): _refusal(status) for status in sorted(refusals)},
+            }
+
+
+def _http_dated(response: OpenAPIResponse | Reference) -> OpenAPIResponse | Reference:
+    """Litestar documents a file's Last-Modified as an ISO date-time; HTTP sends an IMF-fixdate."""
+    if isinstance(response, OpenAPIResponse):
+        for name, header in (response.headers or {}).items():
+            if name.lower() == "last-modified" and isinstance(header, OpenAPIHeader):
+                header.schema = Schema(type=OpenAPIType.STRING, description="An HTTP date (IMF-fixdate)")
+    return response
 
 
 def openapi_config(title: str, *, api_key_header: str | None = None) -> OpenAPIConfig:

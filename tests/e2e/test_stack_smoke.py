@@ -83,22 +83,31 @@ def admin_token(stack: list[ServiceProcess], database_url: str) -> str:
 
     email, secret = asyncio.run(admin())
     login = {"email": email, "password": password, "totp_code": pyotp.TOTP(secret).now()}
-    response = httpx.post(named(stack, "ingest-gateway").url("/api/v1/auth/token"), json=login)
+    # The password hash is deliberately slow, the more so on a loaded machine.
+    response = httpx.post(named(stack, "ingest-gateway").url("/api/v1/auth/token"), json=login, timeout=60)
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
 
 
 @pytest.mark.parametrize("api", ["ingest-gateway", "dlq-service", "scheduler"])
-def test_no_generated_request_makes_the_api_answer_500(stack: list[ServiceProcess], admin_token: str, api: str) -> None:
-    """schemathesis derives requests from the published OpenAPI schema; none may end in a server error."""
+def test_generated_requests_get_only_documented_answers(
+    stack: list[ServiceProcess], admin_token: str, api: str
+) -> None:
+    """schemathesis derives requests from the published OpenAPI document and runs every check on each answer:
+    no server error, only documented status codes, headers and bodies conforming to their schemas."""
     service = named(stack, api)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "schemathesis"), "run", service.url("/schema/openapi.json"),
-         "--checks", "not_a_server_error", "--header", f"Authorization: Bearer {admin_token}",
+         "--checks", "all",
+         # Excluded on purpose: some schema-valid requests are refused by rules JSON Schema (as Litestar writes it)
+         # cannot carry: cursors are opaque and only ones the API issued are accepted; "exactly one of ids, group
+         # or filter" and "zip_codes or zip_prefix" are cross-field rules; a JSON integer written 1.0 is refused.
+         "--exclude-checks", "positive_data_acceptance",
+         "--header", f"Authorization: Bearer {admin_token}",
          "--max-examples", "25", "--generation-deterministic", "--request-timeout", "10"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:]
+    assert result.returncode == 0, result.stdout[-6000:]
     assert "Server error" not in result.stdout
 
 

@@ -53,6 +53,7 @@ from libs.db.keyset import BadCursor
 from libs.db.tables import DeadLetterReason, DeadLetterStatus
 from libs.messaging.publisher import Publisher, PublishFailed
 from libs.ratelimit import RateLimiter
+from libs.web import error_responses
 
 NO_NUL = r"^[^\x00]*$"
 """PostgreSQL text cannot hold NUL: a value with one is a 400, not a failed statement."""
@@ -127,7 +128,12 @@ class QueuesController(Controller):
         except EntryNotFound as error:
             raise NotFoundException(str(error)) from None
 
-    @post("/dlq/{entry_id:uuid}/retry", status_code=HTTP_202_ACCEPTED, raises=[NotFoundException, HTTPException])
+    @post(
+        "/dlq/{entry_id:uuid}/retry",
+        status_code=HTTP_202_ACCEPTED,
+        raises=[NotFoundException, HTTPException],
+        responses=error_responses(409, 503),
+    )
     async def retry(
         self,
         entry_id: FromPath[uuid.UUID],
@@ -200,7 +206,9 @@ class QueuesController(Controller):
         them, masked like the list."""
         return await parking.peek(limit)
 
-    @post("/dlq/parked/recapture", status_code=HTTP_202_ACCEPTED, raises=[HTTPException])
+    @post(
+        "/dlq/parked/recapture", status_code=HTTP_202_ACCEPTED, raises=[HTTPException], responses=error_responses(503)
+    )
     async def recapture_parked(
         self,
         data: Annotated[Recapture, Body()],

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.auth import Principal
 from libs.messaging.publisher import Publisher
+from libs.web import error_responses
 from scheduler.clock import Clock
 from scheduler.overview import JobStates, job_states
 from scheduler.pauses import PauseState, set_paused
@@ -38,7 +39,7 @@ class JobsController(Controller):
     ) -> JobStates:
         return await job_states(engine, settings.schedules(), clock.now())
 
-    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED)
+    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED, responses=error_responses(409))
     async def run_now(
         self,
         name: FromPath[str],

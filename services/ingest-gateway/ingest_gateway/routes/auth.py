@@ -77,7 +77,7 @@ class AuthController(Controller):
         log.info("auth.token_issued", {"subject": principal.subject, "role": principal.role, "amr": principal.amr})
         return TokenResponse(access_token=tokens.issue(principal), expires_in=tokens.ttl_s, amr=list(principal.amr))
 
-    @post("/unlocks", status_code=200, raises=[NotFoundException])
+    @post("/unlocks", status_code=200, raises=[NotFoundException], security=[{"bearer": []}])
     async def unlock_account(
         self,
         data: Annotated[UnlockRequest, Body()],

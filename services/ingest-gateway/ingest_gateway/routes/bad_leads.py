@@ -18,6 +18,7 @@ from ingest_gateway.routes.errors import as_http
 from libs.auth import Principal
 from libs.db.tables import ReportStatus
 from libs.messaging.publisher import Publisher
+from libs.web import error_responses
 
 
 class NewReport(BaseModel):
@@ -41,8 +42,9 @@ class Decision(BaseModel):
 class AssignmentReportsController(Controller):
     path = "/api/v1/assignments"
     tags = ["bad-lead reports"]  # noqa: RUF012
+    security = [{"bearer": []}]  # noqa: RUF012
 
-    @post("/{assignment_id:uuid}/bad-lead-reports", status_code=201)
+    @post("/{assignment_id:uuid}/bad-lead-reports", status_code=201, responses=error_responses(409))
     async def report_bad_lead(
         self,
         assignment_id: FromPath[uuid.UUID],
@@ -60,8 +62,9 @@ class AssignmentReportsController(Controller):
 class BadLeadReportsController(Controller):
     path = "/api/v1/bad-lead-reports"
     tags = ["bad-lead reports"]  # noqa: RUF012
+    security = [{"bearer": []}]  # noqa: RUF012
 
-    @post("/{report_id:uuid}/approve", status_code=200, raises=[HTTPException])
+    @post("/{report_id:uuid}/approve", status_code=200, raises=[HTTPException], responses=error_responses(409, 503))
     async def approve(
         self,
         report_id: FromPath[uuid.UUID],
@@ -81,7 +84,7 @@ class BadLeadReportsController(Controller):
             balance_cents=refund.balance_cents,
         )
 
-    @post("/{report_id:uuid}/reject", status_code=200)
+    @post("/{report_id:uuid}/reject", status_code=200, responses=error_responses(409))
     async def reject(
         self,
         report_id: FromPath[uuid.UUID],

@@ -19,13 +19,15 @@ from ingest_gateway.routes.errors import as_http
 from ingest_gateway.settings import Settings
 from libs.auth import Principal
 from libs.messaging.publisher import Publisher
+from libs.web import error_responses
 
 
 class ExportsController(Controller):
     path = "/api/v1/reports/exports"
     tags = ["exports"]  # noqa: RUF012
+    security = [{"bearer": []}]  # noqa: RUF012
 
-    @post("/", status_code=HTTP_202_ACCEPTED, raises=[HTTPException])
+    @post("/", status_code=HTTP_202_ACCEPTED, raises=[HTTPException], responses=error_responses(404, 409, 503))
     async def request_export(
         self,
         data: Annotated[ExportRequest, Body()],
@@ -36,7 +38,7 @@ class ExportsController(Controller):
         with as_http():
             return await exports.request(engine, publisher, principal, data)
 
-    @get("/{export_id:uuid}")
+    @get("/{export_id:uuid}", responses=error_responses(409))
     async def export_status(
         self,
         export_id: FromPath[uuid.UUID],
@@ -46,7 +48,7 @@ class ExportsController(Controller):
         with as_http():
             return await exports.status(engine, export_id, principal)
 
-    @get("/{export_id:uuid}/download", media_type="text/csv")
+    @get("/{export_id:uuid}/download", media_type="text/csv", responses=error_responses(409))
     async def download(
         self,
         export_id: FromPath[uuid.UUID],

@@ -22,7 +22,7 @@ from libs.auth import Principal
 from libs.db.tables import Lead, LeadStatus
 from libs.logging import get_logger
 from libs.messaging.publisher import Publisher
-from libs.web import fits_column
+from libs.web import error_responses, fits_column
 
 log = get_logger("ingest_gateway.leads")
 IDEMPOTENCY_KEY_LENGTH = fits_column(Lead.idempotency_key).max_length
@@ -42,7 +42,13 @@ class LeadsController(Controller):
     path = "/api/v1/leads"
     tags = ["leads"]  # noqa: RUF012
 
-    @post("/", status_code=HTTP_202_ACCEPTED, raises=[HTTPException])
+    @post(
+        "/",
+        status_code=HTTP_202_ACCEPTED,
+        raises=[HTTPException],
+        responses=error_responses(409, 503),
+        security=[{"apiKey": []}],
+    )
     async def submit_lead(
         self,
         data: Annotated[LeadSubmission, Body()],
@@ -62,7 +68,13 @@ class LeadsController(Controller):
             log.info("lead.submitted", {"lead_id": str(lead.lead_id), "source": lead_source.name})
         return LeadAccepted(lead_id=lead.lead_id, status=lead.status)
 
-    @post("/{lead_id:uuid}/approve", status_code=HTTP_202_ACCEPTED, raises=[HTTPException])
+    @post(
+        "/{lead_id:uuid}/approve",
+        status_code=HTTP_202_ACCEPTED,
+        raises=[HTTPException],
+        responses=error_responses(409, 503),
+        security=[{"bearer": []}],
+    )
     async def approve_lead(
         self,
         lead_id: FromPath[uuid.UUID],
@@ -76,7 +88,13 @@ class LeadsController(Controller):
         metrics.leads_approved.add(1, {"by": "admin"})
         return LeadAccepted(lead_id=lead_id, status=LeadStatus.approved)
 
-    @post("/{lead_id:uuid}/reject", status_code=200, raises=[HTTPException])
+    @post(
+        "/{lead_id:uuid}/reject",
+        status_code=200,
+        raises=[HTTPException],
+        responses=error_responses(409, 503),
+        security=[{"bearer": []}],
+    )
     async def reject_lead(
         self,
         lead_id: FromPath[uuid.UUID],

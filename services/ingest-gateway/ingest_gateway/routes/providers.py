@@ -20,6 +20,7 @@ from ingest_gateway.providers import Cents, NewProvider, NewSubscription
 from ingest_gateway.routes.errors import as_http
 from libs.auth import Principal, require_provider_or_admin
 from libs.db.tables import AssignmentStatus
+from libs.web import error_responses
 
 
 class TopUp(BaseModel):
@@ -39,6 +40,7 @@ class Balance(BaseModel):
 class ProvidersController(Controller):
     path = "/api/v1/providers"
     tags = ["providers"]  # noqa: RUF012
+    security = [{"bearer": []}]  # noqa: RUF012
 
     @post("/", status_code=201)
     async def create_provider(
@@ -49,7 +51,7 @@ class ProvidersController(Controller):
     ) -> Created:
         return Created(id=await providers.create(engine, data, uuid.UUID(admin.subject)))
 
-    @post("/{provider_id:uuid}/subscriptions", status_code=201)
+    @post("/{provider_id:uuid}/subscriptions", status_code=201, responses=error_responses(409))
     async def create_subscription(
         self,
         provider_id: FromPath[uuid.UUID],
@@ -60,7 +62,7 @@ class ProvidersController(Controller):
         with as_http():
             return Created(id=await providers.subscribe(engine, provider_id, data, uuid.UUID(admin.subject)))
 
-    @post("/{provider_id:uuid}/top-ups", status_code=201)
+    @post("/{provider_id:uuid}/top-ups", status_code=201, responses=error_responses(409))
     async def top_up(
         self,
         provider_id: FromPath[uuid.UUID],
