@@ -647,6 +647,8 @@ def _cursor(created: str, entry: str) -> str:
 BAD_INPUTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("get", "/dlq", {"params": {"from": "9999-12-31T23:59:59-14:00"}}, 400),
     ("get", "/dlq", {"params": {"to": "0001-01-01T00:00:00+14:00"}}, 400),
+    ("get", "/dlq", {"params": {"to": "0.5"}}, 400),
+    ("get", "/dlq", {"params": {"from": "1700000000"}}, 400),
     ("get", "/dlq", {"params": {"from": "not-a-time"}}, 400),
     ("get", "/dlq", {"params": {"cursor": _cursor("9999-12-31T23:59:59-14:00", str(uuid.uuid4()))}}, 400),
     ("get", "/dlq", {"params": {"cursor": _cursor("2026-01-01T00:00:00", str(uuid.uuid4()))}}, 200),

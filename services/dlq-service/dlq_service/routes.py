@@ -6,12 +6,13 @@ Routes translate HTTP to one domain call and back; the rules and the SQL live in
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
-from litestar import Controller, delete, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import (
     ClientException,
@@ -59,7 +60,14 @@ NO_NUL = r"^[^\x00]*$"
 """PostgreSQL text cannot hold NUL: a value with one is a 400, not a failed statement."""
 
 
-def _time(name: str, value: datetime | None) -> datetime | None:
+# Litestar reads a bare number as a Unix timestamp; the API documents RFC 3339 date-times, so a number is a 400.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _time(name: str, value: datetime | None, raw: str | None = None) -> datetime | None:
+    if raw is not None and _NUMBER.fullmatch(raw.strip()):
+        message = "must be an RFC 3339 date-time, not a number"
+        raise ValidationException(f"{name} {message}", extra=[{"key": name, "message": message}])
     try:
         return utc_time(value)
     except ValueError as error:
@@ -89,6 +97,7 @@ class QueuesController(Controller):
     @get("/dlq")
     async def list_dead_letters(
         self,
+        request: Request[Any, Any, Any],
         principal: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
         queue: Annotated[str | None, QueryParameter(max_length=100, pattern=NO_NUL)] = None,
@@ -105,7 +114,8 @@ class QueuesController(Controller):
         """Newest first; keyset pages stay stable while new failures arrive. Every text masked where it looks like
         an email address or phone number; the payload only as a bounded, masked preview."""
         filters = Filters(queue=queue, status=status, reason=reason, error_type=error_type, fingerprint=fingerprint,
-                          failed_from=_time("from", failed_from), failed_to=_time("to", failed_to), text=q)  # fmt: skip
+                          failed_from=_time("from", failed_from, request.query_params.get("from")),
+                          failed_to=_time("to", failed_to, request.query_params.get("to")), text=q)  # fmt: skip
         try:
             return await queries.list_page(engine, filters, limit, cursor)
         except BadCursor as error:
