@@ -381,6 +381,9 @@ run_tests() {
   load_env
   say "running the test suite"
   cd "$ROOT"
+  # The fault suite (tests/faults: private PostgreSQL and RabbitMQ, outages of a minute each) runs on its own
+  # (`task test:faults`) until it is proven within CI's time on a clean machine; pytest arguments replace this.
+  [ $# -gt 0 ] || set -- --ignore=tests/faults
   "$VENV/bin/python" -m pytest "$@"
 }
 
