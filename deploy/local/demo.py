@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -81,6 +82,12 @@ async def main() -> None:
         totp=TotpSecrets.from_keys(os.environ["TOTP_ENCRYPTION_KEY"]),
     )
     assert totp_secret is not None
+    # To the terminal only (stderr, never a file or a log): the console's login for whoever ran `up`.
+    print(
+        f"demo admin: email {admin_email}  password {password}  TOTP secret {totp_secret}",
+        file=sys.stderr,
+        flush=True,
+    )
     _, api_key = await create_lead_source(engine, f"demo-forms-{run}", trusted=False)
     client = httpx.AsyncClient(base_url=GATEWAY, timeout=10)
     login = await client.post(
