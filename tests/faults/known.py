@@ -6,6 +6,7 @@ from __future__ import annotations
 from tests.faults.checker import MAILS_NEVER_SENT, MAILS_SENT_TWICE
 
 SLOW_DEAD_CONNECTION_DETECTION = "dead broker connections noticed later than twice the heartbeat"
+ANSWERED_500 = "requests answered 500 instead of 503 while the broker was unreachable"
 
 MAIL_SENT_AGAIN = {
     MAILS_SENT_TWICE: "email-worker keeps its database transaction open across the SMTP call: when its session is "
@@ -20,4 +21,9 @@ LOW_BALANCE_MAIL_LOST = {
 SLOW_DETECTION = {
     SLOW_DEAD_CONNECTION_DETECTION: "aiormq closes a silent connection after 3 x (heartbeat + 1) s, checked every "
     "heartbeat / 2 (aiormq Connection.HEARTBEAT_GRACE_MULTIPLIER): libs/messaging/broker.py has to shorten it"
+}
+PUBLISH_CUT_500 = {
+    ANSWERED_500: "a publish in flight when aiormq gives up on the connection ends in CancelledError, which escapes "
+    "the publisher's error handling and becomes a 500 (issue 11: a broker connection torn down in the middle of a "
+    "publish answers 503, not 500); a gateway whose pool is exhausted by waiting requests answers 500 too"
 }

@@ -97,6 +97,8 @@ class Workload:
     run: Run
     leads: int
     rate_per_s: float = 20.0
+    clients: int = 20
+    """Submissions in flight at most, as a pool of client workers would have: a new lead waits for a free one."""
     request_timeout_s: float = 15.0
     give_up_after_s: float = 300.0
     submissions: list[Submission] = field(default_factory=list)
@@ -108,14 +110,19 @@ class Workload:
         return sum(submission.accepted for submission in self.submissions)
 
     async def run_all(self) -> None:
-        """Starts one submission every 1/rate seconds, each retried until accepted; returns when all have ended."""
+        """Starts a submission every 1/rate seconds (later while every client is busy), each retried until
+        accepted; returns when all have ended."""
         self.started = time.monotonic()
+        free = asyncio.Semaphore(self.clients)
         async with httpx.AsyncClient(base_url=self.gateway, timeout=self.request_timeout_s) as client:
             tasks = []
             for index in range(self.leads):
                 submission = Submission(f"{self.run.name}-{index}")
                 self.submissions.append(submission)
-                tasks.append(asyncio.create_task(self._submit(client, submission, ZIP_CODES[index % len(ZIP_CODES)])))
+                await free.acquire()
+                task = asyncio.create_task(self._submit(client, submission, ZIP_CODES[index % len(ZIP_CODES)]))
+                task.add_done_callback(lambda _: free.release())
+                tasks.append(task)
                 next_start = self.started + (index + 1) / self.rate_per_s
                 await asyncio.sleep(max(0.0, next_start - time.monotonic()))
             await asyncio.gather(*tasks)
