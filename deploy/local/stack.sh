@@ -138,7 +138,7 @@ apt_install() {
 install() {
   [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts system services)"
   # chromium and chromium-driver: the console's browser tests run Debian's headless Chromium (no browser download).
-  apt_install rabbitmq-server postgresql postgresql-contrib prometheus prometheus-alertmanager curl chromium chromium-driver
+  apt_install rabbitmq-server postgresql postgresql-contrib prometheus prometheus-alertmanager curl chromium chromium-driver wrk
   if [ ! -x "$PY" ]; then
     say "creating the virtualenv in .venv"
     "$PY_BOOT" -m venv "$VENV"
