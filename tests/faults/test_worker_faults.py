@@ -56,6 +56,9 @@ async def test_a_worker_frozen_past_the_heartbeat_leaves_its_work_to_the_other_r
     workload = await scenario.workload()
     driving = scenario.drive(workload)
     await workload.accepted_at_least(workload.leads // 3)
+    async with asyncio.timeout(60):
+        while await consumers_of(scenario, "distribution") != 2:
+            await asyncio.sleep(0.5)
     scenario.stack.freeze("distribution-worker")
     frozen = time.monotonic()
     try:
