@@ -389,6 +389,11 @@ CHECKS = {
     ),
 }
 DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+# Cluster-wide (other databases' writes included): what the run's commits wait for besides their own work.
+WAL_AND_CHECKPOINTS = (
+    "SELECT pg_current_wal_lsn()::text AS lsn, checkpoints_timed + checkpoints_req AS checkpoints FROM pg_stat_bgwriter"
+)
+WAL_SINCE = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)"
 
 
 async def verify(db: asyncpg.Connection, leads: Sequence[uuid.UUID], providers: Sequence[uuid.UUID]) -> int:
@@ -432,7 +437,10 @@ class Run:
                 await seed_history(db, seeded, offers, self.history, run)
             await db.execute("ANALYZE")
             deadlocks_before = int(await db.fetchval(DEADLOCKS))
+            server_before = await db.fetchrow(WAL_AND_CHECKPOINTS)
             drain, statements, mails = await self._worker_run(checkout, env, seeded)
+            wal_bytes = float(await db.fetchval(WAL_SINCE, server_before["lsn"]))
+            checkpoints = int((await db.fetchrow(WAL_AND_CHECKPOINTS))["checkpoints"]) - server_before["checkpoints"]
             # Stats reach pg_stat_database when a session ends or within a second: the workers' have ended.
             await asyncio.sleep(1.5)
             deadlocks = int(await db.fetchval(DEADLOCKS)) - deadlocks_before
@@ -441,6 +449,8 @@ class Run:
                 "cpu_per_item_ms": drain.cpu_per_item_ms,
                 "deadlocks": deadlocks,
                 "assignments_per_lead": round(assignments / self.leads, 2),
+                "cluster_wal_kb_per_lead": round(wal_bytes / 1024 / self.leads, 1),
+                "cluster_checkpoints": checkpoints,
             }
             if statements is not None:
                 details["statements_per_lead"] = round(statements / self.leads, 1)
@@ -579,7 +589,7 @@ class Million:
 
     @property
     def figure(self) -> str:
-        return f"distribution, {self.run.providers} providers, after {self.history:,} assignments exist"
+        return f"distribution, {self.run.providers} providers, emails off, after {self.history:,} assignments exist"
 
     async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
         empty = await self.run.measure(checkout, env)
@@ -608,12 +618,12 @@ class TelemetrySwitch:
         return Measurement(on.value, off.value, on.count, off.load, details)
 
 
-def benchmarks(leads: int, only: str | None = None) -> list[Benchmark]:
+def benchmarks(leads: int, only: str | None = None, history: int = 1_000_000) -> list[Benchmark]:
     every: list[Benchmark] = [
         Overlap(Run(leads=leads)),
         Overlap(Run(leads=leads, providers=3, every_lead=True, emails=False), name="every_lead"),
         Overlap(Run(leads=leads, providers=3, every_lead=True, emails=True), name="every_lead_emails"),
-        Million(Run(leads=leads, emails=False, baselines=False)),
+        Million(Run(leads=leads, emails=False, baselines=False), history=history),
         TelemetrySwitch(Run(leads=leads, baselines=False)),
         Overlap(Run(leads=leads, workers=2), name="replicas"),
     ]
@@ -645,11 +655,12 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--before-revision", help="schema revision the before side runs on (e.g. 0006)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--leads", type=int, default=2000)
+    parser.add_argument("--history", type=int, default=1_000_000, help="assignments seeded for the million figure")
     parser.add_argument("--only", help="comma-separated benchmark names")
     parser.add_argument("--write", action="store_true", help=f"write the section '{SECTION}' of docs/BENCHMARKS.md")
     options = parser.parse_args(argv)
     env = BenchEnv.from_environ()
-    chosen = benchmarks(options.leads, options.only)
+    chosen = benchmarks(options.leads, options.only, options.history)
     sides = {"after": options.checkout.resolve()}
     if options.before:
         sides["before"] = options.before.resolve()

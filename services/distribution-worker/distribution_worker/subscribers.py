@@ -1,7 +1,8 @@
 """The `distribution` queue: one router, one handler per message type.
 
-Each handler distributes in one transaction, then (after commit) asks for the emails. A redelivered
-event finds the lead distributed and asks again for the same emails, which email-worker sends once.
+Each handler distributes the lead (whose one writing statement commits as it ends), then asks for the emails,
+all at once. A redelivered event finds the lead distributed and asks again for the same emails, which
+email-worker sends once.
 """
 
 import asyncio
