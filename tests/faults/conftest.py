@@ -30,10 +30,12 @@ from tests.faults.mail import MailSink, start_sink
 from tests.faults.stack import PIPELINE, FaultStack
 from tests.faults.workload import Workload, seed
 
-POSTGRES_PORT = 5499
-RABBITMQ_PORT, RABBITMQ_DIST_PORT, RABBITMQ_MANAGEMENT_PORT = 5699, 25699, 15699
-PROXY_PORT, PROXY_CONTROL_PORT = 18690, 18691
-SMTP_PORT = 2706
+# FAULTS_PORT_OFFSET shifts every port of the suite, so two checkouts on one machine can run it side by side.
+OFFSET = int(os.environ.get("FAULTS_PORT_OFFSET", "0"))
+POSTGRES_PORT = 5499 + OFFSET
+RABBITMQ_PORT, RABBITMQ_DIST_PORT, RABBITMQ_MANAGEMENT_PORT = 5699 + OFFSET, 25699 + OFFSET, 15699 + OFFSET
+PROXY_PORT, PROXY_CONTROL_PORT = 18690 + OFFSET, 18691 + OFFSET
+SMTP_PORT = 2706 + OFFSET
 RESULTS = Path(os.environ.get("FAULTS_RESULTS", ROOT / ".run" / "faults" / "results.jsonl"))
 LEADS = int(os.environ.get("FAULTS_LEADS", "300"))
 """N: leads per fault; `task test:faults` keeps the default, a larger N on demand."""
@@ -69,7 +71,12 @@ def postgres(fault_root: Path) -> Iterator[PrivatePostgres]:
 @pytest.fixture(scope="session")
 def rabbitmq(fault_root: Path) -> Iterator[PrivateRabbitMQ]:
     node = PrivateRabbitMQ(
-        fault_root / "rabbitmq", RABBITMQ_PORT, RABBITMQ_DIST_PORT, RABBITMQ_MANAGEMENT_PORT, secrets.token_urlsafe(18)
+        fault_root / "rabbitmq",
+        RABBITMQ_PORT,
+        RABBITMQ_DIST_PORT,
+        RABBITMQ_MANAGEMENT_PORT,
+        secrets.token_urlsafe(18),
+        node=f"faults{OFFSET or ''}@localhost",
     )
     node.create()
     yield node

@@ -3,6 +3,7 @@ RabbitMQ (the broker reached through the fault proxy). A role is a service or a 
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -11,13 +12,17 @@ import httpx
 
 from tests.conftest import ServiceProcess, ServiceProcesses
 
+_OFFSET = int(os.environ.get("FAULTS_PORT_OFFSET", "0"))  # see tests/faults/conftest.py
 PORTS = {
-    "ingest-gateway": 18600,
-    "dlq-service": 18601,
-    "distribution-worker": 18602,
-    "email-worker": 18603,
-    "export-worker": 18604,
-    "distribution-worker-2": 18612,
+    role: port + _OFFSET
+    for role, port in {
+        "ingest-gateway": 18600,
+        "dlq-service": 18601,
+        "distribution-worker": 18602,
+        "email-worker": 18603,
+        "export-worker": 18604,
+        "distribution-worker-2": 18612,
+    }.items()
 }
 PIPELINE = ("ingest-gateway", "dlq-service", "distribution-worker", "email-worker", "export-worker")
 

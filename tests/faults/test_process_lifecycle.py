@@ -24,12 +24,12 @@ from libs.messaging.topology import TOPOLOGY
 from libs.runtime import SERVICES
 from libs.telemetry import setup_telemetry
 from tests.conftest import ServiceProcess
-from tests.faults.conftest import Proxy
+from tests.faults.conftest import OFFSET, Proxy
 from tests.faults.instances import ROOT, PrivatePostgres, PrivateRabbitMQ
 from tests.faults.proxy import Mode
 from tests.faults.stack import FaultStack, wait_ready
 
-FIRST_PORT = 18620
+FIRST_PORT = 18620 + OFFSET
 START_FAILURE_S = 20.0
 """`at once`: imports and settings take a few seconds on a busy machine, a hang takes forever."""
 PRE_STOP_S = 5
