@@ -2,6 +2,7 @@
 account, seal TOTP secrets stored before sealing.
 
 python -m ingest_gateway.cli create-user --email a@x.io --role admin --password-file pw.txt
+python -m ingest_gateway.cli create-user --email a@x.io --role admin --password-file - < pw.txt   (standard input)
 python -m ingest_gateway.cli create-user --email p@x.io --role provider --provider-id UUID --password-file pw.txt
 python -m ingest_gateway.cli create-lead-source --name "Acme forms" [--trusted]
 python -m ingest_gateway.cli unlock-user --email a@x.io
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import sys
 import uuid
 from pathlib import Path
 
@@ -26,6 +28,10 @@ from libs.settings import ServiceSettings, load_or_exit
 
 # The account functions stay importable from here: operators' scripts and the tests seed through them.
 __all__ = ["create_lead_source", "create_user", "main"]
+
+STANDARD_INPUT = "-"
+"""`--password-file -`: the password is piped in, as `docker compose exec -T` and `kubectl exec -i` pass it
+without a file in the container."""
 
 
 class CliSettings(TotpSettingsMixin, ServiceSettings):
@@ -78,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     user = commands.add_parser("create-user")
     user.add_argument("--email", required=True)
     user.add_argument("--role", choices=[role.value for role in UserRole], required=True)
-    user.add_argument("--password-file", required=True, help="file holding the password (kept out of shell history)")
+    user.add_argument(
+        "--password-file",
+        required=True,
+        help="file holding the password, or - for standard input (kept out of shell history and process lists)",
+    )
     user.add_argument("--provider-id", type=uuid.UUID)
     user.add_argument("--totp", action="store_true", help="also give a provider a TOTP secret")
     source = commands.add_parser("create-lead-source")
@@ -92,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--provider-id is required for a provider")
     password = None
     if arguments.command == "create-user":
-        password = Path(arguments.password_file).read_text().strip()
+        path = arguments.password_file
+        given = sys.stdin.read() if path == STANDARD_INPUT else Path(path).read_text()
+        password = given.strip()
         if len(password) < 12:
             parser.error("the password must have at least 12 characters")
     if failed := asyncio.run(run(arguments, password)):
