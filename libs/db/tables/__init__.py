@@ -23,6 +23,7 @@ from libs.db.tables.dead_letter_edits import DeadLetterEdit  # noqa: E402
 from libs.db.tables.dead_letters import (  # noqa: E402
     DeadLetter,
     DeadLetterEvent,
+    DeadLetterGroupCount,
     DeadLetterReason,
     DeadLetterRetry,
     DeadLetterStatus,
@@ -59,6 +60,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterEdit",
     "DeadLetterEvent",
+    "DeadLetterGroupCount",
     "DeadLetterReason",
     "DeadLetterRetry",
     "DeadLetterStatus",
