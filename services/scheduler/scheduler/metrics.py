@@ -13,9 +13,12 @@ from sqlmodel import col
 from libs.db.tables import RunStatus, ScheduledJobRun
 from libs.telemetry import DatabaseGauge, Telemetry, counter, duration_histogram, gauge
 
+# The job's label is `scheduled_job`, never `job`: Prometheus reserves `job` for the scrape target and renames a
+# metric's own `job` to `exported_job`, so alerts and dashboards on it would match nothing.
+
 LAST_SUCCESS_PER_JOB: Select[str, float] = (
     select(
-        col(ScheduledJobRun.job).label("job"),
+        col(ScheduledJobRun.job).label("scheduled_job"),
         func.extract("epoch", func.max(col(ScheduledJobRun.finished_at))).label("value"),
     )
     .where(col(ScheduledJobRun.status) == RunStatus.succeeded)
@@ -40,7 +43,7 @@ class SchedulerMetrics:
             meter,
             "fmhl_scheduler_job_enabled",
             "1 when the job's switch is on.",
-            lambda: [Observation(1 if on else 0, {"job": job}) for job, on in switches.items()],
+            lambda: [Observation(1 if on else 0, {"scheduled_job": job}) for job, on in switches.items()],
         )
         return cls(
             claimed=counter(meter, "fmhl_scheduled_job_claims_total", "Slots this replica claimed, by trigger."),
@@ -60,6 +63,6 @@ def last_success_gauge(telemetry: Telemetry, engine: AsyncEngine, interval_s: fl
         "Unix time the job last finished successfully (any replica).",
         engine=engine,
         statement=LAST_SUCCESS_PER_JOB,
-        label="job",
+        label="scheduled_job",
         interval_s=interval_s,
     )

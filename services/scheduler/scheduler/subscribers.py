@@ -38,12 +38,12 @@ def build_router(
             counts = await JOBS[job](context)
         except Exception as error:
             status = await finish(engine, request.run_id, job, None, f"{type(error).__name__}: {error}"[:2000])
-            metrics.runs.add(1, {"job": job, "status": status})
+            metrics.runs.add(1, {"scheduled_job": job, "status": status})
             raise
         finally:
-            metrics.duration.record((time.perf_counter() - started) * 1000, {"job": job})
+            metrics.duration.record((time.perf_counter() - started) * 1000, {"scheduled_job": job})
         status = await finish(engine, request.run_id, job, counts, None)
-        metrics.runs.add(1, {"job": job, "status": status})
+        metrics.runs.add(1, {"scheduled_job": job, "status": status})
         metrics.discrepancies.add(counts.get("discrepancies", 0))
         await last_success.refresh()
         log.info("job.succeeded", {"job": job, "run_id": str(request.run_id), "counts": counts})

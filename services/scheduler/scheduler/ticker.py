@@ -56,7 +56,7 @@ class Ticker:
                 self.engine, self.publisher, job, decision.slot, trigger=trigger, coalesced=decision.coalesced
             )
             if run_id is not None:
-                self.metrics.claimed.add(1, {"job": job, "trigger": trigger})
+                self.metrics.claimed.add(1, {"scheduled_job": job, "trigger": trigger})
                 log.info("job.claimed", {"job": job, "slot": decision.slot.isoformat(), "run_id": str(run_id),
                                          "trigger": trigger, "coalesced_slots": decision.coalesced})  # fmt: skip
 
