@@ -1,17 +1,24 @@
-"""The FastStream broker of a service: bounded prefetch, confirms, returned messages raise, topology declared."""
+"""The FastStream broker of a service: bounded prefetch, confirms, returned messages raise, topology declared,
+one RabbitMQ node or a cluster's nodes in turn, dead connections noticed within twice the heartbeat."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import weakref
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+import aiormq
+from aio_pika import RobustConnection
+from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from faststream.rabbit.utils import RabbitClientProperties
 from opentelemetry.metrics import CallbackOptions, Observation
+from yarl import URL
 
 from libs.health import Check
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, Topology
@@ -24,6 +31,79 @@ DEAD_LETTERS = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, du
 EVENTS_LOOKUP = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True, declare=False)
 DEAD_LETTERS_LOOKUP = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True, declare=False)
 _USERS: weakref.WeakKeyDictionary[RabbitBroker, str] = weakref.WeakKeyDictionary()
+
+HEARTBEAT_S = 10
+"""The AMQP heartbeat asked for when RABBITMQ_URL names none (`?heartbeat=` in the URL wins)."""
+HEARTBEAT_GRACE = 1.25
+"""aiormq gives up on a connection after (heartbeat + 1) s x this of silence, checked every heartbeat / 2 s: at
+most about 1.9 heartbeats after the last frame, and two heartbeats the broker sends (every heartbeat / 2) must be
+missing first. aiormq's own 3 noticed a black-holed broker only after 3.8 heartbeats."""
+CONNECT_TIMEOUT_S = 10.0
+"""One connection attempt, the AMQP handshake included: a frozen node accepts TCP and never answers."""
+RECONNECT_INTERVAL_S = 2.0
+log = logging.getLogger(__name__)
+
+
+def node_urls(rabbitmq_url: str) -> tuple[str, ...]:
+    """RABBITMQ_URL names one node, or the nodes of one cluster separated by commas. A cluster shares its users
+    and virtual hosts, so the URLs may differ only in host and port; anything else is refused at start."""
+    urls = tuple(url.strip() for url in rabbitmq_url.split(",") if url.strip())
+    if not urls:
+        raise ValueError("RABBITMQ_URL names no broker")
+    parts = [urlsplit(url) for url in urls]
+    for number, part in enumerate(parts, 1):
+        # The URL itself stays out of the message: it holds the password.
+        if part.scheme not in ("amqp", "amqps") or not part.hostname:
+            raise ValueError(f"RABBITMQ_URL: address {number} is not an amqp:// or amqps:// URL with a host")
+    shared = {(part.scheme, part.username, part.password, part.path, part.query) for part in parts}
+    if len(shared) > 1:
+        raise ValueError(
+            "RABBITMQ_URL: the nodes of one cluster share scheme, user, password, virtual host and options; "
+            "these URLs differ in more than host and port"
+        )
+    return urls
+
+
+def with_default_heartbeat(url: str) -> str:
+    part = urlsplit(url)
+    query = dict(parse_qsl(part.query))
+    query.setdefault("heartbeat", str(HEARTBEAT_S))
+    return urlunsplit(part._replace(query=urlencode(query)))
+
+
+class NodeRotation(TransportFactory):
+    """Opens each connection attempt's socket to the cluster's nodes in turn, starting after the node the last
+    attempt used: a reconnect after a node went away (or froze mid-handshake) tries the other nodes first, and
+    within one attempt a node that refuses the connection costs nothing but the refusal."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.nodes = [(part.hostname or "", part.port or 0) for part in map(urlsplit, urls)]
+        self._next = 0
+
+    async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        transport = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
+        refused = []
+        for _ in self.nodes:
+            host, port = self.nodes[self._next]
+            self._next = (self._next + 1) % len(self.nodes)
+            node = url.with_host(host).with_port(port or url.port)
+            try:
+                streams = await transport.create(node, **kwargs)
+            except aiormq.exceptions.AMQPConnectionError as error:
+                refused.append(f"{host}:{node.port} {error}")
+                continue
+            log.info("broker connection opened to %s:%s", host, node.port)
+            return streams
+        raise aiormq.exceptions.AMQPConnectionError(f"no broker node took the connection: {'; '.join(refused)}")
+
+
+class FailoverConnection(RobustConnection):
+    """aio-pika's reconnecting connection with its socket opened by a `NodeRotation` (aiormq's transport factory)."""
+
+    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, *, nodes: NodeRotation,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(url, loop, **kwargs)
+        self.kwargs["transport_factory"] = nodes
 
 
 def connection_user(broker: RabbitBroker) -> str | None:
@@ -40,25 +120,37 @@ def create_broker(
     prefetch: int = 10,
     routers: Iterable[RabbitRouter] = (),
 ) -> RabbitBroker:
+    """`rabbitmq_url`: one node's URL, or a cluster's nodes' URLs separated by commas (`node_urls`). The first
+    node that takes the connection is used; when it goes away, the broker reconnects to the next ones in turn."""
+    urls = node_urls(rabbitmq_url)
     # A property that is not valid UTF-8 must cost one message, not the connection (libs/messaging/wire.py).
     install_tolerant_decoding()
+    # Process-wide, as aiormq reads it from its class: every connection of a service is one of ours.
+    aiormq.Connection.HEARTBEAT_GRACE_MULTIPLIER = HEARTBEAT_GRACE  # type: ignore[assignment]
     broker = RabbitBroker(
-        rabbitmq_url,
+        with_default_heartbeat(urls[0]),
+        timeout=CONNECT_TIMEOUT_S,
+        reconnect_interval=RECONNECT_INTERVAL_S,
         # Prefetch bounds both unacked messages and the handler's concurrency (FastStream ties them).
         default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True),
         app_id=service,
         # Names the connection in the management UI; aio-pika passes unknown keys on to the broker.
         client_properties=cast("RabbitClientProperties", {"connection_name": service}),
         graceful_timeout=15.0,
+        # TELEMETRY_ENABLED=false: not even a middleware calling no-op instruments on every message.
         middlewares=[
             RabbitTelemetryMiddleware(
                 tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider
             )
-        ],
+        ]
+        if telemetry.enabled
+        else [],
         routers=list(routers),
         logger=None,
     )
-    _USERS[broker] = unquote(urlsplit(rabbitmq_url).username or "guest")
+    # FastStream hands these to aio-pika's connect_robust and has no parameter for the connection's class.
+    broker._connection_kwargs["connection_class"] = functools.partial(FailoverConnection, nodes=NodeRotation(urls))
+    _USERS[broker] = unquote(urlsplit(urls[0]).username or "guest")
     return broker
 
 
