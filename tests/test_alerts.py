@@ -1,8 +1,11 @@
-"""Alert rules: valid for promtool, each firing and quiet when it should, thresholds equal to the settings."""
+"""Alert rules: valid for promtool, each firing and quiet when it should, thresholds equal to the settings, each
+linked to its runbook section by an absolute URL built from RUNBOOK_BASE_URL."""
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,8 @@ from libs.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "alerts" / "fmhl.rules.yml"
+RENDERED = ROOT / "alerts" / "rendered" / "fmhl.rules.yml"
+RENDERER = ROOT / "deploy" / "k8s" / "render_rules.py"
 PROMTOOL = shutil.which("promtool")
 
 
@@ -20,14 +25,42 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PROMTOOL, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
 
 
-def alerts() -> dict[str, dict[str, Any]]:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
+def alerts(path: Path = RULES) -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load(path.read_text())["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
 
 
-def test_rules_pass_promtool_check() -> None:
-    result = promtool("check", "rules", str(RULES))
-    assert result.returncode == 0, result.stdout + result.stderr
+def render(*args: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(RENDERER), *args], env={**os.environ, **environment},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_the_source_and_its_rendering_pass_promtool_check() -> None:
+    for path in (RULES, RENDERED):
+        result = promtool("check", "rules", str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_committed_rendering_is_the_source_with_the_default_runbook_base() -> None:
+    result = render("rules", RUNBOOK_BASE_URL="https://fmhl.example.com/docs/runbooks.md")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == RENDERED.read_text(), "run `task k8s-rules` after changing alerts/fmhl.rules.yml"
+
+
+def test_runbook_links_are_built_from_the_configured_base() -> None:
+    result = render("rules", RUNBOOK_BASE_URL="https://wiki.internal.test/ops/fmhl-runbooks/")
+    assert result.returncode == 0, result.stderr
+    rules = [rule for group in yaml.safe_load(result.stdout)["groups"] for rule in group["rules"]]
+    links = {rule["alert"]: rule["annotations"]["runbook_url"] for rule in rules if "alert" in rule}
+    assert links == {name: f"https://wiki.internal.test/ops/fmhl-runbooks#{name.lower()}" for name in alerts()}
+
+
+def test_a_runbook_base_that_is_not_an_absolute_url_is_refused() -> None:
+    result = render("rules", RUNBOOK_BASE_URL="docs/runbooks.md")
+    assert result.returncode != 0
+    assert "RUNBOOK_BASE_URL" in result.stderr
 
 
 def test_rules_pass_their_unit_tests() -> None:
@@ -35,15 +68,18 @@ def test_rules_pass_their_unit_tests() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_alert_has_severity_summary_description_and_a_runbook_section() -> None:
+def test_every_alert_has_severity_summary_description_and_an_absolute_link_to_its_runbook_section() -> None:
     runbook = (ROOT / "docs" / "runbooks.md").read_text()
+    headings = {line.removeprefix("## ").strip() for line in runbook.splitlines() if line.startswith("## ")}
     tests = (ROOT / "alerts" / "tests" / "fmhl.rules.test.yml").read_text()
-    for name, rule in alerts().items():
+    rendered = alerts(RENDERED)
+    assert set(rendered) == set(alerts())
+    for name, rule in rendered.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "ticket"}, name
         annotations = rule["annotations"]
         assert {"summary", "description", "runbook_url"} <= annotations.keys(), name
-        assert f"## {name}" in runbook, name
-        assert annotations["runbook_url"] == f"docs/runbooks.md#{name.lower()}", name
+        assert name in headings, f"docs/runbooks.md has no section `## {name}`"
+        assert re.fullmatch(rf"https?://[^\s#]+#{name.lower()}", annotations["runbook_url"]), name
         assert f"alertname: {name}" in tests, f"{name} has no promtool test"
 
 
