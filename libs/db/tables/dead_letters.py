@@ -22,6 +22,8 @@ from sqlalchemy import (
     LargeBinary,
     Text,
     Uuid,
+    cast,
+    column,
     false,
     text,
 )
@@ -83,10 +85,51 @@ class DeadLetter(SQLModel, table=True):
         one_of("status", DeadLetterStatus, "dead_letter_queue_status_check"),
         Index("idx_dlq_queue_failed_at", "queue_name", text("failed_at DESC")),
         Index("idx_dlq_resolved", "resolved", text("failed_at DESC")),
-        Index("idx_dlq_fingerprint", "fingerprint", "status"),
         Index("idx_dlq_message_id", "message_id"),
+        # The list's keyset order, alone and behind each column the list filters on by equality: every page
+        # of every filter reads its rows in order from one index and stops at the page's end.
         Index("idx_dlq_list", text("created_at DESC"), text("id DESC")),
-        Index("idx_dlq_status_queue", "status", "queue_name"),
+        *(
+            Index(f"idx_dlq_{name}_list", column, text("created_at DESC"), text("id DESC"))
+            for name, column in (
+                ("queue", "queue_name"),
+                ("status", "status"),
+                ("reason", "reason"),
+                ("error_type", "error_type"),
+                ("fingerprint", "fingerprint"),
+                ("service", "service"),
+            )
+        ),
+        # A time window is read from its newest failure backwards.
+        Index("idx_dlq_last_failed", text("last_failed_at DESC"), text("id DESC")),
+        # Free text: every search word is an ILIKE '%word%' on the error message or the payload's JSON text.
+        Index(
+            "idx_dlq_error_message_trgm",
+            "error_message",
+            postgresql_using="gin",
+            postgresql_ops={"error_message": "gin_trgm_ops"},
+        ),
+        Index(
+            "idx_dlq_payload_trgm",
+            cast(column("payload"), Text).label("payload_text"),
+            postgresql_using="gin",
+            postgresql_ops={"payload_text": "gin_trgm_ops"},
+        ),
+        # A failure group's newest and oldest unresolved failure, one index probe each.
+        Index(
+            "idx_dlq_group_latest",
+            "queue_name",
+            "fingerprint",
+            text("last_failed_at DESC NULLS LAST"),
+            postgresql_where=text(f"status <> '{DeadLetterStatus.resolved.value}'"),
+        ),
+        Index(
+            "idx_dlq_group_first",
+            "queue_name",
+            "fingerprint",
+            "first_failed_at",
+            postgresql_where=text(f"status <> '{DeadLetterStatus.resolved.value}'"),
+        ),
     )
 
     id: uuid.UUID = uuid_pk()
@@ -129,6 +172,19 @@ class DeadLetter(SQLModel, table=True):
     resolution: Resolution | None = Field(default=None, sa_type=stored_enum(Resolution, 32))
     message_type: str | None = Field(default=None, max_length=100)
     content_type: str | None = Field(default=None, max_length=100)
+
+
+class DeadLetterGroupCount(SQLModel, table=True):
+    """Unresolved entries per failure group (queue and fingerprint; '' for an entry without one), kept by
+    statement-level triggers on dead_letter_queue (migration 0009): every writer, whichever service, keeps it
+    right, and a batch of captures touches each of its groups once. A group whose entries all resolved stays,
+    at 0, so a queue's gauge reads 0 rather than vanishing."""
+
+    __tablename__ = "dead_letter_groups"
+
+    queue_name: str = Field(max_length=100, primary_key=True)
+    fingerprint: str = Field(max_length=64, primary_key=True)
+    unresolved: int = Field(default=0, sa_type=Integer, sa_column_kwargs={"server_default": text("0")})
 
 
 class DeadLetterEvent(SQLModel, table=True):

@@ -58,8 +58,9 @@ def test_a_freshly_migrated_database_matches_the_models(migrated_from_scratch: s
 
 
 async def _definitions(connection: AsyncConnection, schema: str) -> dict[str, set[str]]:
-    # With the schema on the search path PostgreSQL prints names unqualified, so both schemas compare equal.
-    await connection.execute(text(f"SET LOCAL search_path TO {schema}"))
+    # With the schema on the search path PostgreSQL prints names unqualified, so both schemas compare equal;
+    # public stays on it for the extensions installed there (pg_trgm's operator classes).
+    await connection.execute(text(f"SET LOCAL search_path TO {schema}, public"))
     constraints = await connection.execute(
         text(
             "SELECT c.conrelid::regclass::text AS tab, c.conname, pg_get_constraintdef(c.oid) AS definition "
