@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,9 +22,13 @@ class FileSecretsSource(PydanticBaseSettingsSource):
     """`DATABASE_URL_FILE=/run/secrets/db` reads the value from that file (Docker and Kubernetes secrets)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        path = os.environ.get(f"{field_name.upper()}_FILE")
+        variable = field_name.upper()
+        path = os.environ.get(f"{variable}_FILE")
         if not path:
             return None, field_name, False
+        if any(name.upper() == variable for name in os.environ):
+            # Neither may silently win: the one left behind is what someone believes is in force.
+            raise SettingsError(f"{variable} and {variable}_FILE are both set: keep one")
         try:
             return Path(path).read_text().strip(), field_name, False
         except OSError as error:
@@ -68,7 +72,18 @@ class ServiceSettings(BaseSettings):
     )
     db_statement_timeout_ms: int = Field(15_000, ge=100, description="PostgreSQL statement_timeout.")
     db_pool_size: int = Field(5, ge=1, le=100, description="Connections kept in the pool.")
-    traces_exporter: Literal["none", "console"] = Field("none", description="Where finished spans go.")
+    traces_exporter: Literal["none", "console", "otlp"] = Field(
+        "none",
+        validation_alias=AliasChoices("otel_traces_exporter", "traces_exporter"),
+        description="Where finished spans go: otlp (OTLP/HTTP protobuf), console or none. OTEL_TRACES_EXPORTER is the "
+        "standard name and wins; unset with an OTLP endpoint set, it is otlp.",
+    )
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = Field(
+        None, description="OTLP/HTTP receiver (http://collector:4318): spans go to its /v1/traces."
+    )
+    otel_exporter_otlp_traces_endpoint: AnyHttpUrl | None = Field(
+        None, description="The full URL spans are posted to, instead of OTEL_EXPORTER_OTLP_ENDPOINT's /v1/traces."
+    )
     telemetry_enabled: bool = Field(
         True,
         description="false: no instruments, spans or trace propagation at all (no-op meter and tracer, no broker "
@@ -87,6 +102,25 @@ class ServiceSettings(BaseSettings):
         2000, ge=1, description="DistributionDurationHigh fires when p95 exceeds this."
     )
     inbox_query_p95_threshold_ms: int = Field(1000, ge=1, description="InboxQuerySlow fires when p95 exceeds this.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _otlp_when_an_endpoint_is_set(cls, data: Any) -> Any:
+        """The OpenTelemetry convention: an endpoint given and no exporter named means spans go there."""
+        if not isinstance(data, dict) or data.keys() & {"otel_traces_exporter", "traces_exporter"}:
+            return data
+        if data.keys() & {"otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"}:
+            return {**data, "traces_exporter": "otlp"}
+        return data
+
+    @property
+    def otlp_traces_endpoint(self) -> str | None:
+        """Where OTLP spans are posted, as the specification composes it; None leaves the exporter's default."""
+        if self.otel_exporter_otlp_traces_endpoint is not None:
+            return str(self.otel_exporter_otlp_traces_endpoint)
+        if self.otel_exporter_otlp_endpoint is not None:
+            return str(self.otel_exporter_otlp_endpoint).rstrip("/") + "/v1/traces"
+        return None
 
     @field_validator("log_level", mode="before")
     @classmethod

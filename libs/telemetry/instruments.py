@@ -13,6 +13,11 @@ DURATION_BUCKETS_MS: tuple[float, ...] = (
     5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
 )  # fmt: skip
 
+DURATION_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 2.5, 5.0, 7.5, 10.0, 30.0,
+)  # fmt: skip
+"""OpenTelemetry's recommended boundaries for durations in seconds, with the alert thresholds' 2 s and 30 s added."""
+
 
 def counter(meter: Meter, name: str, description: str) -> Counter:
     return meter.create_counter(name, unit="", description=description)

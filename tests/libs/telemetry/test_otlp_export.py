@@ -1,0 +1,48 @@
+"""Spans leave the process over OTLP/HTTP (protobuf) when the standard OpenTelemetry variables say so."""
+
+from __future__ import annotations
+
+import httpx
+from opentelemetry.trace import SpanKind
+
+from libs.telemetry import setup_telemetry
+from tests.conftest import ServiceProcesses, wait_for
+from tests.libs.telemetry.otlp_receiver import otlp_receiver
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_spans_are_posted_as_protobuf_to_the_traces_path_of_the_endpoint() -> None:
+    with otlp_receiver() as receiver:
+        telemetry = setup_telemetry("otlp-test", "otlp", otlp_endpoint=f"{receiver.endpoint}/v1/traces")
+        with telemetry.tracer.start_as_current_span("work"):
+            pass
+        telemetry.shutdown()  # flushes the batch
+
+        assert [(span.service, span.name) for span in receiver.received()] == [("otlp-test", "work")]
+        assert receiver.content_types == ["application/x-protobuf"]
+
+
+def test_a_service_process_exports_its_server_spans_to_otel_exporter_otlp_endpoint(
+    service_processes: ServiceProcesses,
+) -> None:
+    with otlp_receiver() as receiver:
+        worker = service_processes.start(
+            "email-worker",
+            19601,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        )
+        worker.wait_ready()
+        traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+        assert httpx.get(worker.url("/health/live"), headers={"traceparent": traceparent}).status_code == 200
+
+        def server_span_arrived() -> bool:
+            return any(span.trace_id == TRACE_ID for span in receiver.received())
+
+        wait_for(server_span_arrived, 15, "the request's span at the OTLP receiver")
+        span = next(span for span in receiver.received() if span.trace_id == TRACE_ID)
+        assert span.service == "email-worker"
+        assert span.kind == SpanKind.SERVER.value + 1  # OTLP counts from UNSPECIFIED = 0
+        assert span.attributes["http.route"] == "/health/live"
+        worker.stop()
