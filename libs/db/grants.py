@@ -43,6 +43,7 @@ from libs.db.tables import (
     DeadLetter,
     DeadLetterEdit,
     DeadLetterEvent,
+    DeadLetterGroupCount,
     DeadLetterRetry,
     EmailLog,
     Lead,
@@ -166,6 +167,8 @@ GRANTS: dict[str, tuple[TableGrant, ...]] = {
     "dlq-service": (
         grant(DeadLetter, SELECT, INSERT, UPDATE),
         grant(DeadLetterEvent, SELECT, INSERT),
+        # Kept by dead_letter_queue's triggers, which write it as their owner: the service only reads it.
+        grant(DeadLetterGroupCount, SELECT),
         grant(DeadLetterRetry, SELECT, INSERT, UPDATE),
         grant(Redrive, SELECT, INSERT, UPDATE),
         grant(RedriveItem, SELECT, INSERT, UPDATE),
