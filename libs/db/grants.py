@@ -7,6 +7,7 @@ distribution-worker may change a balance), plus USAGE on the sequence of each BI
     python -m libs.db.grants sql [--secrets DIR] [--prefix fmhl] | psql -1 -v ON_ERROR_STOP=1 -d DB  (a superuser)
     python -m libs.db.grants apply [--secrets DIR] [--prefix fmhl]   (DATABASE_URL: a role that may create roles)
     python -m libs.db.grants show
+    python -m libs.db.grants wait --service NAME   (DATABASE_URL: the service's own role; a pod's init container)
 
 Each role's password comes from `DIR/db-<service>` (or `FMHL_SECRET_DB_<SERVICE>` without `--secrets`) and is
 sent as a SCRAM verifier, never in clear. Run it
@@ -25,13 +26,15 @@ import hmac
 import os
 import secrets
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Table, column, func, select, table
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlmodel import SQLModel
 
 from libs.db.tables import (
@@ -303,18 +306,92 @@ def table_rows() -> list[str]:
     return rows
 
 
+PG_ATTRIBUTE = table("pg_attribute", column("attrelid"), column("attname"), column("attnum"), column("attisdropped"))
+"""The catalog every role may read: the columns a table has, whatever the role may do with them."""
+
+
+async def missing(connection: AsyncConnection, grants: Iterable[TableGrant]) -> list[str]:
+    """What the connected role still lacks of its declaration: a table or a column the models have (the migration
+    has not run), or a privilege (the provisioning has not); empty once both ran for this code."""
+    lacking = []
+    for table_grant in grants:
+        name = f"public.{table_grant.table.name}"
+        if await connection.scalar(select(func.to_regclass(name))) is None:
+            lacking.append(f"table {name}")
+            continue
+        present = set(
+            await connection.scalars(
+                select(PG_ATTRIBUTE.c.attname).where(
+                    PG_ATTRIBUTE.c.attrelid == func.to_regclass(name),
+                    PG_ATTRIBUTE.c.attnum > 0,
+                    PG_ATTRIBUTE.c.attisdropped.is_(False),
+                )
+            )
+        )
+        absent = set(table_grant.table.columns.keys()) - present
+        lacking += [f"column {name}.{column_name}" for column_name in sorted(absent)]
+        if absent:
+            continue
+        for privilege in Privilege:
+            if privilege not in table_grant.privileges:
+                continue
+            limited = table_grant.columns.get(privilege)
+            checks = (
+                [func.has_table_privilege(name, str(privilege))]
+                if limited is None
+                else [func.has_column_privilege(name, column_name, str(privilege)) for column_name in limited]
+            )
+            held = [await connection.scalar(select(check)) for check in checks]
+            if not all(held):
+                lacking.append(f"{privilege} on {name}" + (f" ({', '.join(limited)})" if limited else ""))
+        sequence = table_grant.sequence
+        if sequence is not None and not await connection.scalar(select(func.has_sequence_privilege(sequence, "USAGE"))):
+            lacking.append(f"USAGE on sequence {table_grant.sequence}")
+    return lacking
+
+
+async def wait(database_url: str, service: str, timeout_s: float, poll_s: float = 3.0) -> list[str]:
+    """Polls, as the service's own role, until it holds its whole declaration; what is still missing at the
+    deadline (empty: ready). A login refused counts as missing: the role is created by the provisioning."""
+    engine = create_async_engine(database_url, pool_pre_ping=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                async with engine.connect() as connection:
+                    lacking = await missing(connection, GRANTS[service])
+            except (DBAPIError, OSError) as error:
+                lacking = [f"a connection as the service's role ({type(error).__name__})"]
+            if not lacking or time.monotonic() > deadline:
+                return lacking
+            print(f"waiting for the migration and the provisioning: {'; '.join(lacking[:3])}", file=sys.stderr)
+            await asyncio.sleep(poll_s)
+    finally:
+        await engine.dispose()
+
+
 def _passwords(directory: Path | None) -> dict[str, str]:
     return read_secrets(directory, (secret_name(service) for service in GRANTS))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m libs.db.grants", description=__doc__)
-    parser.add_argument("command", choices=["sql", "apply", "show"])
+    parser.add_argument("command", choices=["sql", "apply", "show", "wait"])
     parser.add_argument("--secrets", type=Path, help="directory of password files (else FMHL_SECRET_<NAME>)")
     parser.add_argument("--prefix", default="fmhl", help="role names are <prefix>_<service>")
+    parser.add_argument("--service", choices=sorted(GRANTS), help="wait: the service whose declaration to wait for")
+    parser.add_argument("--timeout", type=float, default=600.0, help="wait: seconds before giving up (exit 1)")
     arguments = parser.parse_args(argv)
     if arguments.command == "show":
         print("\n".join(table_rows()))
+        return
+    if arguments.command == "wait":
+        if arguments.service is None or not os.environ.get("DATABASE_URL"):
+            raise SystemExit("wait needs --service and DATABASE_URL (the service's own role)")
+        lacking = asyncio.run(wait(os.environ["DATABASE_URL"], arguments.service, arguments.timeout))
+        if lacking:
+            raise SystemExit(f"still missing after {arguments.timeout:g} s: {'; '.join(lacking)}")
+        print(f"{role_name(arguments.service, arguments.prefix)}: migrated and provisioned", file=sys.stderr)
         return
     passwords = _passwords(arguments.secrets)
     if arguments.command == "sql":
