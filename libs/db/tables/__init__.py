@@ -38,6 +38,7 @@ from libs.db.tables.exports import ExportKind, ExportStatus, ReportExport  # noq
 from libs.db.tables.leads import Assignment, AssignmentStatus, BadLeadReport, Lead, LeadStatus, ReportStatus  # noqa: E402
 from libs.db.tables.ledger import LedgerEntry, LedgerKind, Refund  # noqa: E402
 from libs.db.tables.messages import EmailLog, EmailStatus, ProcessedMessage  # noqa: E402
+from libs.db.tables.outbox import OutboxMessage  # noqa: E402
 from libs.db.tables.providers import PausedReason, Provider, Subscription, SubscriptionStatus  # noqa: E402
 from libs.db.tables.rate_limits import RateLimitHit  # noqa: E402
 from libs.db.tables.scheduling import (  # noqa: E402
@@ -73,6 +74,7 @@ __all__ = [
     "LeadStatus",
     "LedgerEntry",
     "LedgerKind",
+    "OutboxMessage",
     "PausedReason",
     "ProcessedMessage",
     "Provider",
