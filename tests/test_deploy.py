@@ -33,33 +33,102 @@ def test_compose_file_follows_the_compose_specification() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+ONE_SHOTS = {"migrate", "provision", "admin-cli"}
+"""Run to completion (or by hand); the only services that see the administrators' passwords."""
+
+
+def conditions(service: dict[str, Any]) -> dict[str, str]:
+    return {dependency: spec["condition"] for dependency, spec in service["depends_on"].items()}
+
+
+def env_file_lines(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def compose_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The env files `stack.sh up` gives docker-compose.yml, generated from secrets of the test's own."""
+    where = tmp_path_factory.mktemp("compose")
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "local" / "stack.sh"), "compose-env", str(where / "env")],
+        env={"PATH": "/usr/bin:/bin", "FMHL_SECRETS_DIR": str(where / "secrets")},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return where / "env"
+
+
 def test_compose_has_the_whole_stack_with_healthchecks() -> None:
     services = COMPOSE["services"]
-    expected = {*FMHL_SERVICES, "rabbitmq", "postgres", "migrate", "smtp-sink", "prometheus", "alertmanager", "grafana"}
-    assert expected <= services.keys()
+    expected = {
+        *FMHL_SERVICES,
+        *ONE_SHOTS,
+        "rabbitmq",
+        "postgres",
+        "smtp-sink",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    }
+    assert expected == services.keys()
     for name, service in services.items():
-        if name != "migrate":
+        if name not in ONE_SHOTS:
             assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
+
+
+def test_services_start_after_the_migration_and_the_provisioning_of_their_users() -> None:
+    services = COMPOSE["services"]
+    assert conditions(services["migrate"]) == {"postgres": "service_healthy"}
+    assert conditions(services["provision"]) == {
+        "rabbitmq": "service_healthy",
+        "migrate": "service_completed_successfully",
+    }
     for name in FMHL_SERVICES:
-        conditions = {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
-        assert conditions["migrate"] == "service_completed_successfully"
-        assert conditions["postgres"] == conditions["rabbitmq"] == "service_healthy"
+        assert conditions(services[name])["provision"] == "service_completed_successfully", name
+        assert conditions(services[name])["postgres"] == conditions(services[name])["rabbitmq"] == "service_healthy"
+
+
+def test_only_the_one_shots_and_the_engines_see_the_administrators_passwords() -> None:
+    for name, service in COMPOSE["services"].items():
+        text = json.dumps(service)
+        if name not in {*ONE_SHOTS, "postgres", "rabbitmq"}:
+            assert "FMHL_DB_PASSWORD" not in text, name
+            assert "FMHL_MQ_PASSWORD" not in text, name
+
+
+def test_the_provision_env_file_holds_every_password_provisioning_reads(compose_env: Path) -> None:
+    from libs.db.grants import GRANTS, secret_name
+    from libs.messaging.permissions import secret_variable, users
+
+    expected = {secret_variable(user.secret) for user in users()} | {secret_variable(secret_name(s)) for s in GRANTS}
+    provided = env_file_lines(compose_env / "provision.env")
+    assert set(provided) == expected
+    assert all(provided.values())
+    assert COMPOSE["services"]["provision"]["env_file"] == ["${FMHL_COMPOSE_ENV_DIR:-.run/compose}/provision.env"]
 
 
 @pytest.mark.parametrize("name", FMHL_SERVICES)
-def test_each_compose_service_runs_its_module_with_only_real_settings(name: str) -> None:
+def test_each_compose_service_runs_its_module_as_its_own_user_with_only_real_settings(
+    name: str, compose_env: Path
+) -> None:
     module = FMHL_SERVICES[name]
     service = COMPOSE["services"][name]
     assert service["command"] == ["python", "-m", module]
     assert (ROOT / "services" / name / module / "__main__.py").exists()
     settings = importlib.import_module(f"{module}.settings").Settings
     fields = {field.upper() for field in settings.model_fields}
-    environment: dict[str, Any] = service["environment"]
+    assert service["env_file"] == [f"${{FMHL_COMPOSE_ENV_DIR:-.run/compose}}/{name}.env"]
+    own = env_file_lines(compose_env / f"{name}.env")
+    environment: dict[str, Any] = {**service["environment"], **own}
     assert set(environment) <= fields, set(environment) - fields
     required = {field.upper() for field, info in settings.model_fields.items() if info.is_required()}
     assert required <= set(environment), required - set(environment)
     assert environment["HTTP_PORT"] == "8080"
     assert any(port.endswith(":8080") for port in service["ports"])
+    assert own["DATABASE_URL"].startswith(f"postgresql+asyncpg://fmhl_{module}:")
+    assert own["DATABASE_URL"].endswith("@postgres:5432/fmhl")
+    assert own["RABBITMQ_URL"].startswith(f"amqp://fmhl-{name}:")
+    assert own["RABBITMQ_URL"].endswith("@rabbitmq:5672/fmhl")
 
 
 def test_prometheus_scrapes_every_service_on_its_compose_port_and_passes_promtool(tmp_path: Path) -> None:

@@ -160,13 +160,12 @@ stop_pid_file() {
 env_file() {
   local file="$STATE/compose.env" base="${FMHL_COMPOSE_TEST_PORT:-28000}"
   if [ ! -s "$file" ]; then
+    # The env files users get (stack.sh compose-env: administrators, provision.env, one per service), from
+    # secrets of the test's own, so the machine's stay untouched.
+    rm -rf "$STATE/secrets" "$STATE/env"
+    FMHL_SECRETS_DIR="$STATE/secrets" bash "$ROOT/deploy/local/stack.sh" compose-env "$STATE/env" >/dev/null
     # Free ports of their own (a stack or PostgreSQL and RabbitMQ on their usual ports may be running here).
-    (umask 077; cat > "$file" <<ENV
-FMHL_DB_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
-FMHL_MQ_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
-FMHL_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
-FMHL_TOTP_KEY=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')
-FMHL_DLQ_RETRY_SIGNING_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+    (umask 077; { cat "$STATE/env/compose.env"; cat <<ENV
 FMHL_GATEWAY_PORT=$base
 FMHL_DLQ_PORT=$((base + 1))
 FMHL_DISTRIBUTION_PORT=$((base + 2))
@@ -181,7 +180,7 @@ FMHL_PROMETHEUS_PORT=$((base + 20))
 FMHL_ALERTMANAGER_PORT=$((base + 21))
 FMHL_GRAFANA_PORT=$((base + 22))
 ENV
-    )
+    } > "$file")
   fi
   echo "$file"
 }
@@ -213,7 +212,7 @@ down() {
   fi
   stop_pid_file "$STATE/health.pid"
   stop_pid_file "$STATE/api.pid"
-  rm -f "$STATE/compose.env"
+  rm -rf "$STATE/compose.env" "$STATE/env" "$STATE/secrets"
 }
 
 case "${1:-}" in

@@ -4,6 +4,11 @@ Creates an admin (logging in with a real TOTP code), a lead source, three provid
 balance, one whose email address the SMTP sink refuses), submits and approves leads, then shows the
 assignments and balances, the mails in the sink, the dead letter, and the plan's counters from /metrics.
 Each run uses fresh names, so it can be run again.
+
+Where the services answer comes from the environment, `<SERVICE>_URL` (INGEST_GATEWAY_URL, DLQ_SERVICE_URL,
+DISTRIBUTION_WORKER_URL, EMAIL_WORKER_URL), by default their declared ports on 127.0.0.1 as `stack.sh up`
+serves them; DATABASE_URL and TOTP_ENCRYPTION_KEY are the operator's (the tables' owner), MAIL_DIR the SMTP
+sink's folder when it is on this machine (under compose the mails stay in the sink's volume).
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from libs.db.tables import Assignment, Lead, LeadStatus, Provider, Subscription
 from libs.runtime import service
 
 
-def local_url(name: str, path: str = "") -> str:
-    """Where `stack.sh up` serves that service: its declared port on this machine."""
-    return f"http://127.0.0.1:{service(name).port}{path}"
+def service_url(name: str, path: str = "") -> str:
+    """Where that service answers: `<SERVICE>_URL` (INGEST_GATEWAY_URL, ...), else its declared port here."""
+    base = os.environ.get(name.upper().replace("-", "_") + "_URL") or f"http://127.0.0.1:{service(name).port}"
+    return base.rstrip("/") + path
 
 
-GATEWAY = local_url("ingest-gateway")
-DLQ_API = local_url("dlq-service", "/api/v1/admin/queues")
+GATEWAY = service_url("ingest-gateway")
+DLQ_API = service_url("dlq-service", "/api/v1/admin/queues")
 COUNTERS = {
     "ingest-gateway": ["fmhl_leads_submitted_total", "fmhl_leads_approved_total"],
     "distribution-worker": ["fmhl_assignments_created_total", "fmhl_assignments_skipped_insufficient_balance_total",
@@ -154,13 +160,15 @@ async def main() -> None:
     # The refused mail goes through the email-worker and into the DLQ store; the other mails go before it.
     if not await _eventually(refused_mail_recorded, within_s=30):
         print("(the refused mail has not reached the DLQ store within 30 s)")
-    mail_dir = Path(os.environ["MAIL_DIR"])
-    listing = mail_dir / "index.jsonl"
-    mails = [json.loads(line) for line in listing.read_text().splitlines()] if listing.exists() else []
-    mine = [m for m in mails if any(run in to for to in m["to"])]
-    print(f"\nmails in the SMTP sink ({mail_dir}):")
-    for mail in mine:
-        print(f"  to {', '.join(mail['to']):<32} {mail['subject']}")
+    if mail_dir := os.environ.get("MAIL_DIR"):
+        listing = Path(mail_dir) / "index.jsonl"
+        mails = [json.loads(line) for line in listing.read_text().splitlines()] if listing.exists() else []
+        mine = [m for m in mails if any(run in to for to in m["to"])]
+        print(f"\nmails in the SMTP sink ({mail_dir}):")
+        for mail in mine:
+            print(f"  to {', '.join(mail['to']):<32} {mail['subject']}")
+    else:
+        print("\nmails: in the SMTP sink's own folder (compose: docker compose exec smtp-sink cat /mail/index.jsonl)")
     listed = await dead_letters()
     print("\ndead letters in the DLQ store (GET /api/v1/admin/queues/dlq, contact details masked):")
     for entry in listed:
@@ -182,7 +190,7 @@ async def main() -> None:
     await dlq.aclose()
     print("\ncounters from /metrics:")
     for name, counters in COUNTERS.items():
-        for line in counter_lines(local_url(name, "/metrics"), counters):
+        for line in counter_lines(service_url(name, "/metrics"), counters):
             print(f"  {name:<20} {line}")
 
 

@@ -2,6 +2,8 @@
 # Runs fmhl-ops on this machine: installs what is missing, starts RabbitMQ and PostgreSQL, migrates,
 # starts the six services as separate processes, and stops only what it started.
 # Usage: stack.sh up | down | status | logs | migrate | install | infra | credentials | restart | demo | test [args]
+#        stack.sh compose-env [DIR]   (the env files docker-compose.yml reads; DIR defaults to .run/compose)
+#        stack.sh k8s-env [DIR] [NAMESPACE] [DB_HOST] [MQ_HOST]   (the Secrets of deploy/k8s, as env files)
 #
 # Each service runs as its own RabbitMQ user and PostgreSQL role, limited to what its code uses
 # (libs/messaging/permissions.py, libs/db/grants.py), with only its own credentials and settings in
@@ -52,7 +54,7 @@ secret() {
   if [ ! -s "$file" ]; then
     mkdir -p -m 700 "$SECRETS" && chmod 700 "$SECRETS"
     local fresh; fresh="$(mktemp "$SECRETS/.new.XXXXXX")"
-    if [ -s "$RUN/$1" ]; then cat "$RUN/$1" > "$fresh"
+    if [ -z "${FMHL_SECRETS_DIR:-}" ] && [ -s "$RUN/$1" ]; then cat "$RUN/$1" > "$fresh"
     elif [ "${2:-}" = fernet ]; then
       "$PY_BOOT" -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' > "$fresh"
     else "$PY_BOOT" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$fresh"; fi
@@ -66,14 +68,23 @@ PY_BOOT="$(command -v python3)"
 role_of() { local prefix="${PREFIX//-/_}"; echo "${prefix}_${1//-/_}"; }
 user_of() { local prefix="${PREFIX//_/-}"; echo "${prefix}-$1"; }
 
+# The secrets several services share, from the machine's secrets: JWT_SECRET, TOTP_ENCRYPTION_KEY,
+# DLQ_RETRY_SIGNING_KEY (the two doubled to the length their settings require).
+shared_secrets() {
+  JWT_SECRET="$(secret jwt-secret)$(secret jwt-secret)"
+  TOTP_ENCRYPTION_KEY="$(secret totp-encryption-key fernet)"
+  DLQ_RETRY_SIGNING_KEY="$(secret dlq-retry-signing-key)$(secret dlq-retry-signing-key)"
+}
+
 # The operator's environment (migrations, CLI, demo, tests): the broker administrator and the tables' owner.
 env_file() {
   local db_password mq_password jwt_secret totp_key signing_key
   db_password="$(secret db-password)"
   mq_password="$(secret mq-password)"
-  jwt_secret="$(secret jwt-secret)$(secret jwt-secret)"
-  totp_key="$(secret totp-encryption-key fernet)"
-  signing_key="$(secret dlq-retry-signing-key)$(secret dlq-retry-signing-key)"
+  shared_secrets
+  jwt_secret="$JWT_SECRET"
+  totp_key="$TOTP_ENCRYPTION_KEY"
+  signing_key="$DLQ_RETRY_SIGNING_KEY"
   mkdir -p "$RUN/exports" "$RUN/mail"
   (umask 077; cat > "$RUN/stack.env" <<ENV
 DATABASE_URL=postgresql+asyncpg://fmhl:${db_password}@127.0.0.1:5432/${DATABASE}
@@ -94,12 +105,12 @@ ENV
   chmod 600 "$RUN/stack.env"
 }
 
-# Each service's own environment: its broker user, its database role, and the shared settings it needs.
-# `service_env_files DIR HOST [SECRETS_ONLY]`: HOST is where PostgreSQL and RabbitMQ answer (compose: their
+# Each service's own environment: its broker user, its database role, and the shared settings it needs
+# (JWT_SECRET, ... as variables: load_env or shared_secrets first).
+# `service_env_files DIR DB_HOST MQ_HOST [SECRETS_ONLY]`: where PostgreSQL and RabbitMQ answer (compose: their
 # container names); SECRETS_ONLY leaves out the settings a compose file sets itself (paths, SMTP).
 service_env_files() {
   local dir="$1" db_host="$2" mq_host="$3" secrets_only="${4:-}"
-  load_env
   mkdir -p -m 700 "$dir"
   for service in "${SERVICES[@]}"; do
     (
@@ -324,28 +335,92 @@ down() {
 
 docker_engine() { command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; }
 
-# Docker compose, with the same machine-wide secrets: compose.env for the images' administrator and the file's
-# own variables; compose/provision.env every service password (FMHL_SECRET_<NAME>) for the one-shot that
-# provisions users and roles; compose/<service>.env a service's own credentials and secrets, its env_file.
-compose() {
-  env_file
-  load_env
-  local env_file="$RUN/compose.env"
+# docker-compose.yml's env files in DIR, from the machine-wide secrets (FMHL_SECRETS_DIR): compose.env the
+# administrators' passwords (the images and the one-shot migrate and provision) and FMHL_COMPOSE_ENV_DIR;
+# provision.env every service's password (FMHL_SECRET_<NAME>) for the one-shot that creates the users and
+# roles; <service>.env a service's own broker user, database role and secrets, its env_file and only credentials.
+compose_env() {
+  local dir="${1:-$RUN/compose}"
+  mkdir -p -m 700 "$dir"
+  dir="$(cd "$dir" && pwd)"
+  shared_secrets
   (
     umask 077
-    printf 'FMHL_DB_PASSWORD=%s\nFMHL_MQ_PASSWORD=%s\nFMHL_JWT_SECRET=%s\nFMHL_TOTP_KEY=%s\nFMHL_DLQ_RETRY_SIGNING_KEY=%s\n' \
-      "$(secret db-password)" "$(secret mq-password)" "$JWT_SECRET" "$TOTP_ENCRYPTION_KEY" "$DLQ_RETRY_SIGNING_KEY" \
-      > "$env_file"
-    mkdir -p -m 700 "$RUN/compose"
+    printf 'FMHL_DB_PASSWORD=%s\nFMHL_MQ_PASSWORD=%s\nFMHL_COMPOSE_ENV_DIR=%s\n' \
+      "$(secret db-password)" "$(secret mq-password)" "$dir" > "$dir/compose.env"
     for service in "${SERVICES[@]}"; do
       for name in "db-$service" "mq-$service"; do
         echo "FMHL_SECRET_$(echo "${name//-/_}" | tr '[:lower:]' '[:upper:]')=$(secret "$name")"
       done
-    done > "$RUN/compose/provision.env"
-    echo "FMHL_SECRET_MQ_DLQ_SERVICE_MONITORING=$(secret mq-dlq-service-monitoring)" >> "$RUN/compose/provision.env"
+    done > "$dir/provision.env"
+    echo "FMHL_SECRET_MQ_DLQ_SERVICE_MONITORING=$(secret mq-dlq-service-monitoring)" >> "$dir/provision.env"
   )
-  service_env_files "$RUN/compose" postgres rabbitmq secrets-only
+  service_env_files "$dir" postgres rabbitmq secrets-only
+  echo "$dir/compose.env"
+}
+
+# deploy/k8s's Secrets as env files in DIR, from the machine-wide secrets, and the kubectl commands that create
+# them: fmhl-<service> a service's own passwords (its user's and role's; the URLs are built in the manifests from
+# the ConfigMap's hosts) and the secrets it needs; fmhl-admin the administrators' URLs at DB_HOST and MQ_HOST,
+# for the migrate and provision Jobs (the production overlay takes them from the operators instead).
+k8s_env() {
+  local dir="${1:-$RUN/k8s}" namespace="${2:-fmhl-local}" db_host="${3:-postgres}" mq_host="${4:-rabbitmq}"
+  mkdir -p -m 700 "$dir"
+  dir="$(cd "$dir" && pwd)"
+  shared_secrets
+  (
+    umask 077
+    for service in "${SERVICES[@]}"; do
+      {
+        echo "DATABASE_PASSWORD=$(secret "db-$service")"
+        echo "RABBITMQ_PASSWORD=$(secret "mq-$service")"
+        [ "$service" = dlq-service ] && echo "RABBITMQ_MONITORING_PASSWORD=$(secret "mq-$service-monitoring")"
+        for name in ${SETTINGS[$service]}; do
+          case "$name" in EXPORT_DIR|SMTP_*) continue ;; esac
+          echo "$name=${!name}"
+        done
+      } > "$dir/$service.env"
+    done
+    cat > "$dir/admin.env" <<ENV
+DATABASE_URL=postgresql+asyncpg://fmhl:$(secret db-password)@$db_host:5432/$DATABASE
+RABBITMQ_URL=amqp://fmhl:$(secret mq-password)@$mq_host:5672/$VHOST
+RABBITMQ_MANAGEMENT_URL=http://fmhl:$(secret mq-password)@$mq_host:15672
+ENV
+  )
+  echo "kubectl create namespace $namespace   # or apply the overlay once; then:"
+  echo "kubectl -n $namespace create secret generic fmhl-admin --from-env-file=$dir/admin.env   # local overlay only"
+  for service in "${SERVICES[@]}"; do
+    echo "kubectl -n $namespace create secret generic fmhl-$service --from-env-file=$dir/$service.env"
+  done
+}
+
+# .run/stack.env too: the operator's environment (demo, CLI) reaches compose's PostgreSQL on its published port.
+compose() {
+  env_file
+  local env_file; env_file="$(compose_env "$RUN/compose")"
   (cd "$ROOT" && docker compose --env-file "$env_file" "$@")
+}
+
+# The console's first admin, created once per database by the admin-cli one-shot (as the tables' owner), its
+# password piped in; the password stays in the secrets directory, the TOTP secret is shown once, here.
+first_admin() {
+  local email="${FMHL_ADMIN_EMAIL:-admin@fmhl.local}" password created
+  password="$(secret admin-password)"
+  if ! created="$(printf '%s\n' "$password" | compose run --rm -T admin-cli create-user \
+      --email "$email" --role admin --password-file - 2>&1)"; then
+    if grep -q -i "unique" <<< "$created"; then
+      say "the admin $email exists already: password in $SECRETS/admin-password, TOTP in the authenticator it was given"
+      return 0
+    fi
+    printf '%s\n' "$created" | tail -n 5 >&2
+    die "creating the first admin failed"
+  fi
+  local uri; uri="$(sed -n 's/^otpauth_uri=//p' <<< "$created")"
+  say "first admin created: $email, password in $SECRETS/admin-password (root only)"
+  # To the terminal only (stderr, never a file or a log): the TOTP secret cannot be shown again.
+  say "  add this to an authenticator app (TOTP, shown once): $uri"
+  say "  log in: POST http://127.0.0.1:${FMHL_GATEWAY_PORT:-8000}/api/v1/auth/token {email, password, totp_code}"
+  say "  console: http://127.0.0.1:${FMHL_DLQ_PORT:-8001}/console (the same email, password and code)"
 }
 
 up() {
@@ -353,6 +428,8 @@ up() {
     say "Docker engine found: docker compose up"
     compose up -d --build --wait
     compose ps
+    first_admin
+    say "demo against it: stack.sh demo (the stack's published ports; mails stay in the smtp-sink's volume)"
     return
   fi
   install
@@ -396,9 +473,11 @@ case "${1:-}" in
   infra) install; infra ;;
   migrate) migrate ;;
   credentials) env_file; provision ;;
+  compose-env) compose_env "${2:-$RUN/compose}" ;;
+  k8s-env) shift; k8s_env "$@" ;;
   restart) stop_services; start_services; status ;;
   demo) demo ;;
   test) shift; run_tests "$@" ;;
-  *) echo "usage: $0 up | down | status | logs | migrate | install | infra | credentials | restart | demo | test [args]" >&2
+  *) echo "usage: $0 up | down | status | logs | migrate | install | infra | credentials | restart | demo | test [args] | compose-env [DIR] | k8s-env [DIR] [NAMESPACE] [DB_HOST] [MQ_HOST]" >&2
      exit 2 ;;
 esac

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from libs.messaging.topology import TOPOLOGY
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TEST = ROOT / "deploy" / "compose" / "run_test.sh"
 SERVICES = ["ingest-gateway", "dlq-service", "distribution-worker", "email-worker", "export-worker", "scheduler"]
+ONE_SHOTS = ["migrate", "provision"]
 T = TypeVar("T")
 
 pytestmark = [
@@ -94,10 +96,11 @@ class Scenario:
 
 
 def create_admin(stack: Stack, email: str, password: str) -> str:
-    """The first admin, as an operator creates it: the CLI in the gateway's container, the password on stdin."""
+    """The first admin, as `stack.sh up` creates it: the admin-cli one-shot (the tables' owner; the gateway's own
+    role may not insert users), the password piped to it on standard input."""
     created = stack.compose(
-        "exec", "-T", "ingest-gateway", "python", "-m", "ingest_gateway.cli", "create-user",
-        "--email", email, "--role", "admin", "--password-file", "/dev/stdin", stdin=password,
+        "run", "--rm", "-T", "admin-cli", "create-user", "--email", email, "--role", "admin", "--password-file", "-",
+        stdin=password + "\n",
     )  # fmt: skip
     uri = next(line.split("=", 1)[1] for line in created.splitlines() if line.startswith("otpauth_uri="))
     totp = pyotp.parse_uri(uri)
@@ -118,10 +121,7 @@ def scenario(stack: Stack) -> Iterator[Scenario]:
     run = uuid.uuid4().hex[:8]
     email, password = f"admin-{run}@demo.example", f"compose-{run}-password"
     code = create_admin(stack, email, password)
-    source = stack.compose(
-        "exec", "-T", "ingest-gateway", "python", "-m", "ingest_gateway.cli",
-        "create-lead-source", "--name", f"forms-{run}",
-    )  # fmt: skip
+    source = stack.compose("run", "--rm", "-T", "admin-cli", "create-lead-source", "--name", f"forms-{run}")
     api_key = next(line.split("=", 1)[1] for line in source.splitlines() if line.startswith("api_key="))
     gateway = stack.url("FMHL_GATEWAY_PORT")
     login = httpx.post(
@@ -154,16 +154,30 @@ def scenario(stack: Stack) -> Iterator[Scenario]:
     dlq.close()
 
 
-def test_every_container_is_healthy_and_the_migration_completed(stack: Stack) -> None:
+def test_every_container_is_healthy_after_the_migration_and_the_provisioning(stack: Stack) -> None:
     containers = stack.containers()
-    assert containers["migrate"]["State"] == "exited"
-    assert containers["migrate"]["ExitCode"] == 0
-    long_running = set(containers) - {"migrate"}
+    for one_shot in ONE_SHOTS:
+        assert (containers[one_shot]["State"], containers[one_shot]["ExitCode"]) == ("exited", 0), one_shot
+    long_running = set(containers) - set(ONE_SHOTS)
     assert {*SERVICES, "rabbitmq", "postgres", "smtp-sink", "prometheus", "alertmanager", "grafana"} == long_running
-    unhealthy = {
-        name: row["Status"] for name, row in containers.items() if name != "migrate" and row["Health"] != "healthy"
-    }
+    unhealthy = {name: row["Status"] for name in long_running if (row := containers[name])["Health"] != "healthy"}
     assert not unhealthy
+
+
+def test_each_service_connects_as_its_own_broker_user_and_database_role(stack: Stack) -> None:
+    """Not as the administrators compose.env holds: the users and roles the provision one-shot created."""
+    users = {f"fmhl-{service}" for service in SERVICES}
+    roles = {f"fmhl_{service.replace('-', '_')}" for service in SERVICES}
+
+    def connected() -> tuple[set[str], set[str]] | None:
+        amqp = set(stack.compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "list_connections", "user").split())
+        sql = "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = 'fmhl' AND pid <> pg_backend_pid()"
+        postgres = set(stack.compose("exec", "-T", "postgres", "psql", "-U", "fmhl", "-d", "fmhl", "-tAc", sql).split())
+        return (amqp, postgres) if users <= amqp and roles <= postgres else None
+
+    amqp, postgres = eventually(connected, "a connection from every service's own user and role")
+    assert amqp - {"user"} == users
+    assert postgres == roles
 
 
 def test_the_image_creates_the_volume_directories_for_its_user(stack: Stack) -> None:
@@ -254,6 +268,32 @@ def test_every_dashboard_query_runs_on_the_stacks_prometheus(stack: Stack) -> No
                 if answer["status"] != "success":
                     failures.append(f"{uid} / {panel['title']}: {answer.get('error')}")
     assert not failures
+
+
+def test_the_demo_drives_the_stack_through_its_published_ports(stack: Stack) -> None:
+    """deploy/local/demo.py as `stack.sh demo` runs it, its URLs and the owner's connection from the environment."""
+    gateway_env = dict(
+        line.split("=", 1)
+        for line in (Path(stack.env["FMHL_COMPOSE_ENV_DIR"]) / "ingest-gateway.env").read_text().split()
+    )
+    port = stack.env["FMHL_POSTGRES_PORT"]
+    env = {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": f"postgresql+asyncpg://fmhl:{stack.env['FMHL_DB_PASSWORD']}@127.0.0.1:{port}/fmhl",
+        "TOTP_ENCRYPTION_KEY": gateway_env["TOTP_ENCRYPTION_KEY"],
+        "INGEST_GATEWAY_URL": stack.url("FMHL_GATEWAY_PORT"),
+        "DLQ_SERVICE_URL": stack.url("FMHL_DLQ_PORT"),
+        "DISTRIBUTION_WORKER_URL": stack.url("FMHL_DISTRIBUTION_PORT"),
+        "EMAIL_WORKER_URL": stack.url("FMHL_EMAIL_PORT"),
+    }
+    demo = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "local" / "demo.py")],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "logged in with password + TOTP" in demo.stdout
+    assert "submitted and approved 3 leads" in demo.stdout
+    assert "fmhl_leads_approved_total" in demo.stdout
 
 
 def test_every_service_stops_cleanly_within_its_grace_period(stack: Stack) -> None:
