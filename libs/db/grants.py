@@ -52,6 +52,7 @@ from libs.db.tables import (
     Lead,
     LeadSource,
     LedgerEntry,
+    OutboxMessage,
     ProcessedMessage,
     Provider,
     RateLimitHit,
@@ -147,6 +148,8 @@ GRANTS: dict[str, tuple[TableGrant, ...]] = {
         grant(ReportExport, SELECT, INSERT),
         grant(AuditEntry, SELECT, INSERT, reading=[AuditEntry.id]),
         grant(RateLimitHit, SELECT, INSERT, DELETE),
+        # The outbox: staged with the rows they announce; the relay leases, reschedules and deletes them.
+        grant(OutboxMessage, SELECT, INSERT, UPDATE, DELETE),
     ),
     "distribution-worker": (
         grant(Lead, SELECT, UPDATE),
