@@ -1,6 +1,7 @@
-"""Kubernetes overlays checked offline: what each renders, that it can start (migrations first, drains, volumes),
-that monitoring connects to what the alerts and dashboards expect, and that the operators' objects carry what
-their documentation requires and agree with the services' connection settings."""
+"""Kubernetes overlays checked offline: what each renders, that it can start (migrations, then each service's own
+user and role, then the services; drains, volumes), that monitoring connects to what the alerts and dashboards
+expect, and that the operators' objects carry what their documentation requires and agree with the services'
+connection settings."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import importlib
 import re
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from libs.db.grants import GRANTS, secret_name
+from libs.messaging.permissions import secret_variable, users
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -51,6 +56,47 @@ def settings_of(service: str) -> Any:
     return importlib.import_module(f"{service.replace('-', '_')}.settings").Settings
 
 
+def expanded(overlay: str, container: dict[str, Any]) -> dict[str, str]:
+    """Each literal env value with $(NAME) expanded as the kubelet does: from the ConfigMaps of envFrom and the
+    entries before it; a Secret's value stays `<secret/key>`, an unknown reference stays as written."""
+    known: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        known |= of_kind(overlay, "ConfigMap")[source["configMapRef"]["name"]]["data"]
+    for entry in container.get("env", []):
+        if "value" in entry:
+            known[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: known.get(m.group(1), m.group(0)), entry["value"])
+        else:
+            reference = entry["valueFrom"]["secretKeyRef"]
+            known[entry["name"]] = f"<{reference['name']}/{reference['key']}>"
+    return known
+
+
+def secret_references(workload: dict[str, Any]) -> set[tuple[str, str]]:
+    containers = [*pod(workload).get("initContainers", []), *pod(workload)["containers"]]
+    return {
+        (entry["valueFrom"]["secretKeyRef"]["name"], entry["valueFrom"]["secretKeyRef"]["key"])
+        for container in containers
+        for entry in container.get("env", [])
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
+
+
+@cache
+def k8s_env_files() -> dict[str, dict[str, str]]:
+    """The Secrets `stack.sh k8s-env` writes, by name (fmhl-admin, fmhl-<service>), from secrets of the test's own."""
+    with tempfile.TemporaryDirectory() as where:
+        result = subprocess.run(
+            ["bash", str(ROOT / "deploy" / "local" / "stack.sh"), "k8s-env", f"{where}/k8s"],
+            env={"PATH": "/usr/bin:/bin", "FMHL_SECRETS_DIR": f"{where}/secrets"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return {
+            f"fmhl-{path.stem}": dict(line.split("=", 1) for line in path.read_text().splitlines())
+            for path in Path(where, "k8s").glob("*.env")
+        }
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_core_objects_of_each_overlay_validate_strictly(overlay: str, tmp_path: Path) -> None:
     core = [doc for doc in render(overlay) if doc["apiVersion"] in CORE_API_VERSIONS]
@@ -71,17 +117,78 @@ def test_the_local_overlay_needs_no_custom_resource_definitions() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_deployment_waits_for_the_migration_job(overlay: str) -> None:
-    [job] = of_kind(overlay, "Job").values()
-    [migrate] = pod(job)["containers"]
+def test_the_provision_job_waits_for_the_migration_then_creates_every_user_and_role(overlay: str) -> None:
+    jobs = of_kind(overlay, "Job")
+    assert set(jobs) == {"fmhl-migrate", "fmhl-provision"}
+    [migrate] = pod(jobs["fmhl-migrate"])["containers"]
+    [wait] = pod(jobs["fmhl-provision"])["initContainers"]
+    [provision] = pod(jobs["fmhl-provision"])["containers"]
     assert migrate["command"] == ["alembic", "upgrade", "head"]
+    assert "alembic heads" in wait["command"][-1]
+    assert "alembic current" in wait["command"][-1]
+    assert expanded(overlay, wait)["DATABASE_URL"] == expanded(overlay, migrate)["DATABASE_URL"]
+    assert provision["command"][-1] == "python -m libs.messaging.permissions apply && python -m libs.db.grants apply"
+    assert wait["image"] == provision["image"] == migrate["image"]
+    # Every password provisioning reads (FMHL_SECRET_<NAME>), from the Secret of the service it belongs to.
+    passwords = {
+        secret_variable(user.secret): (
+            f"fmhl-{user.secret.removeprefix('mq-').removesuffix('-monitoring')}",
+            "RABBITMQ_MONITORING_PASSWORD" if user.tags else "RABBITMQ_PASSWORD",
+        )
+        for user in users()
+    } | {secret_variable(secret_name(service)): (f"fmhl-{service}", "DATABASE_PASSWORD") for service in GRANTS}
+    env = env_of(provision)
+    provided = {
+        name: (entry["valueFrom"]["secretKeyRef"]["name"], entry["valueFrom"]["secretKeyRef"]["key"])
+        for name, entry in env.items()
+        if name.startswith("FMHL_SECRET_")
+    }  # fmt: skip
+    assert provided == passwords
+    for name, key in provided.values():
+        assert key in k8s_env_files()[name], (name, key)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_deployment_waits_until_its_own_role_holds_what_its_image_declares(overlay: str) -> None:
+    """libs.db.grants wait: the tables and columns migrated and the privileges provisioned, for this image."""
+    images = {pod(job)["containers"][0]["image"] for job in of_kind(overlay, "Job").values()}
     for name, deployment in of_kind(overlay, "Deployment").items():
         [wait] = pod(deployment)["initContainers"]
         [container] = pod(deployment)["containers"]
-        assert "alembic current" in wait["command"][-1], name
-        assert "alembic heads" in wait["command"][-1], name
-        assert wait["image"] == container["image"] == migrate["image"], name
-        assert env_of(wait)["DATABASE_URL"] == env_of(container)["DATABASE_URL"] == env_of(migrate)["DATABASE_URL"]
+        assert wait["command"] == ["python", "-m", "libs.db.grants", "wait", "--service", name]
+        assert {wait["image"]} == {container["image"]} == images, name
+        assert expanded(overlay, wait)["DATABASE_URL"] == expanded(overlay, container)["DATABASE_URL"], name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_connects_as_its_own_user_and_role_with_only_its_own_secret(overlay: str) -> None:
+    config = of_kind(overlay, "ConfigMap")["fmhl-config"]["data"]
+    for name, deployment in of_kind(overlay, "Deployment").items():
+        [container] = pod(deployment)["containers"]
+        env = expanded(overlay, container)
+        role, user = f"fmhl_{name.replace('-', '_')}", f"fmhl-{name}"
+        assert env["DATABASE_URL"] == (
+            f"postgresql+asyncpg://{role}:<fmhl-{name}/DATABASE_PASSWORD>"
+            f"@{config['DATABASE_HOST']}:5432/{config['DATABASE_NAME']}"
+        )
+        assert env["RABBITMQ_URL"] == (
+            f"amqp://{user}:<fmhl-{name}/RABBITMQ_PASSWORD>@{config['RABBITMQ_HOST']}:5672/{config['RABBITMQ_VHOST']}"
+        )
+        secrets = secret_references(deployment)
+        assert {secret for secret, _ in secrets} == {f"fmhl-{name}"}, name
+        assert {key for _, key in secrets} <= set(k8s_env_files()[f"fmhl-{name}"]), name
+    management = expanded(overlay, pod(of_kind(overlay, "Deployment")["dlq-service"])["containers"][0])
+    assert management["RABBITMQ_MANAGEMENT_URL"].startswith("http://fmhl-dlq-service-monitoring:")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_reference_in_an_env_value_resolves(overlay: str) -> None:
+    """The kubelet leaves an unknown $(NAME) as written: a URL would carry it to the server as a password."""
+    workloads = [*of_kind(overlay, "Deployment").values(), *of_kind(overlay, "Job").values()]
+    for workload in workloads:
+        for container in [*pod(workload).get("initContainers", []), *pod(workload)["containers"]]:
+            unresolved = {name: value for name, value in expanded(overlay, container).items() if "$(" in value}
+            assert not unresolved, (workload["metadata"]["name"], container["name"], unresolved)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -187,9 +294,15 @@ def test_the_rabbitmq_cluster_declares_what_the_cluster_operator_requires() -> N
     name = cluster["metadata"]["name"]
     for deployment in of_kind("production", "Deployment").values():
         [container] = pod(deployment)["containers"]
-        env = env_of(container)
-        assert env["RABBITMQ_URL"]["value"].endswith(f"@{name}:5672/{vhosts[0]}")
-        assert env["RABBITMQ_USER"]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-default-user", "key": "username"}
+        assert expanded("production", container)["RABBITMQ_URL"].endswith(f"@{name}:5672/{vhosts[0]}")
+    # The operator's default user (an administrator) is the provision Job's alone.
+    [provision] = pod(of_kind("production", "Job")["fmhl-provision"])["containers"]
+    env = expanded("production", provision)
+    assert (
+        env["RABBITMQ_URL"]
+        == f"amqp://<{name}-default-user/username>:<{name}-default-user/password>@{name}:5672/{vhosts[0]}"
+    )
+    assert env["RABBITMQ_MANAGEMENT_URL"].endswith(f"@{name}:15672")
 
 
 def test_the_postgres_cluster_declares_what_cloudnativepg_requires() -> None:
@@ -206,7 +319,20 @@ def test_the_postgres_cluster_declares_what_cloudnativepg_requires() -> None:
         for container in [*pod(workload).get("initContainers", []), *pod(workload)["containers"]]
     ]
     for container in containers:
-        env = env_of(container)
-        # The primary, wherever failover moved it; the owner's credentials from the Secret the operator writes.
-        assert env["DATABASE_URL"]["value"].endswith(f"@{name}-rw:5432/{initdb['database']}"), container["name"]
-        assert env["DATABASE_USER"]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-app", "key": "username"}
+        # The primary, wherever failover moved it.
+        url = expanded("production", container)["DATABASE_URL"]
+        assert url.endswith(f"@{name}-rw:5432/{initdb['database']}"), container["name"]
+    # The migrations as the owner the operator creates; the roles created by its superuser, in the provision Job.
+    jobs = of_kind("production", "Job")
+    owner = f"<{name}-app/username>:<{name}-app/password>@"
+    assert owner in expanded("production", pod(jobs["fmhl-migrate"])["containers"][0])["DATABASE_URL"]
+    assert owner in expanded("production", pod(jobs["fmhl-provision"])["initContainers"][0])["DATABASE_URL"]
+    superuser = expanded("production", pod(jobs["fmhl-provision"])["containers"][0])["DATABASE_URL"]
+    assert f"<{name}-superuser/username>:<{name}-superuser/password>@" in superuser
+    assert spec["enableSuperuserAccess"] is True
+    readers = {
+        workload["metadata"]["name"]
+        for workload in [*of_kind("production", "Deployment").values(), *jobs.values()]
+        if any(secret == f"{name}-superuser" for secret, _ in secret_references(workload))
+    }
+    assert readers == {"fmhl-provision"}
