@@ -15,28 +15,44 @@ from libs.telemetry.instruments import gauge
 
 
 class PeriodicRefresh:
-    """Runs `refresh` every `interval_s` in the background. A failed refresh is retried at the next interval."""
+    """Runs `refresh` every `interval_s` in the background. A failed refresh is retried at the next interval.
 
-    def __init__(self, refresh: Callable[[], Awaitable[None]], interval_s: float, name: str) -> None:
+    Stopping never cancels a refresh in flight: cancelling a broker RPC makes aiormq close the channel the
+    consumers share, and a driver may swallow the cancellation, so the stop would wait for ever. It lets the
+    refresh finish (within `stop_timeout_s`), then ends the loop; a refresh still running by then is cancelled
+    and abandoned, so `stop()` returns within twice `stop_timeout_s` whatever the refresh does.
+    """
+
+    def __init__(
+        self, refresh: Callable[[], Awaitable[None]], interval_s: float, name: str, *, stop_timeout_s: float = 2.0
+    ) -> None:
         self.refresh = refresh
         self.interval_s = interval_s
         self.name = name
+        self.stop_timeout_s = stop_timeout_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(Exception):
                 await self.refresh()
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
 
     async def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task, self._task = self._task, None
+        self._stopping.set()
+        if task is None:
+            return
+        _, running = await asyncio.wait({task}, timeout=self.stop_timeout_s)
+        if running:
+            task.cancel()
+            await asyncio.wait({task}, timeout=self.stop_timeout_s)
 
 
 class DatabaseGauge:
