@@ -2,8 +2,9 @@
 
 Idempotent: each dead letter has a dedupe key; a redelivered one finds its event row and changes nothing. A
 message that says it is a retry of an entry updates that entry only when it carries the dlq-service's signature
-for a retry of it still in flight; otherwise it is a new entry of its own. This is the hot path, so its
-statements are built once, here, and executed with parameters.
+for a retry of it still in flight; otherwise it is a new entry of its own. Letters arriving together are
+recorded together (`CaptureBatcher`: one transaction, one multi-row INSERT per table); one the batch cannot take
+is recorded alone. This is the hot path, so its statements are built once, here, and executed with parameters.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Text, bindparam, cast, exists, func, select, text, update
@@ -51,6 +53,13 @@ _EVENT = (
 _NEW_ENTRY = insert(DeadLetter).values(
     payload=cast(bindparam("payload", type_=Text), JSONB), headers=cast(bindparam("headers", type_=Text), JSONB)
 )
+# A batch's rows as one multi-row INSERT each (RETURNING makes SQLAlchemy send one statement, not one per row),
+# so dead_letter_queue's statement-level triggers count the batch's groups once.
+_SEEN_OF_BATCH = select(col(DeadLetterEvent.dedupe_key)).where(
+    col(DeadLetterEvent.dedupe_key).in_(bindparam("dedupe_keys", expanding=True))
+)
+_NEW_ENTRIES = _NEW_ENTRY.returning(col(DeadLetter.id))
+_EVENTS = _EVENT.returning(col(DeadLetterEvent.dedupe_key))
 # A bound name in an UPDATE must not be a column name of its table: SQLAlchemy would take it for a value to SET.
 IN_FLIGHT = exists().where(
     col(DeadLetterRetry.id) == bindparam("link_retry_id"),
@@ -144,6 +153,32 @@ async def capture(engine: AsyncEngine, letter: DeadLetterMessage, signer: RetryS
         return Captured(None, CaptureOutcome.duplicate)
 
 
+async def capture_batch(engine: AsyncEngine, letters: Sequence[DeadLetterMessage]) -> list[Captured]:
+    """Letters that name no retry in flight, recorded in one transaction, each result in the letters' order: a
+    letter seen before (or earlier in the batch) is a duplicate, every other one a new entry. Raises
+    _AlreadyRecorded, everything rolled back, when a concurrent delivery recorded one of them meanwhile."""
+    async with engine.begin() as connection:
+        keys = [letter.dedupe_key for letter in letters]
+        seen = set((await connection.scalars(_SEEN_OF_BATCH, {"dedupe_keys": keys})).all())
+        results: list[Captured] = []
+        new_entries: list[dict[str, object]] = []
+        new_events: list[dict[str, object]] = []
+        for letter in letters:
+            if letter.dedupe_key in seen:
+                results.append(Captured(None, CaptureOutcome.duplicate))
+                continue
+            seen.add(letter.dedupe_key)
+            entry_id = uuid.uuid4()
+            new_entries.append(letter.entry_values(entry_id))
+            new_events.append(letter.event_values(entry_id))
+            results.append(Captured(entry_id, CaptureOutcome.new, link_refused=letter.retry_link is not None))
+        if new_entries:
+            await connection.execute(_NEW_ENTRIES, new_entries)
+            if len((await connection.execute(_EVENTS, new_events)).all()) != len(new_events):
+                raise _AlreadyRecorded
+        return results
+
+
 async def database_reachable(engine: AsyncEngine, timeout_s: float) -> bool:
     """Tells an outage (hand the letter back, unchanged, later) from a letter PostgreSQL refuses (try less of it,
     then park it): after a failure, can a fresh statement run at all?"""
@@ -183,6 +218,75 @@ async def record(
             error = failure
             log.warn("dead_letter.refused", {"attempt": attempt, "queue": letter.queue, "error": _describe(failure)})
     return Refused(_describe(error), attempts)
+
+
+class CaptureBatcher:
+    """Records the letters of concurrent deliveries together: a letter waits only for the batch being written
+    when it arrived, then goes with every letter that arrived meanwhile (group commit: no timer, so a lone
+    letter is written at once and a busy queue fills its batches). A batch PostgreSQL refuses is split: each of
+    its letters is recorded alone by `record`, with its own attempts and parking. An outage fails the whole
+    batch with DatabaseUnavailable, logged once per batch, not once per letter."""
+
+    def __init__(
+        self, engine: AsyncEngine, signer: RetrySigner, *, max_batch: int, attempts: int, probe_timeout_s: float
+    ) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.max_batch = max_batch
+        self.attempts = attempts
+        self.probe_timeout_s = probe_timeout_s
+        self._pending: list[tuple[DeadLetterMessage, asyncio.Future[Captured | Refused]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, letter: DeadLetterMessage) -> Captured | Refused:
+        """Raises DatabaseUnavailable during an outage (the letter is handed back, uncounted)."""
+        if letter.retry_link is not None and verified_link(letter, self.signer) is not None:
+            # A retry that failed again updates its entry, row-locked: alone, as before.
+            try:
+                return await record(
+                    self.engine, letter, self.signer, attempts=self.attempts, probe_timeout_s=self.probe_timeout_s
+                )
+            except DatabaseUnavailable as error:
+                log.error("dead_letter.not_recorded", error, {"letters": 1})
+                raise
+        result: asyncio.Future[Captured | Refused] = asyncio.get_running_loop().create_future()
+        self._pending.append((letter, result))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="dlq-capture-batches")
+        return await result
+
+    async def _write_pending(self) -> None:
+        await asyncio.sleep(0)  # deliveries already received get to join the first batch
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            try:
+                outcomes = await self._write(batch)
+            except Exception as error:  # handed to each letter's handler, which decides (hold or park)
+                if isinstance(error, DatabaseUnavailable):
+                    log.error("dead_letter.not_recorded", error, {"letters": len(batch)})
+                for _, result in batch:
+                    if not result.done():
+                        result.set_exception(error)
+                continue
+            for (_, result), outcome in zip(batch, outcomes, strict=True):
+                if not result.done():
+                    result.set_result(outcome)
+
+    async def _write(
+        self, batch: list[tuple[DeadLetterMessage, asyncio.Future[Captured | Refused]]]
+    ) -> list[Captured | Refused]:
+        letters = [letter for letter, _ in batch]
+        try:
+            return list(await capture_batch(self.engine, letters))
+        except _AlreadyRecorded:
+            pass  # a replica recorded one of them meanwhile: alone, each finds out which
+        except Exception as failure:  # the probe tells an outage from a batch PostgreSQL refuses
+            if not await database_reachable(self.engine, self.probe_timeout_s):
+                raise DatabaseUnavailable(_describe(failure)) from failure
+        return [
+            await record(self.engine, letter, self.signer, attempts=self.attempts, probe_timeout_s=self.probe_timeout_s)
+            for letter in letters
+        ]
 
 
 def _describe(error: BaseException | None) -> str:

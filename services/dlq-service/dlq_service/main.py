@@ -32,9 +32,10 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
     parked = QueueDepthGauge(runtime.broker, PARKING_QUEUE, telemetry)
     runtime.broker.include_router(
         build_router(
-            runtime.engine, runtime.publisher, telemetry, metrics, sizes, signer, parking,
+            runtime.engine, runtime.publisher, telemetry, metrics, sizes, signer, parking, runtime.outages,
             nack_backoff_s=settings.nack_backoff_s, handler_timeout_s=settings.handler_timeout_s,
-            capture_attempts=settings.capture_attempts, probe_timeout_s=settings.health_check_timeout_s,
+            capture_attempts=settings.capture_attempts, capture_batch=settings.capture_batch,
+            probe_timeout_s=settings.health_check_timeout_s,
         )
     )  # fmt: skip
     http = httpx.AsyncClient(timeout=settings.health_check_timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from opentelemetry.metrics import Counter
@@ -9,17 +10,55 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from libs.db.tables import DeadLetter, DeadLetterStatus
+from libs.db.tables import DeadLetterGroupCount
+from libs.logging import get_logger
 from libs.telemetry import DatabaseGauge, Telemetry, counter
 
+log = get_logger("dlq_service.metrics")
+
+# From the counts dead_letter_queue's triggers keep per failure group: a few rows per queue, never the entries.
 # Every queue that ever had an entry is counted, so a queue whose last entry resolved reports 0, not a stale count.
 UNRESOLVED_PER_QUEUE: Select[str, int] = select(
-    col(DeadLetter.queue_name).label("queue"),
-    func.count().filter(col(DeadLetter.status) != DeadLetterStatus.resolved).label("value"),
-).group_by(col(DeadLetter.queue_name))
+    col(DeadLetterGroupCount.queue_name).label("queue"),
+    func.sum(col(DeadLetterGroupCount.unresolved)).label("value"),
+).group_by(col(DeadLetterGroupCount.queue_name))
 
-# The capture and retry paths refresh it after a write, so the gauge moves without waiting for the next poll.
-DlqSizePoller = DatabaseGauge
+
+class DlqSizePoller:
+    """fmhl_dlq_size, re-read every interval and soon after a write: the capture and retry paths ask for a
+    refresh, and the asks that arrive while one runs make one more read, not one each."""
+
+    def __init__(self, gauge: DatabaseGauge) -> None:
+        self.gauge = gauge
+        self._reader: asyncio.Task[None] | None = None
+        self._again = False
+
+    def refresh_soon(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._again = True
+            return
+        self._reader = asyncio.create_task(self._read(), name="dlq-size-refresh")
+
+    async def _read(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.gauge.refresh()
+            except Exception as error:  # the gauge keeps its last values; the periodic read tries again
+                log.warn("dlq_size.refresh_failed", {"error": f"{type(error).__name__}: {error}"[:300]})
+                return
+            if not self._again:
+                return
+
+    async def start(self) -> None:
+        await self.gauge.start()
+
+    async def stop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await self.gauge.stop()
 
 
 @dataclass(frozen=True)
@@ -43,12 +82,14 @@ class DlqMetrics:
 
 
 def dlq_size_gauge(telemetry: Telemetry, engine: AsyncEngine, interval_s: float) -> DlqSizePoller:
-    return DatabaseGauge(
-        telemetry.meter,
-        "fmhl_dlq_size",
-        "Unresolved dead letters per queue.",
-        engine=engine,
-        statement=UNRESOLVED_PER_QUEUE,
-        label="queue",
-        interval_s=interval_s,
+    return DlqSizePoller(
+        DatabaseGauge(
+            telemetry.meter,
+            "fmhl_dlq_size",
+            "Unresolved dead letters per queue.",
+            engine=engine,
+            statement=UNRESOLVED_PER_QUEUE,
+            label="queue",
+            interval_s=interval_s,
+        )
     )

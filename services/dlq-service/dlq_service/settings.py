@@ -17,6 +17,12 @@ class Settings(LoginSettingsMixin, AuthSettingsMixin, WorkerSettings):
         3, ge=2, le=10, description="Tries to record one dead letter PostgreSQL refuses (the last one with less of"
         " it) before it is parked in dlq.parking.",
     )  # fmt: skip
+    prefetch: int = Field(
+        200, ge=1, le=1000, description="Unacked dead letters at once, hence how many one capture batch can hold."
+    )
+    capture_batch: int = Field(
+        200, ge=1, le=1000, description="Most dead letters recorded in one transaction (those arriving together)."
+    )
     dlq_retry_signing_key: SecretStr = Field(
         min_length=32,
         description="HMAC key that marks each retry (at least 32 characters); only the dlq-service may know it.",

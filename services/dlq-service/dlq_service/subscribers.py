@@ -1,7 +1,8 @@
-"""Two queues. `dlq`: every dead letter, recorded in PostgreSQL before it is acked. There is no DLQ for the DLQ:
-while PostgreSQL is unreachable a dead letter is handed back after a pause (never rejected, never counted
-against it); one PostgreSQL keeps refusing is parked in `dlq.parking` with the error, then acked. No dead letter
-loops and none is acked without a row or a parked copy.
+"""Two queues. `dlq`: every dead letter, recorded in PostgreSQL before it is acked, letters arriving together in
+one transaction. There is no DLQ for the DLQ: while PostgreSQL is unreachable the queue's breaker pauses capture
+(held letters stay unacked and uncounted, the database is probed with backoff, one letter tries when it answers);
+one PostgreSQL keeps refusing is parked in `dlq.parking` with the error, then acked. No dead letter loops and none
+is acked without a row or a parked copy.
 `dlq-outcomes`: a retried message was handled, so its entry resolves itself, if the dlq-service signed that retry.
 """
 
@@ -13,8 +14,8 @@ from faststream.rabbit import RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dlq_service.capture import Captured, CaptureOutcome, DatabaseUnavailable, Refused, record
-from dlq_service.dead_letters import RetryLink, read_dead_letter
+from dlq_service.capture import CaptureBatcher, Captured, CaptureOutcome, DatabaseUnavailable, Refused
+from dlq_service.dead_letters import DeadLetterMessage, RetryLink, read_dead_letter
 from dlq_service.metrics import DlqMetrics, DlqSizePoller
 from dlq_service.parking import Parking
 from dlq_service.resolutions import ForgedOutcome, resolve_after_retry
@@ -24,6 +25,7 @@ from libs.db.tables import RetryOutcome
 from libs.logging import correlation_scope, get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, keep_body_raw, subscribe
 from libs.messaging.errors import BusinessRuleViolation
+from libs.messaging.outage import Breaker, Outages, channel_open
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import DLQ_OUTCOMES, DLQ_QUEUE
 from libs.messaging.wire import printable, short_text
@@ -40,13 +42,19 @@ def build_router(
     sizes: DlqSizePoller,
     signer: RetrySigner,
     parking: Parking,
+    outages: Outages,
     *,
     nack_backoff_s: float,
     handler_timeout_s: float,
     capture_attempts: int,
+    capture_batch: int,
     probe_timeout_s: float,
 ) -> RabbitRouter:
     router = RabbitRouter()
+    batcher = CaptureBatcher(
+        engine, signer, max_batch=capture_batch, attempts=capture_attempts, probe_timeout_s=probe_timeout_s
+    )
+    breaker = outages.breaker(DLQ_QUEUE)
 
     async def hand_back(message: RabbitMessage) -> None:
         await asyncio.sleep(nack_backoff_s)
@@ -63,18 +71,14 @@ def build_router(
                     raw.headers or {}, raw.body, message_id=raw.message_id, correlation_id=raw.correlation_id,
                     message_type=raw.type, content_type=raw.content_type, now=datetime.now(UTC),
                 )  # fmt: skip
-                outcome: Captured | Refused = await record(
-                    engine, letter, signer, attempts=capture_attempts, probe_timeout_s=probe_timeout_s
-                )
-            except DatabaseUnavailable as error:
-                log.error("dead_letter.not_recorded", error, {"message_id": short_text(raw.message_id)})
-                await hand_back(message)
-                return
+                recorded = await recorded_while_available(breaker, batcher, letter, message)
             except Exception as error:  # reading is total; should it still fail, the letter is parked, not lost
-                outcome = Refused(printable(f"{type(error).__name__}: {error}")[:2_000], 0)
+                outcome: Captured | Refused = Refused(printable(f"{type(error).__name__}: {error}")[:2_000], 0)
                 queue = "unknown"
             else:
-                queue = letter.queue
+                if recorded is None:
+                    return
+                outcome, queue = recorded, letter.queue
             if isinstance(outcome, Refused):
                 try:
                     await parking.park(raw, outcome.error, outcome.attempts)
@@ -93,7 +97,7 @@ def build_router(
             metrics.received.add(1, {"queue": letter.queue, "reason": letter.reason.value})
             if outcome.outcome == CaptureOutcome.failed_again:
                 metrics.retry_outcomes.add(1, {"queue": letter.queue, "outcome": RetryOutcome.failed_again.value})
-            await sizes.refresh()
+            sizes.refresh_soon()
         if outcome.link_refused:
             log.warn("dead_letter.retry_link_refused", {"entry_id": str(outcome.entry_id), "queue": letter.queue})
         # Logs carry no payload: contact details stay in the database (and the logger masks what is left).
@@ -114,7 +118,7 @@ def build_router(
             raise BusinessRuleViolation(str(error)) from None
         if resolved:
             metrics.retry_outcomes.add(1, {"queue": event.queue, "outcome": RetryOutcome.succeeded.value})
-            await sizes.refresh()
+            sizes.refresh_soon()
             log.info("dead_letter.resolved_by_retry", {"entry_id": str(event.entry_id), "queue": event.queue})
 
     subscribe(
@@ -125,3 +129,25 @@ def build_router(
         ),
     )  # fmt: skip
     return router
+
+
+async def recorded_while_available(
+    breaker: Breaker, batcher: CaptureBatcher, letter: DeadLetterMessage, message: RabbitMessage
+) -> Captured | Refused | None:
+    """The letter's outcome once recorded; while PostgreSQL is down it waits, unacked, for the breaker to let it
+    try again. None: it was not handled (the service is stopping, or its channel closed and the broker has it
+    back), and is nacked here if it still can be."""
+    while await breaker.admit():
+        if not channel_open(message.raw_message):
+            breaker.abandoned()
+            return None
+        try:
+            outcome = await batcher.record(letter)
+        except DatabaseUnavailable as error:
+            breaker.failed(error, unavailable=True)
+            continue
+        breaker.succeeded()
+        return outcome
+    if channel_open(message.raw_message):
+        await message.nack(requeue=True)
+    return None
