@@ -4,8 +4,11 @@ selection is fixed when requested and which runs in the background at a bounded 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import uuid
 from collections.abc import Mapping
+from contextlib import suppress
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,11 +16,13 @@ from faststream.rabbit import RabbitExchange
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import Uuid, any_, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel, col
 
 from dlq_service.dead_letters import NOT_STORED, ORIGINAL_PROPERTIES
 from dlq_service.queries import EntryNotFound, EntryState, Filters, selected, selected_ids, utc_time
+from dlq_service.redrive_lease import RedriveLease
 from dlq_service.settings import Settings
 from dlq_service.signing import RetrySigner
 from libs import audit
@@ -39,6 +44,11 @@ from libs.web.limits import JsonInt, fits_column
 
 log = get_logger("dlq_service.retries")
 MAX_REDRIVE = 100_000
+CLAIM_EVERY_S = 2.0
+"""How often each replica looks for a running redrive nobody drives: a lease freed by a dead holder is taken over
+within this (plus the time PostgreSQL takes to end a vanished holder's session, see redrive_lease)."""
+SEND_TIMEOUT_S = 10.0
+"""A send (and a replica's drain of the one in progress at shutdown) that takes longer gives the lease up."""
 # Bookkeeping of earlier failures, parking and retries is dropped: the retried message starts over as a first
 # delivery, and carries only the mark of this retry.
 _NOT_SENT_BACK = frozenset({h.DLQ_ENTRY, h.DLQ_RETRY, h.DLQ_SIGNATURE, h.PARKED_ERROR, h.PARKED_AT,
@@ -267,31 +277,43 @@ async def retry_entry(
 
     Raises EntryNotFound, EntryNotRetryable (already retrying or resolved; NotInTopology) or PublishFailed."""
     async with engine.begin() as connection:
-        entry = (await connection.execute(_START_RETRY, {"entry_id": entry_id})).first()
-        if entry is None:
-            status = await connection.scalar(_STATUS, {"entry_id": entry_id})
-            if status is None:
-                raise EntryNotFound(f"dead letter {entry_id} not found")
-            raise EntryNotRetryable(f"entry is {status}")
-        exchange, routing_key = retry_destination(entry.queue_name)
-        added = await connection.execute(
-            _ADD_RETRY, {"entry_id": entry_id, "redrive_id": redrive_id, "requested_by": actor}
-        )
-        retry_id: int = added.scalar_one()
-        await publisher.publish_raw(
-            bytes(entry.raw_body),
-            exchange=RabbitExchange(exchange, declare=False) if exchange else None,
-            routing_key=routing_key,
-            message_id=entry.message_id,
-            correlation_id=entry.correlation_id,
-            message_type=entry.message_type,
-            content_type=entry.content_type or "application/json",
-            headers=retry_headers(entry.headers or {}, entry_id, retry_id, signer.sign(entry_id, retry_id)),
-        )
-        await audit.record(
-            connection, actor=actor, action="dlq.job_retried", entity_type="dead_letter", entity_id=str(entry_id),
-            metadata={"redrive_id": redrive_id, "queue": entry.queue_name, "retry_id": retry_id},
-        )  # fmt: skip
+        return await retry_in(connection, publisher, signer, entry_id, actor, redrive_id)
+
+
+async def retry_in(
+    connection: AsyncConnection,
+    publisher: Publisher,
+    signer: RetrySigner,
+    entry_id: uuid.UUID,
+    actor: str,
+    redrive_id: uuid.UUID | None,
+) -> EntryState:
+    """`retry_entry` inside the caller's transaction, which commits it (or rolls the flip back)."""
+    entry = (await connection.execute(_START_RETRY, {"entry_id": entry_id})).first()
+    if entry is None:
+        status = await connection.scalar(_STATUS, {"entry_id": entry_id})
+        if status is None:
+            raise EntryNotFound(f"dead letter {entry_id} not found")
+        raise EntryNotRetryable(f"entry is {status}")
+    exchange, routing_key = retry_destination(entry.queue_name)
+    added = await connection.execute(
+        _ADD_RETRY, {"entry_id": entry_id, "redrive_id": redrive_id, "requested_by": actor}
+    )
+    retry_id: int = added.scalar_one()
+    await publisher.publish_raw(
+        bytes(entry.raw_body),
+        exchange=RabbitExchange(exchange, declare=False) if exchange else None,
+        routing_key=routing_key,
+        message_id=entry.message_id,
+        correlation_id=entry.correlation_id,
+        message_type=entry.message_type,
+        content_type=entry.content_type or "application/json",
+        headers=retry_headers(entry.headers or {}, entry_id, retry_id, signer.sign(entry_id, retry_id)),
+    )
+    await audit.record(
+        connection, actor=actor, action="dlq.job_retried", entity_type="dead_letter", entity_id=str(entry_id),
+        metadata={"redrive_id": redrive_id, "queue": entry.queue_name, "retry_id": retry_id},
+    )  # fmt: skip
     return EntryState(id=entry_id, status=DeadLetterStatus.retrying)
 
 
@@ -358,64 +380,148 @@ async def cancel_redrive(engine: AsyncEngine, redrive_id: uuid.UUID, actor: str)
 
 
 class Redriver:
-    """Runs redrives in this process; a redrive left running by a stopped process resumes at start."""
+    """Drives bulk redrives, each by exactly one replica at a time: the one holding its lease.
 
-    def __init__(self, engine: AsyncEngine, publisher: Publisher, signer: RetrySigner) -> None:
+    Every replica looks for running redrives every `claim_every_s` and takes the lease of any nobody holds (a new
+    one, one whose driver stopped, died or lost its database session), then sends the redrive's pending items at
+    its rate, each send committing with its item's state on the lease's own connection. What was sent is never
+    sent again by the next holder; a holder killed between a confirmed publish and its commit leaves that one
+    entry unmarked, and the next holder sends it once more (at least once; consumers deduplicate by message id).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publisher: Publisher,
+        signer: RetrySigner,
+        *,
+        claim_every_s: float = CLAIM_EVERY_S,
+        send_timeout_s: float = SEND_TIMEOUT_S,
+    ) -> None:
         self.engine = engine
         self.publisher = publisher
         self.signer = signer
-        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.claim_every_s = claim_every_s
+        self.send_timeout_s = send_timeout_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._driving: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._watching: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self, redrive_id: uuid.UUID) -> None:
-        task = asyncio.create_task(self._run(redrive_id), name=f"redrive-{redrive_id}")
-        self._tasks[redrive_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(redrive_id, None))
+        """Tries at once for a redrive this replica was asked for; another replica may take it first."""
+        self._drive(redrive_id)
 
     async def resume(self) -> None:
-        async with self.engine.connect() as connection:
-            running = (await connection.scalars(_RUNNING)).all()
-        for redrive_id in running:
-            if redrive_id not in self._tasks:
-                self.start(redrive_id)
+        """From now on, claims every running redrive nobody drives (those left by a stopped replica included)."""
+        self._watching = asyncio.create_task(self._watch(), name="redrive-claims")
 
     async def stop(self) -> None:
-        for task in list(self._tasks.values()):
+        """Lets each redrive finish the send in progress, then gives its lease up for another replica."""
+        self._stopping.set()
+        running = [*self._driving.values(), *([self._watching] if self._watching else [])]
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=self.send_timeout_s)
+        for task in late:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*late, return_exceptions=True)
 
-    async def _run(self, redrive_id: uuid.UUID) -> None:
+    async def _watch(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                async with self.engine.connect() as connection:
+                    running = (await connection.scalars(_RUNNING)).all()
+                for redrive_id in running:
+                    self._drive(redrive_id)
+            except (SQLAlchemyError, OSError) as error:
+                log.warn("dlq.redrive_claims_failed", {"error": str(error)})
+            await _pause(self._stopping, self.claim_every_s)
+
+    def _drive(self, redrive_id: uuid.UUID) -> None:
+        if redrive_id in self._driving or self._stopping.is_set():
+            return
+        task = asyncio.create_task(self._claimed(redrive_id), name=f"redrive-{redrive_id}")
+        self._driving[redrive_id] = task
+        task.add_done_callback(lambda _: self._driving.pop(redrive_id, None))
+
+    async def _claimed(self, redrive_id: uuid.UUID) -> None:
+        labels = {"redrive_id": str(redrive_id), "holder": self.holder}
+        try:
+            lease = await RedriveLease.take(self.engine, redrive_id)
+        except (SQLAlchemyError, OSError) as error:
+            log.warn("dlq.redrive_lease_not_taken", labels | {"error": str(error)})
+            return
+        if lease is None:
+            return
+        log.info("dlq.redrive_lease_taken", labels)
+        try:
+            await self._run(lease)
+        except (SQLAlchemyError, OSError, TimeoutError) as error:
+            # The session (and with it the lease) is gone or unusable: whoever takes the lease next continues.
+            log.warn("dlq.redrive_lease_lost", labels | {"error": str(error) or type(error).__name__})
+        finally:
+            await lease.give_up()
+            log.info("dlq.redrive_lease_given_up", labels)
+
+    async def _run(self, lease: RedriveLease) -> None:
         loop = asyncio.get_running_loop()
-        ids = {"redrive_id": redrive_id}
-        async with self.engine.connect() as connection:
+        connection = lease.connection
+        ids = {"redrive_id": lease.redrive_id}
+        async with connection.begin():
             redrive = (await connection.execute(_RATE, ids)).one()
         interval = 1.0 / redrive.rate_per_second
         next_at = loop.time()
         while True:
-            async with self.engine.connect() as connection:
+            if self._stopping.is_set():
+                return
+            async with connection.begin():
                 status = await connection.scalar(_REDRIVE_STATUS, ids)
                 item = (await connection.execute(_NEXT_ITEM, ids)).first()
             if status != RedriveStatus.running:
                 return
             if item is None:
                 break
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if await _pause(self._stopping, next_at - loop.time()):
+                return
             next_at = next_send_at(next_at, interval, loop.time())
-            state = await self._send(redrive_id, item.entry_id, redrive.requested_by)
-            async with self.engine.begin() as connection:
-                await connection.execute(_COUNT[state], ids)
-                await connection.execute(
-                    _MARK_ITEM, {"item_redrive_id": redrive_id, "item_position": item.position, "state": state}
+            async with asyncio.timeout(self.send_timeout_s):
+                state = await self._send(
+                    connection, lease.redrive_id, item.position, item.entry_id, redrive.requested_by
                 )
-        async with self.engine.begin() as connection:
+            log.debug("dlq.redrive_sent", {"redrive_id": str(lease.redrive_id), "entry_id": str(item.entry_id),
+                                           "state": state.value, "holder": self.holder})  # fmt: skip
+        async with connection.begin():
             await connection.execute(_COMPLETE, ids)
-        log.info("dlq.redrive_completed", {"redrive_id": str(redrive_id)})
+        log.info("dlq.redrive_completed", {"redrive_id": str(lease.redrive_id), "holder": self.holder})
 
-    async def _send(self, redrive_id: uuid.UUID, entry_id: uuid.UUID, actor: str) -> RedriveItemState:
+    async def _send(
+        self, connection: AsyncConnection, redrive_id: uuid.UUID, position: int, entry_id: uuid.UUID, actor: str
+    ) -> RedriveItemState:
+        """One item: its send and its state commit together, so a new holder never sends a marked item again."""
         try:
-            await retry_entry(self.engine, self.publisher, self.signer, entry_id, actor, redrive_id)
+            async with connection.begin():
+                await retry_in(connection, self.publisher, self.signer, entry_id, actor, redrive_id)
+                await _mark(connection, redrive_id, position, RedriveItemState.sent)
+            return RedriveItemState.sent
         except (EntryNotRetryable, EntryNotFound):
-            return RedriveItemState.skipped
+            state = RedriveItemState.skipped
         except PublishFailed as error:
             log.error("dlq.redrive_publish_failed", error, {"redrive_id": str(redrive_id), "entry_id": str(entry_id)})
-            return RedriveItemState.failed
-        return RedriveItemState.sent
+            state = RedriveItemState.failed
+        async with connection.begin():
+            await _mark(connection, redrive_id, position, state)
+        return state
+
+
+async def _mark(connection: AsyncConnection, redrive_id: uuid.UUID, position: int, state: RedriveItemState) -> None:
+    await connection.execute(_COUNT[state], {"redrive_id": redrive_id})
+    await connection.execute(_MARK_ITEM, {"item_redrive_id": redrive_id, "item_position": position, "state": state})
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> bool:
+    """Waits `seconds` unless the replica stops first; True when it does."""
+    if seconds > 0:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
+    return stopping.is_set()
