@@ -448,6 +448,8 @@ up() {
 demo() {
   load_env
   say "demo: driving the running stack"
+  # Under compose the services answer on the same published ports, but the mails stay in the sink's volume.
+  if docker_engine; then unset MAIL_DIR; fi
   (cd "$ROOT" && RUN_DIR="$RUN" "$PY" deploy/local/demo.py)
 }
 
