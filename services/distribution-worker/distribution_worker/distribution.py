@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import and_, any_, bindparam, case, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from distribution_worker.assignment import Choice, MatchingSubscription, choose, crossed_low_balance
@@ -25,7 +26,17 @@ from distribution_worker.lead_state import LeadEvent, Step, next_step
 from distribution_worker.metrics import DistributionMetrics
 from distribution_worker.settlement import Settled, settle
 from libs.db import retry_on_disconnect
-from libs.db.tables import Assignment, Lead, LeadSource, LeadStatus, Provider, Subscription, SubscriptionStatus
+from libs.db.tables import (
+    Assignment,
+    Lead,
+    LeadSource,
+    LeadStatus,
+    LedgerEntry,
+    LedgerKind,
+    Provider,
+    Subscription,
+    SubscriptionStatus,
+)
 from libs.messaging.errors import BusinessRuleViolation, TransientError
 
 ATTEMPTS = 3
@@ -112,9 +123,32 @@ MATCHING_FIELDS = list(_MATCHING.c.keys())
 
 STATUS = select(col(Lead.status)).where(col(Lead.id) == bindparam("lead_id"))
 
+_CHARGE = aliased(LedgerEntry, name="charge")
+_EARLIER = aliased(LedgerEntry, name="earlier")
+# The provider's balance right after this assignment's charge: its ledger up to that charge (a provider's ledger
+# rows are numbered in its debit order, since each debit holds the provider's row until it commits).
+_BALANCE_AFTER_CHARGE = (
+    select(func.sum(col(_EARLIER.amount_cents)))
+    .where(col(_EARLIER.provider_id) == col(_CHARGE.provider_id), col(_EARLIER.id) <= col(_CHARGE.id))
+    .scalar_subquery()
+)
+# A redelivery finds the lead distributed and reports what was settled, low-balance notices included: they are
+# derived from the ledger again, so a notice whose mail was never asked for (its publish failed after the
+# commit, or the worker died there) is asked for now.
 EXISTING = (
-    select(col(Assignment.id), col(Assignment.provider_id), col(Provider.email), col(Assignment.price_cents))
+    select(
+        col(Assignment.id),
+        col(Assignment.provider_id),
+        col(Provider.email),
+        col(Assignment.price_cents),
+        col(Provider.low_balance_threshold_cents),
+        _BALANCE_AFTER_CHARGE.label("balance_after_cents"),
+    )
     .join(Provider, col(Provider.id) == col(Assignment.provider_id))
+    .join(
+        _CHARGE,
+        and_(col(_CHARGE.assignment_id) == col(Assignment.id), col(_CHARGE.kind) == LedgerKind.lead_charge),
+    )
     .where(col(Assignment.lead_id) == bindparam("lead_id"))
 )
 
@@ -136,7 +170,17 @@ async def _read(connection: AsyncConnection, lead_id: uuid.UUID) -> LeadRead | N
 
 async def _existing(connection: AsyncConnection, lead_id: uuid.UUID) -> list[Assigned]:
     rows = await connection.execute(EXISTING, {"lead_id": lead_id})
-    return [Assigned(row.id, row.provider_id, row.email, row.price_cents, None, False) for row in rows]
+    return [
+        Assigned(
+            row.id,
+            row.provider_id,
+            row.email,
+            row.price_cents,
+            row.balance_after_cents,
+            crossed_low_balance(row.balance_after_cents, row.price_cents, row.low_balance_threshold_cents),
+        )
+        for row in rows
+    ]
 
 
 async def distribute(

@@ -24,6 +24,7 @@ from distribution_worker.main import build
 from distribution_worker.metrics import DistributionMetrics
 from distribution_worker.settings import Settings
 from distribution_worker.settlement import settle
+from distribution_worker.subscribers import emails
 from libs.contracts import LeadApproved
 from libs.db.tables import (
     Assignment,
@@ -50,13 +51,14 @@ class Market:
     category: str
     source: uuid.UUID
 
-    async def provider(self, balance_cents: int) -> uuid.UUID:
+    async def provider(self, balance_cents: int, low_balance_threshold_cents: int = 0) -> uuid.UUID:
         async with self.engine.begin() as connection:
             provider: uuid.UUID | None = await connection.scalar(
                 insert(Provider)
-                .values(name="p", email=f"p-{uuid.uuid4().hex[:8]}@example.com", balance_cents=balance_cents)
+                .values(name="p", email=f"p-{uuid.uuid4().hex[:8]}@example.com", balance_cents=balance_cents,
+                        low_balance_threshold_cents=low_balance_threshold_cents)
                 .returning(col(Provider.id))
-            )
+            )  # fmt: skip
             await connection.execute(
                 insert(LedgerEntry).values(provider_id=provider, kind=LedgerKind.top_up, amount_cents=balance_cents)
             )
@@ -188,6 +190,22 @@ async def test_a_redelivered_message_assigns_and_charges_nothing_again(market: M
     assert (first.newly_distributed, again.newly_distributed) == (True, False)
     assert [a.assignment_id for a in again.assigned] == [a.assignment_id for a in first.assigned]
     assert await market.charges_of(provider) == 1
+
+
+async def test_a_redelivery_asks_again_for_the_low_balance_mail_its_charge_crossed(market: Market) -> None:
+    # 250 -> 150 crosses the threshold of 200; the next lead's charge (150 -> 50) does not cross it again.
+    await market.provider(250, low_balance_threshold_cents=200)
+    first_lead, second_lead = await market.approved_leads(2)
+    first = await distribute_approved(market.engine, first_lead)
+    await distribute_approved(market.engine, second_lead)
+    # The mails' publish failed after the commit: the redelivery is all that is left to ask for them.
+    again = await distribute_approved(market.engine, first_lead)
+    second_again = await distribute_approved(market.engine, second_lead)
+    assert again.newly_distributed is False
+    assert emails(again) == emails(first)
+    assert f"email:low_balance:{first.assigned[0].assignment_id}" in dict(emails(again))
+    assert dict(emails(again))[f"email:low_balance:{first.assigned[0].assignment_id}"].params == {"balance_cents": 150}
+    assert [message_id.split(":")[1] for message_id, _ in emails(second_again)] == ["new_lead"]
 
 
 async def test_a_settlement_for_a_lead_distributed_meanwhile_writes_nothing(market: Market) -> None:
