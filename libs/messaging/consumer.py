@@ -3,6 +3,9 @@
 One delivery ends in exactly one of: ack after success; a confirmed copy in the next delay queue, then ack;
 a confirmed copy on the dead-letter exchange with the error headers, then ack. Only when even that
 publish fails is the delivery nacked back to its queue, where the broker's delivery limit still bounds it.
+A failure that says a dependency is unavailable costs no attempt at all: the queue's breaker
+(libs/messaging/outage.py) pauses, the delivery is held unacked (prefetch then stops new ones) and handled
+again once the dependency answers; a stop while paused hands it back to the broker unhandled.
 
 What a message says about itself is data, not authority: the failure headers (`fmhl-attempt`, `fmhl-reason`,
 `fmhl-error-*`, `fmhl-original-*`, `fmhl-first-failure-at`, ...) are believed only on a message this policy sent
@@ -26,9 +29,10 @@ from typing import Any
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
+from faststream import Context
 from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
-from faststream.rabbit import RabbitQueue, RabbitRouter
+from faststream.rabbit import RabbitBroker, RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
@@ -44,12 +48,18 @@ from libs.messaging.errors import (
     UnknownMessageType,
     is_permanent,
 )
+from libs.messaging.outage import Breaker, Outages, Verdict, channel_open, describe
 from libs.messaging.publisher import MAX_HEADER_BYTES, Publisher, header_bytes
 from libs.messaging.topology import WorkQueue
 from libs.messaging.wire import UNDECODABLE_PROPERTIES, is_clean, printable, raw_bytes, short_text, undecodable
 from libs.telemetry import Telemetry, duration_histogram
 
 log = get_logger("fmhl.consumer")
+
+OUTAGES = "fmhl_outages"
+"""Where a broker's context keeps the process's Outages, from which every policy it runs takes its breaker (a
+name without dots: FastStream reads a dot as an attribute of what precedes it)."""
+_PROCESS_OUTAGES = Context(OUTAGES, default=None)
 
 
 @dataclass(frozen=True)
@@ -209,13 +219,18 @@ class ConsumerPolicy:
         *,
         service: str,
         handler_timeout_s: float = 30.0,
+        breaker: Breaker | None = None,
     ) -> None:
+        """`breaker`: None takes this queue's breaker from the Outages its broker carries (`pause_on_outages`,
+        which every ServiceRuntime calls) when the first delivery arrives; a policy on a broker without any gets
+        one of its own, without probes (the held delivery itself is the probe)."""
         self.queue = queue
         self.handlers = {contract.message_type: handler for contract, handler in handlers.items()}
         self.message_types = {contract.message_type: contract for contract in handlers}
         self.publisher = publisher
         self.service = service
         self.handler_timeout_s = handler_timeout_s
+        self.breaker = breaker
         meter = telemetry.meter
         self.completed = meter.create_counter(
             "fmhl_jobs_completed_total", unit="", description="Messages handled successfully."
@@ -227,41 +242,76 @@ class ConsumerPolicy:
         )
         self.duration = duration_histogram(meter, "fmhl_job_duration_ms", "Handling time of one delivery.")
 
+    def adopt(self, outages: Outages | None) -> Breaker:
+        """The breaker this policy reports to, chosen once: its own if given, else its queue's in `outages`."""
+        if self.breaker is None:
+            self.breaker = outages.breaker(self.queue.name) if outages is not None else Breaker(self.queue.name)
+        return self.breaker
+
     async def handle(self, message: RabbitMessage) -> None:
         raw = message.raw_message
+        breaker = self.adopt(None)
         arrival = read_arrival(raw, self.queue, self.publisher.sender)
         with correlation_scope(arrival.correlation_id):
-            started = time.perf_counter()
             labels = {"queue": self.queue.name}
-            try:
-                async with asyncio.timeout(self.handler_timeout_s):
-                    refuse_unidentifiable(arrival)
-                    decoded = decode(self.message_types, arrival.message_type, raw.body)
-                    delivery = Delivery(
-                        message_id=arrival.message_id or "",
-                        correlation_id=arrival.correlation_id,
-                        attempt=arrival.attempt,
-                        redelivered=bool(raw.redelivered),
-                        headers=arrival.carried,
-                    )
-                    await self.handlers[decoded.message_type](decoded, delivery)
-            except Exception as error:
-                self.duration.record((time.perf_counter() - started) * 1000, labels)
+            # Each turn is one try; a try held for an outage waits for the breaker and tries again, uncounted.
+            while await self._admitted(message, breaker):
+                started = time.perf_counter()
                 try:
-                    outcome = await self._fail(arrival, raw.body, error)
-                except Exception as publish_error:
-                    log.error("message.failure_not_recorded", publish_error, {"queue": self.queue.name})
-                    await message.nack(requeue=True)
+                    await self._run(arrival, raw)
+                except Exception as error:
+                    self.duration.record((time.perf_counter() - started) * 1000, labels)
+                    if breaker.failed(error) is Verdict.held:
+                        log.warn("message.held", {"queue": self.queue.name, "type": arrival.message_type,
+                                 "message_id": arrival.message_id, "error": describe(error)})  # fmt: skip
+                        continue
+                    await self._settle_failure(message, arrival, raw.body, error)
                     return
-                self.failed.add(1, {**labels, "outcome": outcome})
+                self.duration.record((time.perf_counter() - started) * 1000, labels)
+                breaker.succeeded()
+                self.completed.add(1, labels)
+                await self._report_retry_success(arrival)
                 await message.ack()
+                log.debug("message.handled", {"queue": self.queue.name, "type": arrival.message_type,
+                                              "attempt": arrival.attempt})  # fmt: skip
                 return
-            self.duration.record((time.perf_counter() - started) * 1000, labels)
-            self.completed.add(1, labels)
-            await self._report_retry_success(arrival)
-            await message.ack()
-            log.debug("message.handled", {"queue": self.queue.name, "type": arrival.message_type,
-                                          "attempt": arrival.attempt})  # fmt: skip
+
+    async def _admitted(self, message: RabbitMessage, breaker: Breaker) -> bool:
+        """Whether to try the delivery now (after waiting out a pause). Not when the service stops while paused:
+        the delivery goes back to its queue unhandled. Not when its channel closed meanwhile: the broker has
+        already given it back, and handling it would do the work twice."""
+        if not await breaker.admit():
+            if channel_open(message.raw_message):
+                await message.nack(requeue=True)
+            log.info("message.returned_while_paused", {"queue": self.queue.name})
+            return False
+        if not channel_open(message.raw_message):
+            breaker.abandoned()
+            return False
+        return True
+
+    async def _run(self, arrival: Arrival, raw: AbstractIncomingMessage) -> None:
+        async with asyncio.timeout(self.handler_timeout_s):
+            refuse_unidentifiable(arrival)
+            decoded = decode(self.message_types, arrival.message_type, raw.body)
+            delivery = Delivery(
+                message_id=arrival.message_id or "",
+                correlation_id=arrival.correlation_id,
+                attempt=arrival.attempt,
+                redelivered=bool(raw.redelivered),
+                headers=arrival.carried,
+            )
+            await self.handlers[decoded.message_type](decoded, delivery)
+
+    async def _settle_failure(self, message: RabbitMessage, arrival: Arrival, body: bytes, error: Exception) -> None:
+        try:
+            outcome = await self._fail(arrival, body, error)
+        except Exception as publish_error:
+            log.error("message.failure_not_recorded", publish_error, {"queue": self.queue.name})
+            await message.nack(requeue=True)
+            return
+        self.failed.add(1, {"queue": self.queue.name, "outcome": outcome})
+        await message.ack()
 
     async def _report_retry_success(self, arrival: Arrival) -> None:
         """A message retried from the DLQ carries its entry, retry and signature; its success resolves the entry
@@ -340,6 +390,12 @@ async def keep_body_raw(message: StreamMessage[Any]) -> bytes:
     return message.body
 
 
+def pause_on_outages(broker: RabbitBroker, outages: Outages) -> None:
+    """Every policy subscribed on this broker without a breaker of its own reports to its queue's breaker in
+    `outages`, which readiness and `fmhl_consumer_paused` watch."""
+    broker.context.set_global(OUTAGES, outages)
+
+
 def subscribe(router: RabbitRouter, policy: ConsumerPolicy) -> None:
     """Register the policy as the one consumer of its work queue (declared beforehand by declare_topology).
     `no_reply`: FastStream would otherwise publish a reply to any `reply_to` a publisher names."""
@@ -350,5 +406,6 @@ def subscribe(router: RabbitRouter, policy: ConsumerPolicy) -> None:
         decoder=keep_body_raw,
         no_reply=True,
     )
-    async def consume(message: RabbitMessage) -> None:
+    async def consume(message: RabbitMessage, outages: Any = _PROCESS_OUTAGES) -> None:
+        policy.adopt(outages if isinstance(outages, Outages) else None)
         await policy.handle(message)

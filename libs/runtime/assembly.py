@@ -16,6 +16,7 @@ from libs.db import create_engine, database_check
 from libs.health import Readiness
 from libs.logging import configure_logging
 from libs.messaging.broker import QueueDepthGauge, broker_check, broker_lifecycle, create_broker, queue_check
+from libs.messaging.consumer import pause_on_outages
 from libs.messaging.outage import Outages
 from libs.messaging.permissions import broker_grant
 from libs.messaging.publisher import Publisher
@@ -34,8 +35,8 @@ class ServiceRuntime:
     publisher: Publisher
     readiness: Readiness
     outages: Outages
-    """A breaker per consumed queue (`outages.breaker(queue)`, given to that queue's ConsumerPolicy): an outage
-    pauses consumption, and readiness answers 503 while a consumer is paused."""
+    """A breaker per consumed queue, which every ConsumerPolicy on this broker reports to (`pause_on_outages`):
+    an outage pauses consumption, and readiness answers 503 while a consumer is paused."""
     on_startup: list[LifespanHook] = field(default_factory=list)
     on_shutdown: list[LifespanHook] = field(default_factory=list)
 
@@ -51,6 +52,7 @@ class ServiceRuntime:
         checks = {"database": database_check(engine), "broker": broker_check(broker)}
         # The breakers probe the same dependencies readiness checks.
         outages = Outages(dict(checks), telemetry)
+        pause_on_outages(broker, outages)
         if consumes is not None:
             checks["queue"] = queue_check(broker, consumes)
             checks["consumers"] = outages.check()

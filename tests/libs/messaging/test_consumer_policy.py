@@ -1,4 +1,5 @@
-"""The consumer policy on the real RabbitMQ: retry with backoff, dead-letter with context, survive crashes."""
+"""The consumer policy on the real RabbitMQ: retry with backoff, dead-letter with context, survive crashes, and
+pause for an outage instead of spending attempts on it."""
 
 from __future__ import annotations
 
@@ -12,22 +13,45 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import asyncpg.exceptions
 import orjson
 import pytest
+import sqlalchemy.exc
 from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker, RabbitRouter
 from pamqp import commands
 
 from libs.messaging import headers as h
 from libs.messaging.broker import EVENTS, create_broker, declare_topology
-from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
+from libs.messaging.consumer import ConsumerPolicy, Delivery, pause_on_outages, subscribe
 from libs.messaging.errors import BusinessRuleViolation, TransientError
+from libs.messaging.outage import BreakerSettings, ConsumptionPaused, Outages
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, Topology, WorkQueue
 from libs.telemetry import Telemetry, setup_telemetry
 from tests.libs.messaging.ping import Ping, ping_queue
 
 Behaviour = Callable[[int], Awaitable[None]]
+
+FAST_BREAKER = BreakerSettings(failure_threshold=5, initial_backoff_s=0.05, max_backoff_s=0.2, jitter=0)
+
+
+class Dependency:
+    """What the breaker probes, as the runtime's database and broker checks: up or refusing connections."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.asked = 0
+
+    async def __call__(self) -> dict[str, object]:
+        self.asked += 1
+        if not self.up:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return {}
+
+    async def use(self) -> None:
+        """What a handler does with it: fails as a refused connection while it is down."""
+        await self()
 
 
 @dataclass
@@ -37,6 +61,8 @@ class Harness:
     publisher: Publisher
     telemetry: Telemetry
     dead_letters: asyncio.Queue[AbstractIncomingMessage]
+    dependency: Dependency = field(default_factory=Dependency)
+    outages: Outages | None = None
     behaviours: dict[int, Behaviour] = field(default_factory=dict)
     calls: list[tuple[int, float, int]] = field(default_factory=list)
 
@@ -130,6 +156,9 @@ async def harness(rabbitmq_url: str) -> AsyncIterator[Harness]:
     await declare_topology(broker, Topology((queue,)))
     observer, dead_letters = await _observe_dead_letters(rabbitmq_url, queue.name)
     state = Harness(rabbitmq_url, queue, publisher, telemetry, dead_letters)
+    # As a ServiceRuntime wires it: the policies take their breaker from the process's outages.
+    state.outages = Outages({"dependency": state.dependency}, telemetry, FAST_BREAKER)
+    pause_on_outages(broker, state.outages)
     loop = asyncio.get_running_loop()
 
     async def on_ping(ping: Ping, delivery: Delivery) -> None:
@@ -145,6 +174,7 @@ async def harness(rabbitmq_url: str) -> AsyncIterator[Harness]:
     broker.include_router(router)
     await broker.start()
     yield state
+    await state.outages.stop()
     await broker.stop()
     await observer.close()
     await _delete_queues(rabbitmq_url, queue)
@@ -229,17 +259,17 @@ async def test_bad_message_reaches_the_dlq_and_the_queue_keeps_flowing(
 async def test_transient_error_that_never_clears_is_dead_lettered_after_the_last_attempt(
     harness: Harness,
 ) -> None:
-    async def always_down(_: int) -> None:
-        raise ConnectionRefusedError("smtp connection refused")
+    async def always_busy(_: int) -> None:
+        raise TransientError("451 mailbox busy, try again later")
 
-    harness.behaviours[4] = always_down
+    harness.behaviours[4] = always_busy
     message_id = await harness.send_ping(4)
     headers = (await harness.dead_letter(message_id, timeout=15)).headers or {}
 
     assert [attempt for _, attempt in harness.attempts_of(4)] == [1, 2, 3, 4]
     assert headers[h.ATTEMPTS] == harness.queue.max_attempts
     assert headers[h.ERROR_CLASS] == "transient"
-    assert headers[h.ERROR_TYPE] == "ConnectionRefusedError"
+    assert headers[h.ERROR_TYPE] == "TransientError"
     assert str(headers[h.FIRST_FAILURE_AT]) < str(headers[h.LAST_FAILURE_AT])
     assert not any(key.startswith("x-") and key != "x-death" for key in headers if key != "x-first-death-queue")
 
@@ -335,10 +365,10 @@ async def test_failure_headers_set_by_a_publisher_are_overwritten_in_the_dead_le
 
 
 async def test_a_forged_attempt_count_does_not_spend_the_retry_budget(harness: Harness) -> None:
-    async def always_down(_: int) -> None:
-        raise ConnectionRefusedError("smtp connection refused")
+    async def always_busy(_: int) -> None:
+        raise TransientError("451 mailbox busy, try again later")
 
-    harness.behaviours[7] = always_down
+    harness.behaviours[7] = always_busy
     message_id = str(uuid.uuid4())
     # As if it came back from our last delay queue: the x-death a publisher may write like any other header.
     death = {"queue": harness.queue.delay_queue(harness.queue.max_attempts - 1), "reason": "expired", "count": 1}
@@ -423,3 +453,104 @@ async def test_headers_too_large_to_carry_are_dropped_not_the_connection(harness
     assert headers[h.ERROR_TYPE] == "BusinessRuleViolation"
     await eventually(lambda: len(harness.attempts_of(12)) == 1)
     assert len(harness.attempts_of(11)) == 1
+
+
+# ---- outages: paused, not counted ---------------------------------------------------------------
+
+
+def deadlock() -> sqlalchemy.exc.DBAPIError:
+    return sqlalchemy.exc.DBAPIError("UPDATE providers", {}, asyncpg.exceptions.DeadlockDetectedError("deadlock"))
+
+
+async def readiness_fails(outages: Outages) -> bool:
+    try:
+        await outages.check()()
+    except ConsumptionPaused:
+        return True
+    return False
+
+
+async def test_a_dependency_outage_holds_the_delivery_uncounted_until_the_dependency_answers(harness: Harness) -> None:
+    async def needs_the_dependency(_: int) -> None:
+        await harness.dependency.use()
+
+    assert harness.outages is not None
+    harness.behaviours[20] = needs_the_dependency
+    harness.dependency.up = False
+    message_id = await harness.send_ping(20)
+    await eventually(lambda: harness.metric("fmhl_consumer_paused{queue=") == 1)
+    assert await readiness_fails(harness.outages)
+    probes_then = harness.dependency.asked
+    await eventually(lambda: harness.dependency.asked >= probes_then + 3)
+    assert len(harness.attempts_of(20)) == 1  # the probes try the dependency, not the delivery
+    harness.dependency.up = True
+    await eventually(lambda: harness.metric("fmhl_jobs_completed_total{queue=") == 1)
+
+    assert [attempt for _, attempt in harness.attempts_of(20)] == [1, 1]
+    assert harness.metric('fmhl_jobs_failed_total{outcome="retried",queue=') == 0
+    assert harness.metric("fmhl_consumer_held_total{queue=") == 1
+    assert not await readiness_fails(harness.outages)
+    with pytest.raises(TimeoutError):
+        await harness.dead_letter(message_id, timeout=0.5)
+
+
+async def test_while_paused_no_new_delivery_is_taken(harness: Harness) -> None:
+    async def needs_the_dependency(_: int) -> None:
+        await harness.dependency.use()
+
+    prefetch, sent = 5, range(30, 38)
+    for n in sent:
+        harness.behaviours[n] = needs_the_dependency
+    harness.dependency.up = False
+    for n in sent:
+        await harness.send_ping(n)
+    await eventually(lambda: harness.metric("fmhl_consumer_paused{queue=") == 1)
+    probes_then = harness.dependency.asked
+    await eventually(lambda: harness.dependency.asked >= probes_then + 3)
+    # The prefetched deliveries wait (held or not yet tried); the rest stay in the queue.
+    assert {number for number, _, _ in harness.calls} <= set(sent[:prefetch])
+    harness.dependency.up = True
+    await eventually(lambda: harness.metric("fmhl_jobs_completed_total{queue=") == len(sent))
+    assert {number for number, _, _ in harness.calls} == set(sent)
+    assert {attempt for _, _, attempt in harness.calls} == {1}
+    assert harness.metric('fmhl_jobs_failed_total{outcome="retried",queue=') == 0
+
+
+async def test_one_deadlock_keeps_the_retry_with_backoff(harness: Harness) -> None:
+    async def deadlocked_once(attempt: int) -> None:
+        if attempt == 1:
+            raise deadlock()
+
+    harness.behaviours[40] = deadlocked_once
+    await harness.send_ping(40)
+    await eventually(lambda: harness.metric("fmhl_jobs_completed_total{queue=") == 1)
+    assert [attempt for _, attempt in harness.attempts_of(40)] == [1, 2]
+    assert harness.metric('fmhl_jobs_failed_total{outcome="retried",queue=') == 1
+    assert harness.metric("fmhl_consumer_paused{queue=") == 0
+
+
+async def test_a_stop_while_paused_returns_the_held_delivery_to_its_queue_unhandled(harness: Harness) -> None:
+    async def needs_the_dependency(_: int) -> None:
+        await harness.dependency.use()
+
+    harness.behaviours[50] = needs_the_dependency
+    harness.dependency.up = False
+    await harness.send_ping(50)
+    await eventually(lambda: harness.metric("fmhl_consumer_paused{queue=") == 1)
+    assert harness.outages is not None
+    # As a service stops: the held deliveries are released first, then the consumer ends.
+    await harness.outages.stop()
+    await harness.publisher.broker.stop()
+
+    async def back_in_the_queue() -> bool:
+        connection = await aio_pika.connect(harness.url)
+        channel = await connection.channel()
+        queue = await channel.declare_queue(harness.queue.name, passive=True)
+        ready = queue.declaration_result.message_count
+        await connection.close()
+        return ready == 1
+
+    async with asyncio.timeout(10):
+        while not await back_in_the_queue():
+            await asyncio.sleep(0.05)
+    assert [attempt for _, attempt in harness.attempts_of(50)] == [1]
