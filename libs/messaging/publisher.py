@@ -6,6 +6,7 @@ import asyncio
 import struct
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from faststream.rabbit import RabbitBroker, RabbitExchange
@@ -35,6 +36,29 @@ def header_bytes(headers: Mapping[str, Any]) -> int:
         return MAX_HEADER_BYTES + 1
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """A contract message as it goes on the wire: what an outbox stores, and what `Publisher.send` publishes."""
+
+    message_id: str
+    message_type: str
+    """Also its routing key on the events exchange."""
+    correlation_id: str
+    body: bytes
+
+    @classmethod
+    def of(cls, message: Message, message_id: str | None = None) -> Envelope:
+        """`message_id`: the consumers' idempotency key (a new one when None); the correlation id is the current
+        request's, or the message id."""
+        message_id = message_id or str(uuid.uuid4())
+        return cls(
+            message_id=message_id,
+            message_type=message.message_type,
+            correlation_id=current_correlation_id() or message_id,
+            body=message.model_dump_json().encode(),
+        )
+
+
 class Publisher:
     def __init__(self, broker: RabbitBroker, topology: Topology, telemetry: Telemetry, timeout_s: float) -> None:
         self.broker = broker
@@ -50,19 +74,22 @@ class Publisher:
 
     async def publish(self, message: Message, *, message_id: str | None = None) -> str:
         """Publish a contract message on the events exchange; returns its message id once confirmed."""
-        message_id = message_id or str(uuid.uuid4())
-        correlation_id = current_correlation_id() or message_id
+        envelope = Envelope.of(message, message_id)
+        await self.send(envelope)
+        return envelope.message_id
+
+    async def send(self, envelope: Envelope) -> None:
+        """Publish an envelope on the events exchange; returns once the broker confirmed it."""
         await self.publish_raw(
-            message.model_dump_json().encode(),
+            envelope.body,
             exchange=EVENTS,
-            routing_key=message.message_type,
-            message_type=message.message_type,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            headers={CORRELATION_ID: correlation_id},
+            routing_key=envelope.message_type,
+            message_type=envelope.message_type,
+            message_id=envelope.message_id,
+            correlation_id=envelope.correlation_id,
+            headers={CORRELATION_ID: envelope.correlation_id},
         )
-        self.enqueued.add(1, {"queue": self.topology.queue_for(message.message_type)})
-        return message_id
+        self.enqueued.add(1, {"queue": self.topology.queue_for(envelope.message_type)})
 
     async def publish_raw(
         self,
@@ -97,5 +124,12 @@ class Publisher:
                 )
         except TimeoutError as error:
             raise PublishFailed(f"no confirm for {routing_key} within {self.timeout_s:g}s") from error
+        except asyncio.CancelledError as error:
+            # aiormq cancels the confirm it awaits when it gives up on the connection: that is a failed publish.
+            # Only a cancellation of this task itself (shutdown, a caller's own timeout) goes on as one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise PublishFailed(f"{routing_key}: the broker connection closed before the confirm") from error
         except Exception as error:
             raise PublishFailed(f"{routing_key}: {type(error).__name__}: {error}") from error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
 
 from sqlalchemy import bindparam, insert, select, update
@@ -13,6 +14,7 @@ from sqlmodel import SQLModel, col
 
 from libs import audit
 from libs.auth import TotpSecrets, hash_password, is_sealed, new_totp_secret
+from libs.db import retry_on_disconnect
 from libs.db.tables import LeadSource, User, UserRole
 
 
@@ -40,9 +42,40 @@ def new_api_key() -> str:
 
 
 async def lead_source_for(engine: AsyncEngine, api_key: str) -> AuthenticatedSource | None:
-    async with engine.connect() as connection:
-        row = (await connection.execute(_SOURCE_BY_KEY, {"api_key_hash": hash_api_key(api_key)})).first()
-    return None if row is None else AuthenticatedSource.model_validate(row._mapping)
+    async def lookup() -> AuthenticatedSource | None:
+        async with engine.connect() as connection:
+            row = (await connection.execute(_SOURCE_BY_KEY, {"api_key_hash": hash_api_key(api_key)})).first()
+        return None if row is None else AuthenticatedSource.model_validate(row._mapping)
+
+    return await retry_on_disconnect(lookup)
+
+
+class SourceKeys:
+    """Lead sources by API key, each known key remembered for `ttl_s`: a key revoked or a source changed in the
+    database is honoured by every process within that time. Unknown keys are never remembered (a caller trying
+    keys cannot fill the memory), and at most `capacity` known keys are."""
+
+    def __init__(self, engine: AsyncEngine, ttl_s: float, capacity: int = 10_000) -> None:
+        self.engine = engine
+        self.ttl_s = ttl_s
+        self.capacity = capacity
+        self._known: dict[str, tuple[float, AuthenticatedSource]] = {}
+
+    async def source_for(self, api_key: str) -> AuthenticatedSource | None:
+        now = time.monotonic()
+        remembered = self._known.get(api_key)
+        if remembered is not None and remembered[0] > now:
+            return remembered[1]
+        source = await lead_source_for(self.engine, api_key)
+        if source is None:
+            self._known.pop(api_key, None)
+            return None
+        if len(self._known) >= self.capacity:
+            self._known = {key: entry for key, entry in self._known.items() if entry[0] > now}
+            if len(self._known) >= self.capacity:
+                self._known.clear()
+        self._known[api_key] = (now + self.ttl_s, source)
+        return source
 
 
 async def unlock(engine: AsyncEngine, email: str, actor: str) -> uuid.UUID | None:

@@ -1,4 +1,4 @@
-"""An admin's decision on a submitted lead: approved (lead.approved confirmed before it commits) or rejected."""
+"""An admin's decision on a submitted lead: approved (lead.approved staged in the outbox with it) or rejected."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col
 
+from ingest_gateway import outbox
 from ingest_gateway.errors import Conflict, NotFound
 from libs import audit
 from libs.contracts import LeadApproved
 from libs.db.tables import Lead, LeadStatus
-from libs.logging import get_logger
-from libs.messaging.publisher import Publisher, PublishFailed
-
-log = get_logger("ingest_gateway.leads")
 
 
 def refusal(lead_id: uuid.UUID, current: LeadStatus | None) -> NotFound | Conflict:
@@ -25,18 +22,13 @@ def refusal(lead_id: uuid.UUID, current: LeadStatus | None) -> NotFound | Confli
     return Conflict(f"lead is already {current}")
 
 
-async def approve(engine: AsyncEngine, publisher: Publisher, lead_id: uuid.UUID, actor: uuid.UUID) -> None:
-    """lead.approved is confirmed before the approval commits: PublishFailed leaves the lead untouched. The
-    worker retries while it cannot yet see the commit."""
+async def approve(engine: AsyncEngine, lead_id: uuid.UUID, actor: uuid.UUID) -> None:
+    """lead.approved commits with the approval (the outbox's relay publishes it after the commit)."""
     async with engine.begin() as connection:
         await _decide(connection, lead_id, LeadStatus.approved, actor, None)
-        try:
-            await publisher.publish(
-                LeadApproved(lead_id=lead_id, approved_by=str(actor)), message_id=f"lead.approved:{lead_id}"
-            )
-        except PublishFailed as error:
-            log.error("lead.publish_failed", error, {"lead_id": str(lead_id)})
-            raise
+        await outbox.stage(
+            connection, LeadApproved(lead_id=lead_id, approved_by=str(actor)), f"lead.approved:{lead_id}"
+        )
 
 
 async def reject(engine: AsyncEngine, lead_id: uuid.UUID, actor: uuid.UUID, reason: str) -> None:

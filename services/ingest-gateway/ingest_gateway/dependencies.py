@@ -1,4 +1,4 @@
-"""What routes receive by name: the process's engine, publisher, tokens and metrics, and the caller's identity.
+"""What routes receive by name: the process's engine, outbox relay, tokens and metrics, and the caller's identity.
 
 `principal` is a provider's user or an admin with MFA (the route then applies its ownership rule); `provider` is
 a provider's user only; `admin` is an admin with MFA (`otp` in `amr`), the one rule for every admin route, read
@@ -14,24 +14,26 @@ from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingest_gateway.accounts import AuthenticatedSource, lead_source_for
+from ingest_gateway.accounts import AuthenticatedSource, SourceKeys
 from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.outbox import Relay
 from ingest_gateway.settings import Settings
 from libs.auth import Tokens, TotpSecrets, admin_principal, provider_principal, user_principal
 from libs.auth.login import THROTTLE_SCOPE, Lockout
-from libs.messaging.publisher import Publisher
 from libs.ratelimit import RateLimiter
 from libs.web import constant
 
 
 def build_dependencies(
-    settings: Settings, engine: AsyncEngine, publisher: Publisher, tokens: Tokens, metrics: GatewayMetrics
+    settings: Settings, engine: AsyncEngine, relay: Relay, tokens: Tokens, metrics: GatewayMetrics
 ) -> dict[str, Provide]:
+    keys = SourceKeys(engine, settings.api_key_cache_ttl_s)
+
     async def lead_source(request: Request[Any, Any, Any]) -> AuthenticatedSource:
         api_key = request.headers.get("x-api-key")
         if not api_key:
             raise NotAuthorizedException("missing X-API-Key header")
-        source = await lead_source_for(engine, api_key)
+        source = await keys.source_for(api_key)
         if source is None:
             raise NotAuthorizedException("unknown API key")
         return source
@@ -39,7 +41,7 @@ def build_dependencies(
     return {
         "settings": constant(settings),
         "engine": constant(engine),
-        "publisher": constant(publisher),
+        "relay": constant(relay),
         "tokens": constant(tokens),
         "metrics": constant(metrics),
         "totp": constant(TotpSecrets.from_settings(settings)),

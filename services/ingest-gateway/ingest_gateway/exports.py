@@ -13,16 +13,12 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
 
+from ingest_gateway import outbox
 from ingest_gateway.errors import Conflict, Invalid, NotFound
 from libs import audit
 from libs.auth import Principal, require_admin, require_provider_or_admin
 from libs.contracts import ExportReport
 from libs.db.tables import ExportKind, ExportStatus, Provider, ReportExport, UserRole
-from libs.logging import get_logger
-from libs.messaging.publisher import Publisher, PublishFailed
-
-log = get_logger("ingest_gateway.exports")
-
 
 # A day whose neighbours exist: a range's end is counted up to the start of the next day.
 CalendarDay = Annotated[date, Field(gt=date.min, lt=date.max)]
@@ -93,8 +89,8 @@ def ensure_ready(export: Export) -> None:
         raise Conflict(f"export is {export.status}, not ready")
 
 
-async def request(engine: AsyncEngine, publisher: Publisher, principal: Principal, wanted: ExportRequest) -> Export:
-    """The export as queued. report.export is confirmed before the request commits: PublishFailed leaves none."""
+async def request(engine: AsyncEngine, principal: Principal, wanted: ExportRequest) -> Export:
+    """The export as queued: report.export commits with the request (the outbox's relay publishes it)."""
     provider_id = scope(principal, wanted)
     async with engine.begin() as connection:
         if provider_id is not None and not await connection.scalar(
@@ -117,11 +113,7 @@ async def request(engine: AsyncEngine, publisher: Publisher, principal: Principa
             connection, actor=principal.subject, action="export.requested", entity_type="report_export",
             entity_id=str(export_id), metadata={"kind": wanted.kind},
         )  # fmt: skip
-        try:
-            await publisher.publish(ExportReport(export_id=export_id), message_id=f"report.export:{export_id}")
-        except PublishFailed as error:
-            log.error("export.publish_failed", error, {"export_id": str(export_id)})
-            raise
+        await outbox.stage(connection, ExportReport(export_id=export_id), f"report.export:{export_id}")
     return await status(engine, export_id, principal)
 
 

@@ -16,6 +16,7 @@ class GatewayMetrics:
     bad_leads_reported: Counter
     refunds_approved: Counter
     inbox_query_duration: Histogram
+    outbox_published: Counter
 
     @classmethod
     def create(cls, telemetry: Telemetry) -> GatewayMetrics:
@@ -29,5 +30,10 @@ class GatewayMetrics:
             refunds_approved=counter(meter, "fmhl_refunds_approved_total", "Bad-lead reports approved and refunded."),
             inbox_query_duration=duration_histogram(
                 meter, "fmhl_inbox_query_duration_ms", "Time of the inbox query in the database."
+            ),
+            outbox_published=counter(
+                meter,
+                "fmhl_outbox_published_total",
+                "Outbox events the relay published, by outcome (confirmed, failed).",
             ),
         )

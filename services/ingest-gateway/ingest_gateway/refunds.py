@@ -1,5 +1,5 @@
-"""An approved bad-lead report: the refund, its ledger credit, the refunded assignment and the provider's email,
-all in one transaction that commits only once the email is queued."""
+"""An approved bad-lead report: the refund, its ledger credit, the refunded assignment and the provider's email
+(staged in the outbox), all in one transaction."""
 
 from __future__ import annotations
 
@@ -9,15 +9,11 @@ from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
 
-from ingest_gateway import bad_lead_reports
+from ingest_gateway import bad_lead_reports, outbox
 from ingest_gateway.bad_lead_reports import DecidedReport
 from libs import audit, ledger
 from libs.contracts import SendEmail
 from libs.db.tables import Assignment, AssignmentStatus, LedgerKind, Refund, ReportStatus
-from libs.logging import get_logger
-from libs.messaging.publisher import Publisher, PublishFailed
-
-log = get_logger("ingest_gateway.bad_leads")
 
 
 class RefundApproved(SQLModel):
@@ -35,9 +31,8 @@ def refund_email(report: DecidedReport, balance_cents: int) -> SendEmail:
     )
 
 
-async def approve(engine: AsyncEngine, publisher: Publisher, report_id: uuid.UUID, actor: uuid.UUID) -> RefundApproved:
-    """Refunds the whole price of the reported lead. The email is confirmed before the refund commits: on
-    PublishFailed nothing has changed and the report is still pending."""
+async def approve(engine: AsyncEngine, report_id: uuid.UUID, actor: uuid.UUID) -> RefundApproved:
+    """Refunds the whole price of the reported lead; the provider's email commits with the refund."""
     async with engine.begin() as connection:
         report = await bad_lead_reports.decide(connection, report_id, ReportStatus.approved, actor)
         refund_id = (
@@ -63,11 +58,5 @@ async def approve(engine: AsyncEngine, publisher: Publisher, report_id: uuid.UUI
             connection, actor=str(actor), action="refund.approved", entity_type="bad_lead_report",
             entity_id=str(report_id), metadata={"refund_id": refund_id, "amount_cents": report.price_cents},
         )  # fmt: skip
-        try:
-            await publisher.publish(
-                refund_email(report, balance_cents), message_id=f"email:refund_approved:{refund_id}"
-            )
-        except PublishFailed as error:
-            log.error("refund.email_not_queued", error, {"report_id": str(report_id)})
-            raise
+        await outbox.stage(connection, refund_email(report, balance_cents), f"email:refund_approved:{refund_id}")
     return RefundApproved(refund_id=refund_id, amount_cents=report.price_cents, balance_cents=balance_cents)

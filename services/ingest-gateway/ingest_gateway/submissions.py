@@ -1,26 +1,26 @@
-"""Lead intake: a source's lead is stored once, then lead.submitted is published until the broker confirms it."""
+"""Lead intake: a source's lead is stored once, with its lead.submitted staged in the outbox by the same
+statement, so a stored lead always has its event on the way (the relay publishes it)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import String, and_, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import LargeBinary, String, and_, bindparam, literal, or_, select
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from ingest_gateway.accounts import AuthenticatedSource
+from ingest_gateway.outbox import staged
 from libs.contracts import Contact, LeadSubmitted, SafeText, ZipCode
+from libs.db import retry_on_disconnect
 from libs.db.tables import Lead, LeadStatus
-from libs.logging import get_logger
-from libs.messaging.publisher import Publisher, PublishFailed
+from libs.db.tables.outbox import OutboxMessage
+from libs.messaging.publisher import Envelope
 from libs.web import fits_column
-
-log = get_logger("ingest_gateway.leads")
 
 
 class LeadSubmission(BaseModel):
@@ -39,9 +39,39 @@ class Submitted:
     created: bool
 
 
-# The hot path's statements, built once: one idempotent insert, and only on a repeat the lookup of the first.
-_LEAD = (col(Lead.id), col(Lead.status), col(Lead.published_at))
-_STORE = insert(Lead).on_conflict_do_nothing().returning(*_LEAD)
+# The hot path's statements, built once. A new lead is one statement, its own transaction: the insert, and the
+# outbox row staged only when the insert happened (a repeat's event was staged with the first).
+_LEAD = (col(Lead.id), col(Lead.status))
+_STORED = (
+    insert(Lead)
+    .values(
+        id=bindparam("lead_id"),
+        source_id=bindparam("source_id"),
+        external_id=bindparam("external_id"),
+        idempotency_key=bindparam("idempotency_key", type_=String),
+        category=bindparam("category"),
+        zip=bindparam("zip"),
+        contact=bindparam("contact", type_=JSONB),
+    )
+    .on_conflict_do_nothing()
+    .returning(*_LEAD)
+    .cte("stored")
+)
+_STAGED = (
+    insert(OutboxMessage)
+    .from_select(
+        ["message_id", "message_type", "correlation_id", "body"],
+        select(
+            bindparam("message_id", type_=String),
+            literal(LeadSubmitted.message_type),
+            bindparam("correlation_id", type_=String),
+            bindparam("body", type_=LargeBinary),
+        ).select_from(_STORED),
+        include_defaults=False,
+    )
+    .cte("staged")
+)
+_STORE = select(_STORED.c.id, _STORED.c.status).add_cte(_STAGED)
 _IDEMPOTENCY_KEY = bindparam("idempotency_key", type_=String)
 _EARLIER = select(*_LEAD).where(
     col(Lead.source_id) == bindparam("source_id"),
@@ -50,60 +80,39 @@ _EARLIER = select(*_LEAD).where(
         and_(_IDEMPOTENCY_KEY.is_not(None), col(Lead.idempotency_key) == _IDEMPOTENCY_KEY),
     ),
 )
-_MARK_PUBLISHED = (
-    update(Lead)
-    .where(col(Lead.id) == bindparam("lead"), col(Lead.published_at).is_(None))
-    .values(published_at=func.now())
-)
 
 
 async def submit(
-    engine: AsyncEngine,
-    publisher: Publisher,
-    source: AuthenticatedSource,
-    lead: LeadSubmission,
-    idempotency_key: str | None,
+    engine: AsyncEngine, source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None
 ) -> Submitted:
-    """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first, and
-    publishes only if the first did not get its event confirmed (PublishFailed then, and retried next time)."""
-    async with engine.begin() as connection:
-        stored, published_at = await _store(connection, source, lead, idempotency_key)
-    if published_at is None:
-        event = LeadSubmitted(
-            lead_id=stored.lead_id, external_id=lead.external_id, category=lead.category, zip=lead.zip
-        )
-        try:
-            await publisher.publish(event, message_id=f"lead.submitted:{stored.lead_id}")
-        except PublishFailed as error:
-            log.error("lead.publish_failed", error, {"lead_id": str(stored.lead_id)})
-            raise
-        async with engine.begin() as connection:
-            await connection.execute(_MARK_PUBLISHED, {"lead": stored.lead_id})
-    return stored
+    """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first and stages
+    nothing. Returns once the lead and its event are committed; a lost connection is retried (the statement is
+    idempotent), any other database error raised."""
+    lead_id = uuid.uuid4()
+    event = LeadSubmitted(lead_id=lead_id, external_id=lead.external_id, category=lead.category, zip=lead.zip)
+    values = {
+        "lead_id": lead_id,
+        "source_id": source.id,
+        "external_id": lead.external_id,
+        "idempotency_key": idempotency_key,
+        "category": lead.category,
+        "zip": lead.zip,
+        "contact": lead.contact.model_dump(),
+        **staged(Envelope.of(event, f"lead.submitted:{lead_id}")),
+    }
 
+    async def store() -> Submitted:
+        async with engine.connect() as connection:
+            inserted = (await connection.execute(_STORE, values)).first()
+            if inserted is not None:
+                await connection.commit()
+                return Submitted(inserted.id, inserted.status, created=True)
+            earlier = (
+                await connection.execute(
+                    _EARLIER,
+                    {"source_id": source.id, "external_id": lead.external_id, "idempotency_key": idempotency_key},
+                )
+            ).one()  # the conflicting row is committed before ON CONFLICT gives way
+            return Submitted(earlier.id, earlier.status, created=False)
 
-async def _store(
-    connection: AsyncConnection, source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None
-) -> tuple[Submitted, datetime | None]:
-    inserted = (
-        await connection.execute(
-            _STORE,
-            {
-                "source_id": source.id,
-                "external_id": lead.external_id,
-                "idempotency_key": idempotency_key,
-                "category": lead.category,
-                "zip": lead.zip,
-                "contact": lead.contact.model_dump(),
-            },
-        )
-    ).first()
-    if inserted is not None:
-        return Submitted(inserted.id, inserted.status, created=True), inserted.published_at
-    earlier = (
-        await connection.execute(
-            _EARLIER,
-            {"source_id": source.id, "external_id": lead.external_id, "idempotency_key": idempotency_key},
-        )
-    ).one()  # the conflicting row is committed before ON CONFLICT gives way
-    return Submitted(earlier.id, earlier.status, created=False), earlier.published_at
+    return await retry_on_disconnect(store)

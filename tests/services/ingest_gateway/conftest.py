@@ -1,4 +1,5 @@
-"""Rows for the gateway's domain tests, seeded on the real PostgreSQL, and a publisher whose broker is down."""
+"""Rows for the gateway's domain tests, seeded on the real PostgreSQL, what the outbox holds, and a publisher whose
+broker is down."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ingest_gateway.accounts import create_lead_source, create_user
 from ingest_gateway.providers import NewProvider, NewSubscription
 from libs.auth import Principal, TotpSecrets
 from libs.db.tables import Assignment, BadLeadReport, Lead
+from libs.db.tables.outbox import OutboxMessage
 from libs.messaging.broker import create_broker
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import TOPOLOGY
@@ -92,3 +94,14 @@ def broker_down() -> Publisher:
     telemetry = setup_telemetry("ingest-gateway-tests")
     broker = create_broker("amqp://fmhl:not-used-by-this-test@127.0.0.1:1/none", telemetry, service="tests")
     return Publisher(broker, TOPOLOGY, telemetry, 1.0)
+
+
+async def staged(engine: AsyncEngine, message_id: str) -> list[tuple[str, bytes]]:
+    """(message type, body) of each outbox row staged under this message id."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            select(col(OutboxMessage.message_type), col(OutboxMessage.body)).where(
+                col(OutboxMessage.message_id) == message_id
+            )
+        )
+        return [(row.message_type, row.body) for row in rows]

@@ -1,4 +1,4 @@
-"""An admin's decision on a lead: once, by whoever is first, and an approval only with its event confirmed."""
+"""An admin's decision on a lead: once, by whoever is first, and an approval committed with its event."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from sqlmodel import col
 
 from ingest_gateway import approvals
 from ingest_gateway.errors import Conflict, NotFound
-from libs.db.tables import AuditEntry, Lead, LeadStatus
-from libs.messaging.publisher import Publisher, PublishFailed
+from libs.contracts import LeadApproved
+from libs.db.tables import Lead, LeadStatus
+from tests.services.ingest_gateway.conftest import staged
 
 
 async def stored(engine: AsyncEngine, lead_id: uuid.UUID) -> Lead:
@@ -36,16 +37,22 @@ def test_a_lead_decided_before_is_a_conflict_naming_its_status(status: LeadStatu
     assert str(refused) == f"lead is already {status.value}"
 
 
-async def test_an_approval_whose_event_is_not_confirmed_leaves_the_lead_submitted(
-    engine: AsyncEngine, lead: Lead, admin: uuid.UUID, broker_down: Publisher
+async def test_an_approval_is_committed_with_its_event_staged(
+    engine: AsyncEngine, lead: Lead, admin: uuid.UUID
 ) -> None:
-    with pytest.raises(PublishFailed):
-        await approvals.approve(engine, broker_down, lead.id, admin)
+    await approvals.approve(engine, lead.id, admin)
     after = await stored(engine, lead.id)
-    assert (after.status, after.decided_by, after.decided_at) == (LeadStatus.submitted, None, None)
-    async with engine.connect() as connection:
-        audited = await connection.scalar(select(col(AuditEntry.id)).where(col(AuditEntry.entity_id) == str(lead.id)))
-    assert audited is None
+    assert (after.status, after.decided_by) == (LeadStatus.approved, admin)
+    [(message_type, body)] = await staged(engine, f"lead.approved:{lead.id}")
+    assert message_type == "lead.approved"
+    assert LeadApproved.model_validate_json(body) == LeadApproved(lead_id=lead.id, approved_by=str(admin))
+
+
+async def test_an_approval_refused_stages_no_event(engine: AsyncEngine, lead: Lead, admin: uuid.UUID) -> None:
+    await approvals.reject(engine, lead.id, admin, "spam")
+    with pytest.raises(Conflict):
+        await approvals.approve(engine, lead.id, admin)
+    assert await staged(engine, f"lead.approved:{lead.id}") == []
 
 
 async def test_a_rejection_records_who_rejected_it_and_why(engine: AsyncEngine, lead: Lead, admin: uuid.UUID) -> None:

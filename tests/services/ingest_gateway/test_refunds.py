@@ -1,5 +1,5 @@
-"""An approved bad-lead report: the provider is told the amount, the lead and its new balance; without the email
-confirmed nothing changes."""
+"""An approved bad-lead report: the provider is told the amount, the lead and its new balance, by an email
+committed with the refund."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from sqlmodel import col
 from ingest_gateway import bad_lead_reports, providers, refunds
 from ingest_gateway.bad_lead_reports import DecidedReport
 from ingest_gateway.errors import Conflict, NotFound
-from libs.db.tables import Assignment, AssignmentStatus, BadLeadReport, LedgerEntry, Refund, ReportStatus
-from libs.messaging.publisher import Publisher, PublishFailed
+from libs.contracts import SendEmail
+from libs.db.tables import Assignment, AssignmentStatus, BadLeadReport, Refund, ReportStatus
+from tests.services.ingest_gateway.conftest import PRICE_CENTS, staged
 
 
 async def state(engine: AsyncEngine, report: BadLeadReport) -> tuple[ReportStatus, AssignmentStatus, int, int]:
@@ -39,32 +40,30 @@ def test_the_refund_email_tells_the_provider_the_amount_the_lead_and_the_new_bal
     assert email.params == {"amount_cents": 1500, "lead_id": str(report.lead_id), "balance_cents": 6500}
 
 
-async def test_a_refund_whose_email_is_not_confirmed_changes_nothing(
-    engine: AsyncEngine, report: BadLeadReport, admin: uuid.UUID, broker_down: Publisher
+async def test_a_refund_is_committed_with_the_providers_email_staged(
+    engine: AsyncEngine, report: BadLeadReport, admin: uuid.UUID
 ) -> None:
-    before = await state(engine, report)
-    with pytest.raises(PublishFailed):
-        await refunds.approve(engine, broker_down, report.id, admin)
-    assert await state(engine, report) == before
-    assert before[:2] == (ReportStatus.pending, AssignmentStatus.delivered)
-    async with engine.connect() as connection:
-        credits = await connection.scalar(
-            select(col(LedgerEntry.id)).where(col(LedgerEntry.provider_id) == report.provider_id,
-                                              col(LedgerEntry.refund_id).is_not(None))
-        )  # fmt: skip
-    assert credits is None
+    _, _, balance_before, _ = await state(engine, report)
+    refund = await refunds.approve(engine, report.id, admin)
+    assert await state(engine, report) == (
+        ReportStatus.approved, AssignmentStatus.refunded, balance_before + PRICE_CENTS, 1
+    )  # fmt: skip
+    [(message_type, body)] = await staged(engine, f"email:refund_approved:{refund.refund_id}")
+    assert message_type == "email.send"
+    email = SendEmail.model_validate_json(body)
+    assert (email.template, email.params["amount_cents"], email.params["balance_cents"]) == (
+        "refund_approved", PRICE_CENTS, refund.balance_cents
+    )  # fmt: skip
 
 
-async def test_a_rejected_report_is_not_refunded(
-    engine: AsyncEngine, report: BadLeadReport, admin: uuid.UUID, broker_down: Publisher
-) -> None:
+async def test_a_rejected_report_is_not_refunded(engine: AsyncEngine, report: BadLeadReport, admin: uuid.UUID) -> None:
     await bad_lead_reports.reject(engine, report.id, admin)
     before = await state(engine, report)
     with pytest.raises(Conflict, match="report is already rejected"):
-        await refunds.approve(engine, broker_down, report.id, admin)
+        await refunds.approve(engine, report.id, admin)
     assert await state(engine, report) == before
 
 
-async def test_an_unknown_report_is_not_found(engine: AsyncEngine, admin: uuid.UUID, broker_down: Publisher) -> None:
+async def test_an_unknown_report_is_not_found(engine: AsyncEngine, admin: uuid.UUID) -> None:
     with pytest.raises(NotFound):
-        await refunds.approve(engine, broker_down, uuid.uuid4(), admin)
+        await refunds.approve(engine, uuid.uuid4(), admin)

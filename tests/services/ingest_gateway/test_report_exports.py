@@ -16,8 +16,9 @@ from ingest_gateway import exports
 from ingest_gateway.errors import Conflict, Invalid, NotFound
 from ingest_gateway.exports import Export, ExportRequest
 from libs.auth import Principal
+from libs.contracts import ExportReport
 from libs.db.tables import ExportKind, ExportStatus, ReportExport
-from libs.messaging.publisher import Publisher, PublishFailed
+from tests.services.ingest_gateway.conftest import staged
 
 DAY = date(2030, 1, 1)
 ADMIN = Principal(subject=str(uuid.uuid4()), role="admin", provider_id=None, amr=("pwd", "otp"))
@@ -101,22 +102,24 @@ async def test_a_ready_export_whose_file_is_gone_is_not_found(
     assert (ready.path, ready.filename) == (tmp_path / f"{export_id}.csv", f"assignments-{export_id}.csv")
 
 
-async def test_an_export_for_an_unknown_provider_is_not_made(
-    engine: AsyncEngine, admin: uuid.UUID, broker_down: Publisher
-) -> None:
+async def test_an_export_for_an_unknown_provider_is_not_made(engine: AsyncEngine, admin: uuid.UUID) -> None:
     caller = Principal(subject=str(admin), role="admin", provider_id=None, amr=("pwd", "otp"))
     with pytest.raises(NotFound):
-        await exports.request(engine, broker_down, caller, wanted(provider_id=uuid.uuid4()))
+        await exports.request(engine, caller, wanted(provider_id=uuid.uuid4()))
     assert await requested_by(engine, admin) == []
 
 
-async def test_an_export_whose_message_is_not_confirmed_is_not_made(
-    engine: AsyncEngine, admin: uuid.UUID, provider_id: uuid.UUID, broker_down: Publisher
+async def test_an_export_is_queued_with_its_message_staged(
+    engine: AsyncEngine, admin: uuid.UUID, provider_id: uuid.UUID
 ) -> None:
     caller = Principal(subject=str(admin), role="admin", provider_id=None, amr=("pwd", "otp"))
-    with pytest.raises(PublishFailed):
-        await exports.request(engine, broker_down, caller, wanted(provider_id=provider_id))
-    assert await requested_by(engine, admin) == []
+    export = await exports.request(engine, caller, wanted(provider_id=provider_id))
+    assert await requested_by(engine, admin) == [export.id]
+    [(message_type, body)] = await staged(engine, f"report.export:{export.id}")
+    assert (message_type, ExportReport.model_validate_json(body)) == (
+        "report.export",
+        ExportReport(export_id=export.id),
+    )
 
 
 async def requested_by(engine: AsyncEngine, user_id: uuid.UUID) -> list[uuid.UUID]:

@@ -1,4 +1,4 @@
-"""Lead intake: one lead per external id (or Idempotency-Key), and its event published until confirmed."""
+"""Lead intake: one lead per external id (or Idempotency-Key), stored with its lead.submitted staged together."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from sqlmodel import col
 from ingest_gateway import submissions
 from ingest_gateway.accounts import AuthenticatedSource, create_lead_source
 from ingest_gateway.submissions import LeadSubmission
-from libs.contracts import Contact
+from libs.contracts import Contact, LeadSubmitted
 from libs.db.tables import Lead, LeadStatus
-from libs.messaging.publisher import Publisher, PublishFailed
+from tests.services.ingest_gateway.conftest import staged
 
 
 @pytest.fixture
@@ -29,35 +29,39 @@ def lead(external_id: str | None = None) -> LeadSubmission:
                           contact=contact)  # fmt: skip
 
 
-async def leads_of(engine: AsyncEngine, source: AuthenticatedSource) -> list[tuple[str, LeadStatus, bool]]:
-    """(external id, status, published) of each of the source's leads."""
+async def leads_of(engine: AsyncEngine, source: AuthenticatedSource) -> list[tuple[uuid.UUID, str, LeadStatus]]:
     async with engine.connect() as connection:
         rows = await connection.execute(
-            select(col(Lead.external_id), col(Lead.status), col(Lead.published_at)).where(
-                col(Lead.source_id) == source.id
-            )
+            select(col(Lead.id), col(Lead.external_id), col(Lead.status)).where(col(Lead.source_id) == source.id)
         )
-        return [(row.external_id, row.status, row.published_at is not None) for row in rows]
+        return [(row.id, row.external_id, row.status) for row in rows]
 
 
-async def test_a_lead_whose_event_is_not_confirmed_is_kept_unpublished_and_tried_again(
-    engine: AsyncEngine, source: AuthenticatedSource, broker_down: Publisher
+async def test_a_new_lead_is_stored_with_its_event_staged(engine: AsyncEngine, source: AuthenticatedSource) -> None:
+    submitted = await submissions.submit(engine, source, lead("ext-1"), None)
+    assert submitted.created
+    assert await leads_of(engine, source) == [(submitted.lead_id, "ext-1", LeadStatus.submitted)]
+    [(message_type, body)] = await staged(engine, f"lead.submitted:{submitted.lead_id}")
+    assert message_type == "lead.submitted"
+    assert LeadSubmitted.model_validate_json(body) == LeadSubmitted(
+        lead_id=submitted.lead_id, external_id="ext-1", category="roofing", zip="94107"
+    )
+
+
+async def test_a_repeat_answers_the_first_lead_and_stages_nothing_more(
+    engine: AsyncEngine, source: AuthenticatedSource
 ) -> None:
-    submitted = lead("ext-1")
-    with pytest.raises(PublishFailed):
-        await submissions.submit(engine, broker_down, source, submitted, None)
-    assert await leads_of(engine, source) == [("ext-1", LeadStatus.submitted, False)]
-    # The repeat finds the lead unpublished and publishes again (failing again here, with the broker down).
-    with pytest.raises(PublishFailed):
-        await submissions.submit(engine, broker_down, source, submitted, None)
-    assert await leads_of(engine, source) == [("ext-1", LeadStatus.submitted, False)]
+    first = await submissions.submit(engine, source, lead("ext-1"), None)
+    repeat = await submissions.submit(engine, source, lead("ext-1"), None)
+    assert (repeat.lead_id, repeat.created) == (first.lead_id, False)
+    assert len(await leads_of(engine, source)) == 1
+    assert len(await staged(engine, f"lead.submitted:{first.lead_id}")) == 1
 
 
 async def test_the_idempotency_key_names_the_same_lead_whatever_the_external_id(
-    engine: AsyncEngine, source: AuthenticatedSource, broker_down: Publisher
+    engine: AsyncEngine, source: AuthenticatedSource
 ) -> None:
-    with pytest.raises(PublishFailed):
-        await submissions.submit(engine, broker_down, source, lead("ext-a"), "key-1")
-    with pytest.raises(PublishFailed):
-        await submissions.submit(engine, broker_down, source, lead("ext-b"), "key-1")
-    assert await leads_of(engine, source) == [("ext-a", LeadStatus.submitted, False)]
+    first = await submissions.submit(engine, source, lead("ext-a"), "key-1")
+    repeat = await submissions.submit(engine, source, lead("ext-b"), "key-1")
+    assert repeat.lead_id == first.lead_id
+    assert await leads_of(engine, source) == [(first.lead_id, "ext-a", LeadStatus.submitted)]

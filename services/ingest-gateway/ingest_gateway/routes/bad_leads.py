@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_gateway import bad_lead_reports, refunds
 from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.outbox import Relay
 from ingest_gateway.routes.errors import as_http
 from libs.auth import Principal
 from libs.db.tables import ReportStatus
-from libs.messaging.publisher import Publisher
 from libs.web import error_responses
 
 
@@ -70,11 +70,12 @@ class BadLeadReportsController(Controller):
         report_id: FromPath[uuid.UUID],
         admin: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
-        publisher: NamedDependency[Publisher],
+        relay: NamedDependency[Relay],
         metrics: NamedDependency[GatewayMetrics],
     ) -> Decision:
         with as_http():
-            refund = await refunds.approve(engine, publisher, report_id, uuid.UUID(admin.subject))
+            refund = await refunds.approve(engine, report_id, uuid.UUID(admin.subject))
+        relay.notify()
         metrics.refunds_approved.add(1)
         return Decision(
             id=report_id,

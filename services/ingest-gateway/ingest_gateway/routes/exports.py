@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingest_gateway import exports
 from ingest_gateway.exports import Export, ExportRequest
+from ingest_gateway.outbox import Relay
 from ingest_gateway.routes.errors import as_http
 from ingest_gateway.settings import Settings
 from libs.auth import Principal
-from libs.messaging.publisher import Publisher
 from libs.web import error_responses
 
 
@@ -33,10 +33,12 @@ class ExportsController(Controller):
         data: Annotated[ExportRequest, Body()],
         principal: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
-        publisher: NamedDependency[Publisher],
+        relay: NamedDependency[Relay],
     ) -> Export:
         with as_http():
-            return await exports.request(engine, publisher, principal, data)
+            export = await exports.request(engine, principal, data)
+        relay.notify()
+        return export
 
     @get("/{export_id:uuid}", responses=error_responses(409))
     async def export_status(

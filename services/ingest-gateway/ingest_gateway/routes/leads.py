@@ -1,4 +1,4 @@
-"""Leads: lead sources submit, admins approve or reject. A 202 means the broker confirmed the event."""
+"""Leads: lead sources submit, admins approve or reject. A 202 means the lead and its event are committed."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ingest_gateway import approvals, submissions
 from ingest_gateway.accounts import AuthenticatedSource
 from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.outbox import Relay
 from ingest_gateway.routes.errors import as_http
 from ingest_gateway.submissions import LeadSubmission
 from libs.auth import Principal
 from libs.db.tables import Lead, LeadStatus
 from libs.logging import get_logger
-from libs.messaging.publisher import Publisher
 from libs.web import error_responses, fits_column
 
 log = get_logger("ingest_gateway.leads")
@@ -54,16 +54,18 @@ class LeadsController(Controller):
         data: Annotated[LeadSubmission, Body()],
         lead_source: NamedDependency[AuthenticatedSource],
         engine: NamedDependency[AsyncEngine],
-        publisher: NamedDependency[Publisher],
+        relay: NamedDependency[Relay],
         metrics: NamedDependency[GatewayMetrics],
         idempotency_key: Annotated[
             str | None, HeaderParameter(name="Idempotency-Key", max_length=IDEMPOTENCY_KEY_LENGTH)
         ] = None,
     ) -> LeadAccepted:
-        """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first."""
-        with as_http():
-            lead = await submissions.submit(engine, publisher, lead_source, data, idempotency_key)
+        """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first. 202: the
+        lead and its lead.submitted are committed together (published by the outbox's relay); 503 with
+        Retry-After: the database could not store it, nothing was kept."""
+        lead = await submissions.submit(engine, lead_source, data, idempotency_key)
         if lead.created:
+            relay.notify()
             metrics.leads_submitted.add(1)
             log.info("lead.submitted", {"lead_id": str(lead.lead_id), "source": lead_source.name})
         return LeadAccepted(lead_id=lead.lead_id, status=lead.status)
@@ -80,11 +82,12 @@ class LeadsController(Controller):
         lead_id: FromPath[uuid.UUID],
         admin: NamedDependency[Principal],
         engine: NamedDependency[AsyncEngine],
-        publisher: NamedDependency[Publisher],
+        relay: NamedDependency[Relay],
         metrics: NamedDependency[GatewayMetrics],
     ) -> LeadAccepted:
         with as_http():
-            await approvals.approve(engine, publisher, lead_id, uuid.UUID(admin.subject))
+            await approvals.approve(engine, lead_id, uuid.UUID(admin.subject))
+        relay.notify()
         metrics.leads_approved.add(1, {"by": "admin"})
         return LeadAccepted(lead_id=lead_id, status=LeadStatus.approved)
 
