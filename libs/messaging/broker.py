@@ -8,7 +8,7 @@ import functools
 import logging
 import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aiormq
@@ -16,7 +16,6 @@ from aio_pika import RobustConnection
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
-from faststream.rabbit.utils import RabbitClientProperties
 from opentelemetry.metrics import CallbackOptions, Observation
 from yarl import URL
 
@@ -64,10 +63,13 @@ def node_urls(rabbitmq_url: str) -> tuple[str, ...]:
     return urls
 
 
-def with_default_heartbeat(url: str) -> str:
+def connection_url(url: str, service: str) -> str:
+    """The URL aiormq gets: the default heartbeat unless the URL names one, and the service's name on the
+    connection (aiormq reads it from `?name=` only), for the management UI and `rabbitmqctl list_connections`."""
     part = urlsplit(url)
     query = dict(parse_qsl(part.query))
     query.setdefault("heartbeat", str(HEARTBEAT_S))
+    query.setdefault("name", service)
     return urlunsplit(part._replace(query=urlencode(query)))
 
 
@@ -128,14 +130,12 @@ def create_broker(
     # Process-wide, as aiormq reads it from its class: every connection of a service is one of ours.
     aiormq.Connection.HEARTBEAT_GRACE_MULTIPLIER = HEARTBEAT_GRACE  # type: ignore[assignment]
     broker = RabbitBroker(
-        with_default_heartbeat(urls[0]),
+        connection_url(urls[0], service),
         timeout=CONNECT_TIMEOUT_S,
         reconnect_interval=RECONNECT_INTERVAL_S,
         # Prefetch bounds both unacked messages and the handler's concurrency (FastStream ties them).
         default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True),
         app_id=service,
-        # Names the connection in the management UI; aio-pika passes unknown keys on to the broker.
-        client_properties=cast("RabbitClientProperties", {"connection_name": service}),
         graceful_timeout=15.0,
         # TELEMETRY_ENABLED=false: not even a middleware calling no-op instruments on every message.
         middlewares=[

@@ -7,13 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
-from libs.messaging.broker import create_broker, node_urls
+from libs.messaging.broker import HEARTBEAT_S, connection_url, create_broker, node_urls
 from libs.telemetry import setup_telemetry
 from tests.faults.proxy import FaultProxy, Mode
 
@@ -38,6 +38,15 @@ def test_nodes_that_differ_in_more_than_host_and_port_are_refused_without_showin
 def test_an_address_that_is_not_an_amqp_url_is_refused_by_its_position() -> None:
     with pytest.raises(ValueError, match="address 2 is not an amqp"):
         node_urls(f"{NODE_A},rabbit-b:5673")
+
+
+def test_a_connection_is_named_after_its_service_and_asks_for_the_default_heartbeat() -> None:
+    query = parse_qs(urlsplit(connection_url(NODE_A, "email-worker")).query)
+    assert query == {"heartbeat": [str(HEARTBEAT_S)], "name": ["email-worker"]}
+
+
+def test_a_heartbeat_in_the_url_wins_over_the_default() -> None:
+    assert parse_qs(urlsplit(connection_url(f"{NODE_A}?heartbeat=5", "email-worker")).query)["heartbeat"] == ["5"]
 
 
 def test_telemetry_off_installs_no_telemetry_middleware() -> None:
