@@ -1,11 +1,12 @@
-"""email-worker against a real SMTP server: sent once, 5xx to the DLQ with the reply, 4xx and outages retried."""
+"""email-worker against a real SMTP server: sent once (even when its record fails after the server accepted it),
+5xx to the DLQ with the reply, an unreachable server held without spending attempts."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, text
 from sqlmodel import col
 
 from libs.contracts import SendEmail
@@ -16,6 +17,10 @@ from tests.services.conftest import REFUSED_DOMAIN, DeadLetters, Pipeline, event
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 DUPLICATES_SKIPPED = "fmhl_emails_duplicate_skipped_total"
 RETRIED = 'fmhl_jobs_failed_total{outcome="retried"'
+HELD = 'fmhl_consumer_held_total{queue="email"'
+# Writes to the email log wait (reads do not) until the lock times out: a record that fails after the server
+# accepted the mail.
+BLOCK_EMAIL_LOG_WRITES = text("LOCK TABLE email_log IN EXCLUSIVE MODE")
 
 
 def job(to: str) -> SendEmail:
@@ -67,8 +72,11 @@ async def test_a_refused_address_goes_to_the_dlq_at_once_with_the_smtp_reply(
     assert not pipeline.mail.to(address)
 
 
-async def test_an_smtp_outage_is_retried_until_the_server_is_back(pipeline: Pipeline) -> None:
+async def test_an_smtp_outage_holds_the_job_without_spending_attempts_until_the_server_is_back(
+    pipeline: Pipeline,
+) -> None:
     address = f"later-{uuid.uuid4().hex[:6]}@example.com"
+    held_before = await email_metric(pipeline, HELD)
     retried_before = await email_metric(pipeline, RETRIED)
     pipeline.smtp.stop()
     try:
@@ -76,10 +84,10 @@ async def test_an_smtp_outage_is_retried_until_the_server_is_back(pipeline: Pipe
         await publisher.publish(job(address))
         await broker.stop()
 
-        async def retried() -> bool:
-            return await email_metric(pipeline, RETRIED) > retried_before
+        async def held() -> bool:
+            return await email_metric(pipeline, HELD) > held_before
 
-        await eventually(retried)
+        await eventually(held)
         assert await logged(pipeline, col(EmailLog.to_address) == address) == []
     finally:
         pipeline.restart_smtp()
@@ -87,6 +95,32 @@ async def test_an_smtp_outage_is_retried_until_the_server_is_back(pipeline: Pipe
     async def delivered() -> bool:
         return bool(pipeline.mail.to(address))
 
-    await eventually(delivered, timeout=20)
+    await eventually(delivered, timeout=30)
     assert len(pipeline.mail.to(address)) == 1
     assert await logged(pipeline, col(EmailLog.to_address) == address) == [EmailStatus.sent]
+    assert await email_metric(pipeline, RETRIED) == retried_before
+
+
+async def test_a_mail_whose_record_fails_after_the_server_accepted_it_is_recorded_not_sent_again(
+    pipeline: Pipeline,
+) -> None:
+    address = f"record-{uuid.uuid4().hex[:6]}@example.com"
+    retried_before = await email_metric(pipeline, RETRIED)
+    async with pipeline.engine.connect() as blocker:
+        await blocker.execute(BLOCK_EMAIL_LOG_WRITES)
+        publisher, broker = await publisher_for(pipeline.service_env["RABBITMQ_URL"])
+        await publisher.publish(job(address))
+        await broker.stop()
+
+        async def record_failed() -> bool:
+            return await email_metric(pipeline, RETRIED) > retried_before
+
+        await eventually(record_failed, timeout=30)
+        assert len(pipeline.mail.to(address)) == 1
+        await blocker.rollback()
+
+    async def recorded() -> bool:
+        return await logged(pipeline, col(EmailLog.to_address) == address) == [EmailStatus.sent]
+
+    await eventually(recorded, timeout=30)
+    assert len(pipeline.mail.to(address)) == 1

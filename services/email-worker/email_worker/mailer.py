@@ -1,22 +1,33 @@
-"""Sending through SMTP, each job at most once: the email log remembers what the server accepted."""
+"""Sending through SMTP, each job once: no database transaction is open during the SMTP call, and a mail the
+server accepted is recorded, never sent again, however often its record fails.
+
+One job is handled in three steps: look it up in the email log (a short read), send it, record the server's answer
+(a short write). Two deliveries of one job in this process take turns. Should the record fail (its session killed,
+the database gone), the acceptance is kept in memory (`Unrecorded`) and the error raised: the consumer policy holds
+the delivery for the outage or retries it, and the job, back in this process, is recorded without being sent again.
+The one window left where a mail goes out twice: the process dies (or its delivery goes to another replica) after
+the server accepted the mail and before its record committed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 import aiosmtplib
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from email_worker.settings import Settings
+from libs.db import retry_on_disconnect
 from libs.db.tables import EmailLog, EmailStatus
 from libs.messaging.errors import PermanentError, TransientError
-
-# Two deliveries of one job (a redelivery racing a slow first attempt) queue here, one at a time.
-LOCK_JOB = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("job_id"))))
 
 ALREADY_SENT = select(col(EmailLog.id)).where(
     col(EmailLog.job_id) == bindparam("job_id"), col(EmailLog.status) == EmailStatus.sent
@@ -44,6 +55,41 @@ LOG_FAILED = _LOG.on_conflict_do_update(
 )
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """The server's acceptance of one job's mail."""
+
+    message_id: str
+    response: str
+
+
+@dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
+class Unrecorded:
+    """One per process: mails the server accepted whose record has not committed yet, and a turn per job, so two
+    deliveries of one job never send it side by side."""
+
+    accepted: dict[str, Accepted] = field(default_factory=dict)
+    _turns: dict[str, _Turn] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def turn(self, job_id: str) -> AsyncIterator[None]:
+        turn = self._turns.setdefault(job_id, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[job_id]
+
+
 class SmtpRefused(PermanentError):
     """The server answered 5xx (or the address is invalid): the reply is the error message."""
 
@@ -65,45 +111,80 @@ def _classify(error: Exception) -> Exception:
 
 
 async def deliver(
-    engine: AsyncEngine, settings: Settings, *, job_id: str, to: str, template: str, subject: str, body: str
+    engine: AsyncEngine,
+    settings: Settings,
+    unrecorded: Unrecorded,
+    *,
+    job_id: str,
+    to: str,
+    template: str,
+    subject: str,
+    body: str,
 ) -> str | None:
     """Sends unless this job was already accepted; returns the Message-ID sent, or None when skipped."""
-    async with engine.begin() as connection:
-        await connection.execute(LOCK_JOB, {"job_id": job_id})
-        if await connection.scalar(ALREADY_SENT, {"job_id": job_id}) is not None:
+
+    async def already_sent() -> bool:
+        async with engine.connect() as connection:
+            return await connection.scalar(ALREADY_SENT, {"job_id": job_id}) is not None
+
+    async with unrecorded.turn(job_id):
+        # A pooled session killed since its last use costs a second try, not a pause.
+        if await retry_on_disconnect(already_sent):
+            unrecorded.accepted.pop(job_id, None)
             return None
-        message = EmailMessage()
-        message["From"] = settings.smtp_from
-        message["To"] = to
-        message["Subject"] = subject
-        message["Message-ID"] = make_msgid(domain="fmhl.local")
-        message["X-Fmhl-Job"] = job_id
-        message.set_content(body)
-        try:
-            response = await aiosmtplib.send(
-                message,
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=settings.smtp_username,
-                password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-                start_tls=settings.smtp_starttls,
-                timeout=settings.smtp_timeout_s,
-            )
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            failure = _classify(error)
-            if isinstance(failure, SmtpRefused):
-                await _log_failure(engine, job_id, to, template, str(failure))
-            raise failure from error
+        accepted = unrecorded.accepted.get(job_id)
+        if accepted is None:
+            accepted = await _send(engine, settings, job_id=job_id, to=to, template=template, subject=subject,
+                                   body=body)  # fmt: skip
+            unrecorded.accepted[job_id] = accepted
+        # Shielded: a cancelled delivery (its broker connection gone) still records what the server accepted.
+        await asyncio.shield(
+            retry_on_disconnect(lambda: _record(engine, unrecorded, accepted, job_id=job_id, to=to, template=template))
+        )
+        return accepted.message_id
+
+
+async def _send(
+    engine: AsyncEngine, settings: Settings, *, job_id: str, to: str, template: str, subject: str, body: str
+) -> Accepted:
+    message = EmailMessage()
+    message["From"] = settings.smtp_from
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = make_msgid(domain="fmhl.local")
+    message["X-Fmhl-Job"] = job_id
+    message.set_content(body)
+    try:
+        response = await aiosmtplib.send(
+            message,
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            start_tls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout_s,
+        )
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+        failure = _classify(error)
+        if isinstance(failure, SmtpRefused):
+            await _log_failure(engine, job_id, to, template, str(failure))
+        raise failure from error
+    return Accepted(message_id=str(message["Message-ID"]), response=str(response[1])[:1000])
+
+
+async def _record(
+    engine: AsyncEngine, unrecorded: Unrecorded, accepted: Accepted, *, job_id: str, to: str, template: str
+) -> None:
+    async with engine.begin() as connection:
         await connection.execute(
             LOG_SENT,
-            {"job_id": job_id, "smtp_message_id": message["Message-ID"], "to_address": to, "template": template,
-             "status": EmailStatus.sent, "smtp_response": str(response[1])[:1000]},
+            {"job_id": job_id, "smtp_message_id": accepted.message_id, "to_address": to, "template": template,
+             "status": EmailStatus.sent, "smtp_response": accepted.response},
         )  # fmt: skip
-    return str(message["Message-ID"])
+    unrecorded.accepted.pop(job_id, None)
 
 
 async def _log_failure(engine: AsyncEngine, job_id: str, to: str, template: str, response: str) -> None:
-    """In its own transaction: the caller's rolls back with the error it raises."""
     async with engine.begin() as connection:
         await connection.execute(
             LOG_FAILED,

@@ -1,9 +1,10 @@
-"""The `email` queue: render, send once, log. 5xx replies go to the DLQ at once; the rest are retried."""
+"""The `email` queue: render, send once, log. 5xx replies go to the DLQ at once; an unreachable server or database
+pauses the queue (the consumer policy's breaker); other failures are retried."""
 
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from email_worker.mailer import deliver
+from email_worker.mailer import Unrecorded, deliver
 from email_worker.metrics import EmailMetrics
 from email_worker.settings import Settings
 from email_worker.templates import render
@@ -20,11 +21,14 @@ log = get_logger("email_worker")
 def build_router(
     engine: AsyncEngine, settings: Settings, publisher: Publisher, telemetry: Telemetry, metrics: EmailMetrics
 ) -> RabbitRouter:
+    unrecorded = Unrecorded()
+
     async def on_send_email(job: SendEmail, delivery: Delivery) -> None:
         subject, body = render(job.template, job.params)
         message_id = await deliver(
-            engine, settings, job_id=delivery.message_id, to=job.to, template=job.template, subject=subject, body=body
-        )
+            engine, settings, unrecorded, job_id=delivery.message_id, to=job.to, template=job.template,
+            subject=subject, body=body,
+        )  # fmt: skip
         if message_id is None:
             metrics.skipped_duplicates.add(1, {"template": job.template})
             log.info("email.already_sent", {"job_id": delivery.message_id, "template": job.template})
