@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -56,6 +56,34 @@ ignores variables it does not know, so every checkout gets all of them."""
 
 
 @dataclass(frozen=True)
+class Rss:
+    service: str
+    rss_mb: float
+    """Resident set size as the benchmark stopped the process, after its work."""
+    peak_mb: float
+    """The process's highest resident set size over its life (VmHWM)."""
+
+
+@dataclass
+class MemoryLog:
+    """Every service process's memory as it was stopped, in the order they stopped."""
+
+    readings: list[Rss] = field(default_factory=list)
+
+    def by_service(self) -> dict[str, list[Rss]]:
+        found: dict[str, list[Rss]] = {}
+        for reading in self.readings:
+            found.setdefault(reading.service, []).append(reading)
+        return found
+
+
+def memory_of(pid: int) -> tuple[float, float]:
+    """Resident and peak resident set size in MB (/proc/<pid>/status: VmRSS, VmHWM)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+@dataclass(frozen=True)
 class BenchEnv:
     """Where benchmarks run: the test database and vhost, never the stack's own."""
 
@@ -66,6 +94,8 @@ class BenchEnv:
     log_dir: Path
     fresh_tables: bool = True
     """TRUNCATE the benchmark's tables before each run; off where other data must survive (the test suite)."""
+    memory: MemoryLog = field(default_factory=MemoryLog)
+    """Filled as each service started through `start_service` is stopped."""
 
     @classmethod
     def from_environ(cls) -> BenchEnv:
@@ -166,6 +196,8 @@ class Service:
     port: int
     process: asyncio.subprocess.Process
     log: Path
+    memory: MemoryLog | None = None
+    """Where the process's memory is noted as it is stopped (services only, not baselines)."""
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -191,6 +223,8 @@ class Service:
     async def stop(self) -> None:
         """SIGTERM: the service drains in-flight work and acks it, as in production; killed after 30 s."""
         if self.process.returncode is None:
+            if self.memory is not None:
+                self.memory.readings.append(Rss(self.name, *memory_of(self.process.pid)))
             self.process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), 30)
@@ -205,13 +239,20 @@ def _append_log(path: Path) -> IO[bytes]:
 
 
 async def start_process(
-    name: str, command: list[str], *, cwd: Path, environ: dict[str, str], port: int, log: Path
+    name: str,
+    command: list[str],
+    *,
+    cwd: Path,
+    environ: dict[str, str],
+    port: int,
+    log: Path,
+    memory: MemoryLog | None = None,
 ) -> Service:
     with _append_log(log) as output:
         process = await asyncio.create_subprocess_exec(
             *command, cwd=cwd, env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
         )
-    return Service(name, port, process, log)
+    return Service(name, port, process, log, memory)
 
 
 async def start_service(
@@ -225,6 +266,7 @@ async def start_service(
         environ=env.service_environ(checkout, port, extra),
         port=port,
         log=env.log_dir / f"{name}-{port}.log",
+        memory=env.memory,
     )
 
 
