@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from faststream.rabbit import RabbitBroker, RabbitExchange
+from opentelemetry import context, propagate
 from pamqp import encode
 
 from libs.contracts import Message
@@ -22,6 +23,9 @@ from libs.telemetry import Telemetry
 MAX_HEADER_BYTES = 64 * 1024
 """Headers and properties share one AMQP frame (131,072 bytes here): a larger one makes RabbitMQ close the whole
 connection (FRAME_ERROR), with every consumer on it. Refused before sending instead."""
+
+
+TRACEPARENT = "traceparent"
 
 
 class PublishFailed(Exception):
@@ -45,17 +49,22 @@ class Envelope:
     """Also its routing key on the events exchange."""
     correlation_id: str
     body: bytes
+    traceparent: str | None = None
+    """The W3C trace context it was made in: sent later (from an outbox), it still continues that trace."""
 
     @classmethod
     def of(cls, message: Message, message_id: str | None = None) -> Envelope:
         """`message_id`: the consumers' idempotency key (a new one when None); the correlation id is the current
         request's, or the message id."""
         message_id = message_id or str(uuid.uuid4())
+        trace: dict[str, str] = {}
+        propagate.inject(trace)
         return cls(
             message_id=message_id,
             message_type=message.message_type,
             correlation_id=current_correlation_id() or message_id,
             body=message.model_dump_json().encode(),
+            traceparent=trace.get(TRACEPARENT),
         )
 
 
@@ -79,16 +88,22 @@ class Publisher:
         return envelope.message_id
 
     async def send(self, envelope: Envelope) -> None:
-        """Publish an envelope on the events exchange; returns once the broker confirmed it."""
-        await self.publish_raw(
-            envelope.body,
-            exchange=EVENTS,
-            routing_key=envelope.message_type,
-            message_type=envelope.message_type,
-            message_id=envelope.message_id,
-            correlation_id=envelope.correlation_id,
-            headers={CORRELATION_ID: envelope.correlation_id},
-        )
+        """Publish an envelope on the events exchange, in the trace it was made in; returns once the broker
+        confirmed it."""
+        trace = context.attach(propagate.extract({TRACEPARENT: envelope.traceparent})) if envelope.traceparent else None
+        try:
+            await self.publish_raw(
+                envelope.body,
+                exchange=EVENTS,
+                routing_key=envelope.message_type,
+                message_type=envelope.message_type,
+                message_id=envelope.message_id,
+                correlation_id=envelope.correlation_id,
+                headers={CORRELATION_ID: envelope.correlation_id},
+            )
+        finally:
+            if trace is not None:
+                context.detach(trace)
         self.enqueued.add(1, {"queue": self.topology.queue_for(envelope.message_type)})
 
     async def publish_raw(

@@ -22,6 +22,8 @@ class OutboxMessage(SQLModel, table=True):
     message_type: str = Field(max_length=100)
     """Also the routing key on the events exchange."""
     correlation_id: str = Field(max_length=200)
+    traceparent: str | None = Field(default=None, max_length=55)
+    """The W3C trace context of the request that staged it: the published message continues that trace."""
     body: bytes = Field(sa_type=LargeBinary)
     available_at: datetime = created_now()
     """When a relay may take it: now when staged; pushed on while a relay holds it (its lease, so a relay that

@@ -61,6 +61,7 @@ _CLAIM = (
         col(OutboxMessage.message_type),
         col(OutboxMessage.correlation_id),
         col(OutboxMessage.body),
+        col(OutboxMessage.traceparent),
     )
 )
 _IDS = bindparam("ids", type_=ARRAY(BigInteger))
@@ -80,6 +81,7 @@ def staged(envelope: Envelope) -> dict[str, Any]:
         "message_type": envelope.message_type,
         "correlation_id": envelope.correlation_id,
         "body": envelope.body,
+        "traceparent": envelope.traceparent,
     }
 
 
@@ -118,8 +120,8 @@ class Relay:
             self.failing = None
             return 0
         outcomes = await asyncio.gather(
-            *(self.publisher.send(Envelope(row.message_id, row.message_type, row.correlation_id, row.body))
-              for row in rows),
+            *(self.publisher.send(Envelope(row.message_id, row.message_type, row.correlation_id, row.body,
+                                           row.traceparent)) for row in rows),
             return_exceptions=True,
         )  # fmt: skip
         sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]

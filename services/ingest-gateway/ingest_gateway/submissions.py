@@ -60,12 +60,13 @@ _STORED = (
 _STAGED = (
     insert(OutboxMessage)
     .from_select(
-        ["message_id", "message_type", "correlation_id", "body"],
+        ["message_id", "message_type", "correlation_id", "body", "traceparent"],
         select(
             bindparam("message_id", type_=String),
             literal(LeadSubmitted.message_type),
             bindparam("correlation_id", type_=String),
             bindparam("body", type_=LargeBinary),
+            bindparam("traceparent", type_=String),
         ).select_from(_STORED),
         include_defaults=False,
     )

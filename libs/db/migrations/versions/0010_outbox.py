@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(length=200), nullable=False),
         sa.Column("message_type", sa.String(length=100), nullable=False),
         sa.Column("correlation_id", sa.String(length=200), nullable=False),
+        sa.Column("traceparent", sa.String(length=55), nullable=True),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("available_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
