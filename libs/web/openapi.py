@@ -171,6 +171,9 @@ def document_refusals(document: OpenAPI) -> None:
             if not isinstance(operation, Operation):
                 continue
             security = operation.security if operation.security is not None else document.security
+            if not security:
+                # Said, not left out: an operation anyone may call (a login) requires no scheme, explicitly.
+                operation.security = []
             responses = operation.responses or {}
             refusals = {int(status) for status in responses if int(status) >= 400}
             refusals |= _statuses_every_operation_can_answer(operation, bool(security))
