@@ -183,6 +183,14 @@ async def _existing(connection: AsyncConnection, lead_id: uuid.UUID) -> list[Ass
     ]
 
 
+def autocommitting(engine: AsyncEngine) -> AsyncEngine:
+    """Each statement its own transaction: the one that writes commits as it ends. Build it once and pass it to
+    `distribute`: deriving it costs a few hundred microseconds, a measurable share of a lead's CPU."""
+    if engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 async def distribute(
     engine: AsyncEngine,
     lead_id: uuid.UUID,
@@ -194,8 +202,7 @@ async def distribute(
 ) -> Outcome:
     """Idempotent, so a try whose connection died under it is simply run again."""
     started = time.perf_counter()
-    # Each statement is its own transaction: the one that writes commits as it ends.
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    autocommit = autocommitting(engine)
     for _ in range(ATTEMPTS):
         try:
             outcome = await retry_on_disconnect(

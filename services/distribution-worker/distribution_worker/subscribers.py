@@ -10,7 +10,7 @@ import asyncio
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from distribution_worker.distribution import Outcome, distribute
+from distribution_worker.distribution import Outcome, autocommitting, distribute
 from distribution_worker.lead_state import LeadEvent
 from distribution_worker.metrics import DistributionMetrics
 from libs.contracts import LeadApproved, LeadSubmitted, SendEmail
@@ -50,6 +50,8 @@ def build_router(
     max_providers: int,
     handler_timeout_s: float,
 ) -> RabbitRouter:
+    engine = autocommitting(engine)
+
     async def announce(outcome: Outcome) -> None:
         # Published together, each confirmed: the confirms' round trips overlap instead of adding up.
         await asyncio.gather(
