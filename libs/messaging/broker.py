@@ -30,6 +30,7 @@ DEAD_LETTERS = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, du
 EVENTS_LOOKUP = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True, declare=False)
 DEAD_LETTERS_LOOKUP = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True, declare=False)
 _USERS: weakref.WeakKeyDictionary[RabbitBroker, str] = weakref.WeakKeyDictionary()
+_NODES: weakref.WeakKeyDictionary[RabbitBroker, NodeRotation] = weakref.WeakKeyDictionary()
 
 HEARTBEAT_S = 10
 """The AMQP heartbeat asked for when RABBITMQ_URL names none (`?heartbeat=` in the URL wins)."""
@@ -149,7 +150,8 @@ def create_broker(
         logger=None,
     )
     # FastStream hands these to aio-pika's connect_robust and has no parameter for the connection's class.
-    broker._connection_kwargs["connection_class"] = functools.partial(FailoverConnection, nodes=NodeRotation(urls))
+    nodes = _NODES[broker] = NodeRotation(urls)
+    broker._connection_kwargs["connection_class"] = functools.partial(FailoverConnection, nodes=nodes)
     _USERS[broker] = unquote(urlsplit(urls[0]).username or "guest")
     return broker
 
@@ -222,13 +224,28 @@ async def queue_counts(broker: RabbitBroker, queue_name: str) -> tuple[int, int]
     return int(result.message_count or 0), int(result.consumer_count or 0)
 
 
+async def connect(broker: RabbitBroker) -> None:
+    """To the first node that answers, the AMQP handshake included: a node that takes the TCP connection and then
+    fails it (frozen, starting, out of resources) sends the next attempt to the next node. Raises when none answers,
+    so a service that cannot reach its broker at start exits."""
+    attempts = len(_NODES[broker].nodes) if broker in _NODES else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            await broker.connect()
+            return
+        except (aiormq.exceptions.AMQPError, OSError) as error:
+            if attempt == attempts:
+                raise
+            log.warning("broker connection attempt %d of %d failed: %r", attempt, attempts, error)
+
+
 def broker_lifecycle(
     broker: RabbitBroker, topology: Topology, queues: Collection[str] | None = None
 ) -> tuple[Any, Any]:
     """Startup and shutdown hooks: declare the queues before consuming; on stop, drain in-flight handlers."""
 
     async def start() -> None:
-        await broker.connect()
+        await connect(broker)
         await declare_topology(broker, topology, queues)
         await broker.start()
 

@@ -13,7 +13,7 @@ import pytest
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
-from libs.messaging.broker import HEARTBEAT_S, connection_url, create_broker, node_urls
+from libs.messaging.broker import HEARTBEAT_S, connect, connection_url, create_broker, node_urls
 from libs.telemetry import setup_telemetry
 from tests.faults.proxy import FaultProxy, Mode
 
@@ -103,6 +103,17 @@ async def test_the_first_node_that_takes_the_connection_is_used(rabbitmq_url: st
         broker = create_broker(f"{gone.url},{b.url}", setup_telemetry("test"), service="test-failover")
         try:
             await broker.connect()
+            assert await connected_through(broker, b)
+        finally:
+            await broker.stop()
+
+
+async def test_a_node_that_takes_the_connection_but_never_answers_is_passed_over_at_start(rabbitmq_url: str) -> None:
+    async with node(rabbitmq_url) as frozen, node(rabbitmq_url) as b:
+        frozen.proxy.set_mode(Mode.blackhole)
+        broker = create_broker(f"{frozen.url},{b.url}", setup_telemetry("test"), service="test-failover")
+        try:
+            await connect(broker)
             assert await connected_through(broker, b)
         finally:
             await broker.stop()
