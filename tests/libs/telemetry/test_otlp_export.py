@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from opentelemetry.trace import SpanKind
 
 from libs.telemetry import setup_telemetry
 from tests.conftest import ServiceProcesses, wait_for
-from tests.libs.telemetry.otlp_receiver import otlp_receiver
+from tests.libs.telemetry.otlp_receiver import ReceivedSpan, otlp_receiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -23,15 +24,11 @@ def test_spans_are_posted_as_protobuf_to_the_traces_path_of_the_endpoint() -> No
         assert receiver.content_types == ["application/x-protobuf"]
 
 
-def test_a_service_process_exports_its_server_spans_to_otel_exporter_otlp_endpoint(
-    service_processes: ServiceProcesses,
-) -> None:
+def server_span_of_a_request(service_processes: ServiceProcesses, port: int) -> ReceivedSpan:
+    """Starts email-worker exporting to a receiver, asks /health/live within a sampled trace, returns its span."""
     with otlp_receiver() as receiver:
         worker = service_processes.start(
-            "email-worker",
-            19601,
-            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-            OTEL_BSP_SCHEDULE_DELAY="100",
+            "email-worker", port, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="100"
         )
         worker.wait_ready()
         traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -41,8 +38,29 @@ def test_a_service_process_exports_its_server_spans_to_otel_exporter_otlp_endpoi
             return any(span.trace_id == TRACE_ID for span in receiver.received())
 
         wait_for(server_span_arrived, 15, "the request's span at the OTLP receiver")
-        span = next(span for span in receiver.received() if span.trace_id == TRACE_ID)
-        assert span.service == "email-worker"
-        assert span.kind == SpanKind.SERVER.value + 1  # OTLP counts from UNSPECIFIED = 0
-        assert span.attributes["http.route"] == "/health/live"
         worker.stop()
+        return next(span for span in receiver.received() if span.trace_id == TRACE_ID)
+
+
+def test_a_service_process_exports_its_server_spans_to_otel_exporter_otlp_endpoint(
+    service_processes: ServiceProcesses,
+) -> None:
+    span = server_span_of_a_request(service_processes, 19601)
+
+    assert span.service == "email-worker"
+    assert span.kind == SpanKind.SERVER.value + 1  # OTLP counts from UNSPECIFIED = 0
+    assert span.attributes["http.route"] == "/health/live"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="libs/web/middleware.py still names the span `GET http` and sets only http.route: it should record "
+    "through libs.telemetry.HttpServerTelemetry",
+)
+def test_a_service_processs_server_span_follows_the_http_semantic_conventions(
+    service_processes: ServiceProcesses,
+) -> None:
+    span = server_span_of_a_request(service_processes, 19602)
+
+    assert span.name == "GET /health/live"
+    assert (span.attributes["http.request.method"], span.attributes["http.response.status_code"]) == ("GET", 200)
