@@ -1,5 +1,6 @@
 """ingest-gateway settings."""
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -12,6 +13,13 @@ from libs.settings import ServiceSettings
 class Settings(LoginSettingsMixin, TotpSettingsMixin, AuthSettingsMixin, ServiceSettings):
     service_name: str = "ingest-gateway"
     http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
+    http_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=64,
+        description="Server processes sharing HTTP_PORT (default: one per CPU). Each has its own database pool "
+        "(DB_POOL_SIZE) and outbox relay; /metrics and METRICS_PORT answer their metrics summed.",
+    )
     max_body_bytes: int = Field(65_536, ge=1024, le=10_000_000, description="Larger request bodies get 413.")
     export_dir: Path = Field(description="Where export-worker writes CSV files; downloads are served from here.")
     api_key_cache_ttl_s: float = Field(
