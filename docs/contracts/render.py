@@ -29,18 +29,15 @@ from pydantic import AliasChoices, BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from libs.contracts import ALL_MESSAGES, Message
+from libs.messaging.broker import DEAD_LETTERS, EVENTS
+from libs.messaging.permissions import GRANTS, BrokerGrant
+from libs.messaging.topology import TOPOLOGY, WorkQueue
+from libs.runtime import SERVICES, Service
+from libs.settings import ServiceSettings
+from libs.telemetry import setup_telemetry
+
 ROOT = Path(__file__).resolve().parents[2]
-# This work tree's libs and service packages, ahead of any other checkout's on the path.
-sys.path[:0] = [str(ROOT), *sorted(str(folder) for folder in (ROOT / "services").iterdir() if folder.is_dir())]
-
-from libs.contracts import ALL_MESSAGES, Message  # noqa: E402
-from libs.messaging.broker import DEAD_LETTERS, EVENTS  # noqa: E402
-from libs.messaging.permissions import GRANTS, BrokerGrant  # noqa: E402
-from libs.messaging.topology import TOPOLOGY, WorkQueue  # noqa: E402
-from libs.runtime import SERVICES, Service  # noqa: E402
-from libs.settings import ServiceSettings  # noqa: E402
-from libs.telemetry import setup_telemetry  # noqa: E402
-
 CONTRACTS = ROOT / "docs" / "contracts"
 ENV_EXAMPLE = ROOT / ".env.example"
 VERSION = "1.0.0"
