@@ -86,22 +86,9 @@ def stop_with_sigterm(process: ServiceProcess, grace_s: float) -> Stop:
     return Stop(round(time.monotonic() - started, 1), orderly)
 
 
-# A worker's queue-depth gauge refreshes at start; when the bind fails while that first refresh is in flight,
-# stopping the gauge cancels a broker RPC: aiormq then closes the channel the consumer shares (the consumer's
-# cancel fails: "Application shutdown failed"), or the cancellation is swallowed and PeriodicRefresh.stop()
-# awaits its task for ever. Seen about one start in four here.
-SHUTDOWN_RACE = pytest.mark.xfail(
-    reason="libs/telemetry/polling.py PeriodicRefresh.stop() cancels an in-flight refresh and awaits it unbounded",
-    raises=AssertionError,
-    strict=False,
-)
-WATCHES_A_QUEUE = {"distribution-worker", "email-worker", "export-worker", "dlq-service", "scheduler"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(s.name, marks=SHUTDOWN_RACE) if s.name in WATCHES_A_QUEUE else s.name for s in SERVICES],
-)
+# Workers are the sharper case: their queue-depth gauge's first refresh (a broker RPC) may be in flight when the
+# bind fails, and stopping it must neither cancel that RPC nor wait on it unbounded (libs/telemetry/polling.py).
+@pytest.mark.parametrize("name", [s.name for s in SERVICES])
 async def test_a_service_whose_http_port_is_taken_exits_non_zero_at_once(stack: FaultStack, name: str) -> None:
     port = FIRST_PORT + [declared.name for declared in SERVICES].index(name)
     with taken(port):
