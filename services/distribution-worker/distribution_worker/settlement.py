@@ -9,13 +9,16 @@ stopped at any moment. In that statement, in this order:
    providers wait for each other but never deadlock), and whether every one still covers its price: if one no
    longer does, nothing is written and the worker chooses again;
 3. the processed-message record, the first time only (a redelivered message changes nothing);
-4. each charge, the ledger's rule: a conditional debit that never overdraws, the assignment it pays for, one
-   ledger row per charged assignment, the subscription's round-robin mark;
+4. each charge, the ledger's rule: a conditional debit that never overdraws, the assignment it pays for (its id
+   time-ordered, given by the worker), one ledger row per charged assignment, the subscription's round-robin
+   mark;
 5. the lead's status, and the pause of the subscriptions whose provider could not pay.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -67,8 +70,13 @@ _WANTED_ROWS = func.unnest(
     bindparam("provider_ids", type_=ARRAY(Uuid)),
     bindparam("subscription_ids", type_=ARRAY(Uuid)),
     bindparam("prices", type_=ARRAY(BigInteger)),
+    bindparam("assignment_ids", type_=ARRAY(Uuid)),
 ).table_valued(
-    column("provider_id", Uuid), column("subscription_id", Uuid), column("price_cents", BigInteger), name="wanted"
+    column("provider_id", Uuid),
+    column("subscription_id", Uuid),
+    column("price_cents", BigInteger),
+    column("assignment_id", Uuid),
+    name="wanted",
 )
 WANTED = select(_WANTED_ROWS.render_derived()).where(_LEAD_UNCHANGED).cte("wanted")
 
@@ -117,9 +125,13 @@ DEBITED = (
 ASSIGNED = (
     insert(Assignment)
     .from_select(
-        ["lead_id", "provider_id", "subscription_id", "price_cents"],
+        ["id", "lead_id", "provider_id", "subscription_id", "price_cents"],
         select(
-            bindparam("lead_id", type_=Uuid), WANTED.c.provider_id, WANTED.c.subscription_id, WANTED.c.price_cents
+            WANTED.c.assignment_id,
+            bindparam("lead_id", type_=Uuid),
+            WANTED.c.provider_id,
+            WANTED.c.subscription_id,
+            WANTED.c.price_cents,
         ).join_from(WANTED, DEBITED, DEBITED.c.provider_id == WANTED.c.provider_id),
         include_defaults=False,
     )
@@ -188,6 +200,16 @@ SETTLE = (
 )
 
 
+def time_ordered_uuid() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): milliseconds since the epoch, then 74 random bits. New assignments (and their ledger
+    charges, indexed by assignment) land on the right edge of their indexes instead of on a random page of a
+    table of millions: fewer pages touched and written, and fewer full-page images in WAL, per lead."""
+    milliseconds = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = (random_bits >> 62) & 0xFFF, random_bits & ((1 << 62) - 1)
+    return uuid.UUID(int=milliseconds << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
+
+
 @dataclass(frozen=True)
 class Settled:
     recorded: bool
@@ -218,6 +240,7 @@ async def settle(
         "provider_ids": [subscription.provider_id for subscription in in_lock_order],
         "subscription_ids": [subscription.id for subscription in in_lock_order],
         "prices": [subscription.price_cents for subscription in in_lock_order],
+        "assignment_ids": [time_ordered_uuid() for _ in in_lock_order],
         "unpaid": [subscription.id for subscription in choice.unpaid],
     }
     rows = (await connection.execute(SETTLE, params)).all()
