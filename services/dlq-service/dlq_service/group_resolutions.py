@@ -10,20 +10,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from dlq_service import resolutions
-from dlq_service.queries import EntryState
+from dlq_service.queries import UNRESOLVED, EntryState
 from libs import audit
-from libs.db.tables import DeadLetter, DeadLetterStatus
+from libs.db.tables import DeadLetter
 
 MAX_GROUP = 100_000
 NOTE_CHARS = 2_000
 
+# Equality (not IS NOT DISTINCT FROM) where the group has a fingerprint, so its unresolved entries are read from
+# the partial index idx_dlq_group_latest.
 _UNRESOLVED_OF_GROUP = (
     select(col(DeadLetter.id))
     .where(
         col(DeadLetter.queue_name) == bindparam("queue"),
-        col(DeadLetter.fingerprint).is_not_distinct_from(bindparam("fingerprint")),
-        col(DeadLetter.status) != DeadLetterStatus.resolved,
+        col(DeadLetter.fingerprint) == bindparam("fingerprint"),
+        UNRESOLVED,
     )
+    .order_by(col(DeadLetter.created_at))
+    .limit(MAX_GROUP)
+)
+_UNRESOLVED_WITHOUT_FINGERPRINT = (
+    select(col(DeadLetter.id))
+    .where(col(DeadLetter.queue_name) == bindparam("queue"), col(DeadLetter.fingerprint).is_(None), UNRESOLVED)
     .order_by(col(DeadLetter.created_at))
     .limit(MAX_GROUP)
 )
@@ -52,7 +60,11 @@ async def resolve_group(engine: AsyncEngine, queue: str, fingerprint: str | None
     """Every entry of the group unresolved now (later failures are not swept in); how many were resolved.
     Audited as dlq.group_resolved, and each entry as dlq.entry_resolved."""
     async with engine.connect() as connection:
-        ids = list((await connection.scalars(_UNRESOLVED_OF_GROUP, {"queue": queue, "fingerprint": fingerprint})).all())
+        if fingerprint is None:
+            found = await connection.scalars(_UNRESOLVED_WITHOUT_FINGERPRINT, {"queue": queue})
+        else:
+            found = await connection.scalars(_UNRESOLVED_OF_GROUP, {"queue": queue, "fingerprint": fingerprint})
+        ids = list(found.all())
     for entry_id in ids:
         await resolutions.resolve_by_hand(engine, entry_id, actor)
     async with engine.begin() as connection:

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import JsonValue
-from sqlalchemy import ColumnElement, Label, Text, case, cast, func, or_, select, tuple_
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import ColumnElement, Label, Select, Text, case, cast, func, literal, or_, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel, col
 
@@ -24,6 +23,7 @@ from libs.db.keyset import BadCursor, decode_cursor, encode_cursor
 from libs.db.tables import (
     DeadLetter,
     DeadLetterEvent,
+    DeadLetterGroupCount,
     DeadLetterReason,
     DeadLetterRetry,
     DeadLetterStatus,
@@ -153,26 +153,46 @@ _RECORD = select(*selected(DeadLetter, DeadLetterRecord, queue=DeadLetter.queue_
 _FAILURES = select(*selected(DeadLetterEvent, FailureRecord)).order_by(col(DeadLetterEvent.id))
 _RETRIES = select(*selected(DeadLetterRetry, RetryRecord)).order_by(col(DeadLetterRetry.id))
 _NEWEST_FIRST = (col(DeadLetter.created_at).desc(), col(DeadLetter.id).desc())
+_LATEST_FAILURE_FIRST = (col(DeadLetter.last_failed_at).desc(), col(DeadLetter.id).desc())
+"""A time window's order: its rows read from idx_dlq_last_failed in order, however wide the window."""
 
-
-def _latest(column: Any) -> Any:
-    """The group's value from its most recent failure."""
-    return func.array_agg(aggregate_order_by(col(column), col(DeadLetter.last_failed_at).desc()))[1]
-
-
-_GROUPS = (
+# Written into the SQL, not bound: PostgreSQL uses a partial index (WHERE status <> 'resolved') only for a
+# condition it can prove from the statement's text.
+UNRESOLVED = col(DeadLetter.status) != literal(DeadLetterStatus.resolved.value, literal_execute=True)
+OF_GROUP = (
+    col(DeadLetter.queue_name) == col(DeadLetterGroupCount.queue_name),
+    # '' is the group of entries without a fingerprint (capture always gives one): counted, times unknown.
+    col(DeadLetter.fingerprint) == func.nullif(col(DeadLetterGroupCount.fingerprint), ""),
+    UNRESOLVED,
+)
+_GROUP_LATEST = (
     select(
-        col(DeadLetter.queue_name).label("queue"),
-        col(DeadLetter.fingerprint).label("fingerprint"),
-        func.count().label("count"),
-        func.min(col(DeadLetter.first_failed_at)).label("first_seen"),
-        func.max(col(DeadLetter.last_failed_at)).label("last_seen"),
-        _latest(DeadLetter.error_type).label("error_type"),
-        _latest(DeadLetter.error_message).label("sample_error"),
+        col(DeadLetter.last_failed_at).label("last_seen"),
+        col(DeadLetter.error_type).label("error_type"),
+        col(DeadLetter.error_message).label("sample_error"),
     )
-    .where(col(DeadLetter.status) != DeadLetterStatus.resolved)
-    .group_by(col(DeadLetter.queue_name), col(DeadLetter.fingerprint))
-    .order_by(func.count().desc(), func.max(col(DeadLetter.last_failed_at)).desc())
+    .where(*OF_GROUP)
+    .order_by(col(DeadLetter.last_failed_at).desc().nulls_last())
+    .limit(1)
+    .lateral("latest")
+)
+_GROUP_FIRST = select(func.min(col(DeadLetter.first_failed_at))).where(*OF_GROUP).scalar_subquery()
+# The count per group is kept by triggers (dead_letter_groups); each group's times and latest error are one probe
+# of idx_dlq_group_latest and one of idx_dlq_group_first: no scan of the entries, however many there are.
+GROUPS = (
+    select(
+        col(DeadLetterGroupCount.queue_name).label("queue"),
+        func.nullif(col(DeadLetterGroupCount.fingerprint), "").label("fingerprint"),
+        col(DeadLetterGroupCount.unresolved).label("count"),
+        _GROUP_FIRST.label("first_seen"),
+        _GROUP_LATEST.c.last_seen,
+        _GROUP_LATEST.c.error_type,
+        _GROUP_LATEST.c.sample_error,
+    )
+    .select_from(DeadLetterGroupCount)
+    .outerjoin(_GROUP_LATEST, true())
+    .where(col(DeadLetterGroupCount.unresolved) > 0)
+    .order_by(col(DeadLetterGroupCount.unresolved).desc(), _GROUP_LATEST.c.last_seen.desc())
 )
 
 
@@ -208,6 +228,11 @@ class Filters:
     failed_to: datetime | None = None
     text: str | None = None
 
+    @property
+    def windowed(self) -> bool:
+        """A time window is given: the list is newest failure first (last_failed_at), not newest entry first."""
+        return self.failed_from is not None or self.failed_to is not None
+
     def conditions(self) -> list[ColumnElement[bool]]:
         """Joined with AND: equal columns, a half-open time window, and every search word somewhere."""
         equal = ((DeadLetter.queue_name, self.queue), (DeadLetter.status, self.status),
@@ -239,21 +264,34 @@ def summary(row: Mapping[Any, Any]) -> DeadLetterSummary:
     )  # fmt: skip
 
 
-async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: str | None) -> DeadLetterPage:
-    """Newest first; raises BadCursor for a cursor this API did not return."""
-    query = SUMMARY.where(*filters.conditions()).order_by(*_NEWEST_FIRST).limit(limit + 1)
+def page_query(filters: Filters, limit: int, cursor: str | None) -> Select[Any]:
+    """Newest first: by arrival (created_at), or, within a time window, by latest failure (last_failed_at, which
+    the window filters, so a page reads only its own rows from idx_dlq_last_failed, whatever the window's width).
+    Keyset pages on that time and the id; one row more than the page tells whether another follows. Raises
+    BadCursor for a cursor this API did not return."""
+    order = _LATEST_FAILURE_FIRST if filters.windowed else _NEWEST_FIRST
+    query = SUMMARY.where(*filters.conditions()).order_by(*order).limit(limit + 1)
     if cursor:
         cursor_at, cursor_id = decode_cursor(cursor)
         try:
             cursor_at = utc_time(cursor_at) or cursor_at
         except ValueError:
             raise BadCursor("cursor is not one this API returned") from None
-        query = query.where(tuple_(col(DeadLetter.created_at), col(DeadLetter.id)) < tuple_(cursor_at, cursor_id))
+        query = query.where(tuple_(order[0].element, col(DeadLetter.id)) < tuple_(cursor_at, cursor_id))
+    return query
+
+
+async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: str | None) -> DeadLetterPage:
+    """Raises BadCursor for a cursor this API did not return."""
+    query = page_query(filters, limit, cursor)
     async with engine.connect() as connection:
         rows = (await connection.execute(query)).mappings().all()
     items = [summary(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    return DeadLetterPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+    if len(rows) <= limit:
+        return DeadLetterPage(items=items, next_cursor=None)
+    last = items[-1]
+    at = last.last_failed_at if filters.windowed else last.created_at
+    return DeadLetterPage(items=items, next_cursor=encode_cursor(at or last.created_at, last.id))
 
 
 async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int) -> list[uuid.UUID]:
@@ -270,7 +308,7 @@ async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int
 
 async def groups(engine: AsyncEngine) -> DeadLetterGroups:
     async with engine.connect() as connection:
-        rows = (await connection.execute(_GROUPS)).mappings().all()
+        rows = (await connection.execute(GROUPS)).mappings().all()
     return DeadLetterGroups(
         groups=[DeadLetterGroup.model_validate({**row, "sample_error": mask_pii(row["sample_error"] or "") or None})
                 for row in rows]

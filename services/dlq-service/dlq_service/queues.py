@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import extract, func, select
+from sqlalchemy import Select, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
 
+from dlq_service.queries import OF_GROUP
 from dlq_service.queue_stats import BrokerNumbers, QueueStats
-from libs.db.tables import DeadLetter, DeadLetterStatus
+from libs.db.tables import DeadLetter, DeadLetterGroupCount
 from libs.messaging.topology import DLQ_QUEUE, TOPOLOGY
 
 
@@ -39,13 +40,24 @@ class StoredCounts(SQLModel):
     oldest_s: float | None
 
 
-_UNRESOLVED = col(DeadLetter.status) != DeadLetterStatus.resolved
-_STORED = select(
-    col(DeadLetter.queue_name),
-    func.count().filter(col(DeadLetter.last_failed_at) > func.now() - timedelta(hours=1)).label("failed_last_hour"),
-    func.count().filter(_UNRESOLVED).label("dlq_size"),
-    extract("epoch", func.now() - func.min(col(DeadLetter.first_failed_at)).filter(_UNRESOLVED)).label("oldest_s"),
-).group_by(col(DeadLetter.queue_name))
+# Unresolved entries from the counts kept per failure group; the oldest from each group's first failure (one
+# probe of idx_dlq_group_first per group); the last hour's failures from idx_dlq_last_failed: no statement reads
+# every entry of a queue.
+_OLDEST_OF_GROUP = select(func.min(col(DeadLetter.first_failed_at))).where(*OF_GROUP).scalar_subquery()
+_KEPT: Select[str, int, float] = (
+    select(
+        col(DeadLetterGroupCount.queue_name).label("queue_name"),
+        func.sum(col(DeadLetterGroupCount.unresolved)).label("dlq_size"),
+        extract("epoch", func.now() - func.min(_OLDEST_OF_GROUP)).label("oldest_s"),
+    )
+    .where(col(DeadLetterGroupCount.unresolved) > 0)
+    .group_by(col(DeadLetterGroupCount.queue_name))
+)
+_LAST_HOUR: Select[str, int] = (
+    select(col(DeadLetter.queue_name).label("queue_name"), func.count().label("failed_last_hour"))
+    .where(col(DeadLetter.last_failed_at) > func.now() - timedelta(hours=1))
+    .group_by(col(DeadLetter.queue_name))
+)
 
 
 def queue_names() -> list[str]:
@@ -66,8 +78,17 @@ def queue_state(name: str, broker: BrokerNumbers, stored: StoredCounts | None) -
 
 async def overview(engine: AsyncEngine, queue_stats: QueueStats, http: httpx.AsyncClient) -> QueuesOverview:
     async with engine.connect() as connection:
-        rows = (await connection.execute(_STORED)).mappings().all()
-    stored = {counts.queue_name: counts for counts in map(StoredCounts.model_validate, rows)}
+        kept = {row.queue_name: row for row in (await connection.execute(_KEPT)).all()}
+        recent = {row.queue_name: row.failed_last_hour for row in (await connection.execute(_LAST_HOUR)).all()}
+    stored = {
+        name: StoredCounts(
+            queue_name=name,
+            failed_last_hour=recent.get(name, 0),
+            dlq_size=kept[name].dlq_size if name in kept else 0,
+            oldest_s=kept[name].oldest_s if name in kept else None,
+        )
+        for name in kept.keys() | recent.keys()
+    }
     return QueuesOverview(
         queues=[queue_state(name, await queue_stats.for_queue(http, name), stored.get(name)) for name in queue_names()]
     )

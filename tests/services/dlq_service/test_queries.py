@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -9,7 +10,18 @@ import pytest
 from sqlalchemy import ClauseElement, create_mock_engine, select
 from sqlmodel import col
 
-from dlq_service.queries import SUMMARY, Filters, like_pattern, search_words, summary, utc_time
+from dlq_service.queries import (
+    GROUPS,
+    SUMMARY,
+    UNRESOLVED,
+    Filters,
+    like_pattern,
+    page_query,
+    search_words,
+    summary,
+    utc_time,
+)
+from libs.db.keyset import encode_cursor
 from libs.db.tables import DeadLetter, DeadLetterReason, DeadLetterStatus
 
 # The service's own dialect, without a connection: values are written in, as PostgreSQL would read them.
@@ -115,3 +127,30 @@ def test_filters_join_with_and() -> None:
         "WHERE dead_letter_queue.queue_name = 'email' AND (dead_letter_queue.error_message ILIKE '%boom%' "
         "OR CAST(dead_letter_queue.payload AS TEXT) ILIKE '%boom%')"
     )
+
+
+def test_a_list_without_a_time_window_is_newest_entry_first() -> None:
+    query = sql(page_query(Filters(queue="email"), 50, None))
+    assert query.endswith("ORDER BY dead_letter_queue.created_at DESC, dead_letter_queue.id DESC \n LIMIT 51")
+
+
+def test_a_time_window_lists_the_newest_failure_first_and_pages_on_it() -> None:
+    window = Filters(failed_from=datetime(2026, 11, 1, tzinfo=UTC))
+    first = sql(page_query(window, 50, None))
+    assert "ORDER BY dead_letter_queue.last_failed_at DESC, dead_letter_queue.id DESC" in first
+    cursor = encode_cursor(datetime(2026, 11, 2, tzinfo=UTC), uuid.UUID(int=7))
+    assert "(dead_letter_queue.last_failed_at, dead_letter_queue.id) < ('2026-11-02" in sql(
+        page_query(window, 50, cursor)
+    )
+
+
+def test_groups_come_from_the_kept_counts_without_grouping_the_entries() -> None:
+    groups = sql(GROUPS)
+    assert "FROM dead_letter_groups" in groups
+    assert "GROUP BY" not in groups
+    assert "dead_letter_groups.unresolved > 0" in groups
+
+
+def test_the_unresolved_condition_is_written_into_the_statement_for_the_partial_indexes() -> None:
+    compiled = str(UNRESOLVED.compile(dialect=ASYNCPG, compile_kwargs={"render_postcompile": True}))
+    assert compiled == "dead_letter_queue.status != 'resolved'"

@@ -1,0 +1,113 @@
+"""Dead letters arriving together are recorded together: once each, in one transaction, with the failure group's
+count kept by the database's triggers as entries arrive and resolve."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import col
+
+from dlq_service.capture import CaptureBatcher, Captured, CaptureOutcome
+from dlq_service.dead_letters import DeadLetterMessage, read_dead_letter
+from dlq_service.signing import RetrySigner
+from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterGroupCount, DeadLetterStatus
+from libs.messaging import headers as h
+
+SIGNER = RetrySigner(SecretStr("test-only-retry-signing-key-0123456789abcdef"))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def queue() -> str:
+    """Each test's letters come from a queue of their own, so what it counts is only what it captured."""
+    return f"test-batch-{uuid.uuid4().hex[:10]}"
+
+
+def letter(queue: str, message_id: str, error: str = "550 mailbox unavailable") -> DeadLetterMessage:
+    headers = {h.REASON: "error", h.ORIGINAL_QUEUE: queue, h.ERROR_TYPE: "SmtpRefused", h.ERROR_MESSAGE: error,
+               h.ATTEMPTS: 4, h.SERVICE: "email-worker", h.LAST_FAILURE_AT: "2026-11-30T11:59:00+00:00"}  # fmt: skip
+    return read_dead_letter(
+        headers, b'{"to": "ada@example.com"}', message_id=message_id, correlation_id=message_id,
+        message_type="send_email", content_type="application/json", now=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def batcher(engine: AsyncEngine) -> CaptureBatcher:
+    return CaptureBatcher(engine, SIGNER, max_batch=50, attempts=3, probe_timeout_s=2)
+
+
+async def entries(engine: AsyncEngine, queue: str) -> int:
+    async with engine.connect() as connection:
+        count = await connection.scalar(select(func.count()).where(col(DeadLetter.queue_name) == queue))
+    return int(count or 0)
+
+
+async def unresolved_in_groups(engine: AsyncEngine, queue: str) -> int:
+    async with engine.connect() as connection:
+        total = await connection.scalar(
+            select(func.sum(col(DeadLetterGroupCount.unresolved))).where(col(DeadLetterGroupCount.queue_name) == queue)
+        )
+    return int(total or 0)
+
+
+async def test_letters_arriving_together_are_each_recorded_once(engine: AsyncEngine, queue: str) -> None:
+    capture = batcher(engine)  # at most 50 a batch: three batches
+    outcomes = await asyncio.gather(*(capture.record(letter(queue, f"m-{n}")) for n in range(123)))
+    assert all(isinstance(outcome, Captured) and outcome.outcome is CaptureOutcome.new for outcome in outcomes)
+    assert await entries(engine, queue) == 123
+    async with engine.connect() as connection:
+        events = await connection.scalar(
+            select(func.count())
+            .select_from(DeadLetterEvent)
+            .join(DeadLetter)
+            .where(col(DeadLetter.queue_name) == queue)
+        )
+    assert events == 123
+
+
+async def test_the_same_dead_letter_twice_in_one_batch_is_one_entry(engine: AsyncEngine, queue: str) -> None:
+    capture = batcher(engine)
+    first, again = await asyncio.gather(capture.record(letter(queue, "m-1")), capture.record(letter(queue, "m-1")))
+    assert [first.outcome, again.outcome] == [CaptureOutcome.new, CaptureOutcome.duplicate]  # type: ignore[union-attr]
+    assert await entries(engine, queue) == 1
+
+
+async def test_a_dead_letter_recorded_before_is_a_duplicate_in_a_later_batch(engine: AsyncEngine, queue: str) -> None:
+    await batcher(engine).record(letter(queue, "m-1"))
+    outcomes = await asyncio.gather(*(batcher(engine).record(letter(queue, name)) for name in ("m-1", "m-2")))
+    assert [outcome.outcome for outcome in outcomes] == [CaptureOutcome.duplicate, CaptureOutcome.new]  # type: ignore[union-attr]
+    assert await entries(engine, queue) == 2
+
+
+async def test_the_group_count_follows_captures_resolutions_and_deletions(engine: AsyncEngine, queue: str) -> None:
+    capture = batcher(engine)
+    outcomes = await asyncio.gather(*(capture.record(letter(queue, f"m-{n}")) for n in range(5)))
+    other = await capture.record(letter(queue, "other", error="connection refused by the relay"))
+    assert await unresolved_in_groups(engine, queue) == 6
+    async with engine.connect() as connection:
+        groups = await connection.scalar(select(func.count()).where(col(DeadLetterGroupCount.queue_name) == queue))
+    assert groups == 2
+    resolving = [outcome.entry_id for outcome in [*outcomes[:2], other] if isinstance(outcome, Captured)]
+    async with engine.begin() as connection:  # as every path that resolves does, whichever service it is
+        await connection.execute(
+            update(DeadLetter)
+            .where(col(DeadLetter.id).in_(resolving))
+            .values(status=DeadLetterStatus.resolved, resolved=True)
+        )
+    assert await unresolved_in_groups(engine, queue) == 3
+    async with engine.begin() as connection:
+        await connection.execute(delete(DeadLetter).where(col(DeadLetter.queue_name) == queue))
+    assert await unresolved_in_groups(engine, queue) == 0
