@@ -123,10 +123,11 @@ def write_report(report: str, target: Path) -> None:
     existing = target.read_text() if target.exists() else "# Benchmarks\n"
     start = existing.find(MARKER)
     if start < 0:
-        target.write_text(existing.rstrip() + "\n\n" + report)
+        target.write_text(existing.rstrip() + "\n\n" + report.rstrip() + "\n")
         return
     end = existing.find("\n## ", start + 1)
-    target.write_text(existing[:start] + report + (existing[end + 1 :] if end >= 0 else ""))
+    rest = existing[end + 1 :] if end >= 0 else ""
+    target.write_text(existing[:start] + report.rstrip() + "\n" + ("\n" + rest if rest else ""))
 
 
 if __name__ == "__main__":
