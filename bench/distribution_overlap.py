@@ -248,7 +248,8 @@ LEFT JOIN LATERAL (
 RAW_SETTLE = """
 WITH lead AS (SELECT id FROM leads WHERE id = $1 AND status = $2 FOR UPDATE),
 wanted AS (
-  SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::bigint[]) AS w(provider_id, subscription_id, price_cents)
+  SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::bigint[], $9::uuid[])
+    AS w(provider_id, subscription_id, price_cents, assignment_id)
   WHERE EXISTS (SELECT FROM lead)),
 locked AS (
   SELECT id, balance_cents FROM providers WHERE id IN (SELECT provider_id FROM wanted) ORDER BY id FOR NO KEY UPDATE),
@@ -265,8 +266,8 @@ debited AS (
     AND EXISTS (SELECT FROM first_delivery)
   RETURNING providers.id AS provider_id, providers.balance_cents AS balance_after_cents),
 assigned AS (
-  INSERT INTO assignments (lead_id, provider_id, subscription_id, price_cents)
-  SELECT $1, wanted.provider_id, wanted.subscription_id, wanted.price_cents
+  INSERT INTO assignments (id, lead_id, provider_id, subscription_id, price_cents)
+  SELECT wanted.assignment_id, $1, wanted.provider_id, wanted.subscription_id, wanted.price_cents
   FROM wanted JOIN debited ON debited.provider_id = wanted.provider_id
   RETURNING id, provider_id, subscription_id, price_cents),
 recorded AS (
@@ -286,6 +287,14 @@ FROM payable LEFT JOIN (
   SELECT assigned.id AS assignment_id, assigned.provider_id, debited.balance_after_cents
   FROM assigned JOIN debited ON debited.provider_id = assigned.provider_id) AS charged ON true
 """
+
+
+def time_ordered_uuid() -> uuid.UUID:
+    """The assignment ids the worker gives (UUIDv7, distribution_worker/settlement.py), so that raw PostgreSQL
+    writes the same index pages the worker does."""
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = (random_bits >> 62) & 0xFFF, random_bits & ((1 << 62) - 1)
+    return uuid.UUID(int=time.time_ns() // 1_000_000 << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
 
 
 def raw_choice(rows: Sequence[asyncpg.Record]) -> tuple[list[asyncpg.Record], list[uuid.UUID]]:
@@ -320,6 +329,7 @@ async def raw_distribute(db: asyncpg.Connection, lead: uuid.UUID) -> None:
     await db.fetch(
         RAW_SETTLE, lead, row["status"], [c["provider_id"] for c in chosen], [c["id"] for c in chosen],
         [c["price_cents"] for c in chosen], f"raw:{lead}", "distributed" if chosen else "unassigned", unpaid,
+        [time_ordered_uuid() for _ in chosen],
     )  # fmt: skip
 
 
@@ -545,7 +555,7 @@ async def running_all(starting: Sequence[Awaitable[Service]]) -> AsyncIterator[R
     services = [await start for start in starting]
     first = services[0]
     try:
-        yield Replicas(first.name, first.port, first.process, first.log, services[1:])
+        yield Replicas(first.name, first.port, first.process, first.log, others=services[1:])
     finally:
         await asyncio.gather(*(service.stop() for service in services))
 
