@@ -80,7 +80,7 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory_kb // 1024 // 1024} GiB, Python {platform.python_version()}"
 
 
-async def main(rows: int) -> None:
+async def main(rows: int, write: bool = True) -> None:
     database_url = os.environ["TEST_DATABASE_URL"]
     engine = create_async_engine(database_url)
     baseline_id = await seed(engine, "bench-export-1k", 1_000)
@@ -115,7 +115,8 @@ async def main(rows: int) -> None:
         "",
     ]
     print("\n".join(report))
-    write_report("\n".join(report), ROOT / "docs" / "BENCHMARKS.md")
+    if write:
+        write_report("\n".join(report), ROOT / "docs" / "BENCHMARKS.md")
 
 
 def write_report(report: str, target: Path) -> None:
@@ -133,4 +134,6 @@ def write_report(report: str, target: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
-    asyncio.run(main(parser.parse_args().rows))
+    parser.add_argument("--no-write", action="store_true", help="print only, leave docs/BENCHMARKS.md alone")
+    options = parser.parse_args()
+    asyncio.run(main(options.rows, write=not options.no_write))
