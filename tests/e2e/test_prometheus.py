@@ -68,7 +68,7 @@ SCENARIOS: dict[str, str] = {}
 
 
 def proves(*alerts: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Registers the scenario as the proof of these alerts (test_every_alert_has_a_scenario reads it)."""
+    """Registers the scenario as the proof of these alerts, for the test that every alert has one."""
 
     def register(scenario: Callable[..., Any]) -> Callable[..., Any]:
         for alert in alerts:
@@ -182,7 +182,7 @@ class Stack:
         return self.running[name]
 
     def restart(self, name: str) -> None:
-        self.start(name, self.running[name].port).wait_ready()
+        self.start(name, self.running[name].port).wait_ready(timeout=180)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,8 @@ def monitored(service_processes: ServiceProcesses, smtp_sink: SmtpSink) -> Stack
     for declared in SERVICES:
         stack.start(declared.name, free_port())
     for process in stack.running.values():
-        process.wait_ready()
+        # Six interpreters importing at once on two cores: a loaded machine takes over a minute.
+        process.wait_ready(timeout=180)
     return stack
 
 
