@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Collection
 from html import escape
 from typing import Any
 
@@ -159,12 +160,14 @@ def document_refusals(document: OpenAPI) -> None:
     """Every operation lists each refusal it can answer with the one typed error body; none promises a 500.
 
     Litestar documents `raises=[HTTPException]` as a 500, and knows nothing of authentication done in
-    dependencies or of the 404 a mistyped path parameter gets, so the document is completed once here.
+    dependencies or of the 404 a mistyped path parameter gets, so the document is completed once here. A refusal
+    the API declared as reusable (`openapi_config(..., refused_everywhere=...)`) is listed on every operation.
     """
-    schemas = document.components.schemas if isinstance(document.components, Components) else None
-    if schemas is None:
+    components = document.components if isinstance(document.components, Components) else None
+    if components is None or components.schemas is None:
         return
-    schemas[ERROR_SCHEMA] = _error_schema()
+    components.schemas[ERROR_SCHEMA] = _error_schema()
+    everywhere = {int(status) for status in components.responses or {}}
     for path_item in (document.paths or {}).values():
         for method in HTTP_METHODS:
             operation = getattr(path_item, method, None)
@@ -176,7 +179,7 @@ def document_refusals(document: OpenAPI) -> None:
                 operation.security = []
             responses = operation.responses or {}
             refusals = {int(status) for status in responses if int(status) >= 400}
-            refusals |= _statuses_every_operation_can_answer(operation, bool(security))
+            refusals |= _statuses_every_operation_can_answer(operation, bool(security)) | everywhere
             # The contract is that no request makes the API fail: a 5xx other than 503 is never documented.
             refusals -= {status for status in refusals if status >= 500 and status != 503}
             operation.responses = {
@@ -194,15 +197,22 @@ def _http_dated(response: OpenAPIResponse | Reference) -> OpenAPIResponse | Refe
     return response
 
 
-def openapi_config(title: str, *, api_key_header: str | None = None) -> OpenAPIConfig:
-    """Bearer JWTs always; an API key scheme (named `apiKey`) when the service accepts one in `api_key_header`."""
+def openapi_config(
+    title: str, *, api_key_header: str | None = None, refused_everywhere: Collection[int] = ()
+) -> OpenAPIConfig:
+    """Bearer JWTs always; an API key scheme (named `apiKey`) when the service accepts one in `api_key_header`.
+
+    `refused_everywhere`: refusals any operation can answer, whatever the route, e.g. 503 where the app turns an
+    unavailable database into one (declared once as reusable responses, listed on every operation).
+    """
     schemes: dict[str, SecurityScheme | Reference] = {"bearer": BEARER}
     if api_key_header is not None:
         schemes["apiKey"] = SecurityScheme(type="apiKey", name=api_key_header, security_scheme_in="header")
+    responses: dict[str, OpenAPIResponse | Reference] = {str(status): _refusal(status) for status in refused_everywhere}
     return OpenAPIConfig(
         title=title,
         version="1.0.0",
         path=SCHEMA_PATH,
-        components=Components(security_schemes=schemes),
+        components=Components(security_schemes=schemes, responses=responses or None),
         render_plugins=[SchemaPage(), JsonRenderPlugin(), YamlRenderPlugin(path="/openapi.yaml")],
     )

@@ -8,7 +8,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from litestar import Litestar, get, post
 
+from libs.web import document_refusals, openapi_config
 from tests.contracts.render import load_renderer
 
 Document = dict[str, Any]
@@ -156,3 +158,22 @@ def test_every_successful_answer_has_a_typed_schema(service: str, documents: dic
 )  # fmt: skip
 def test_the_walk_flags_untyped_schemas_and_accepts_typed_ones(schema: Document, problems: list[str]) -> None:
     assert untyped(schema, {}, "x") == problems
+
+
+def test_a_refusal_the_api_declares_for_every_operation_is_listed_on_each() -> None:
+    @get("/things/{thing_id:int}", sync_to_thread=False)
+    def thing(thing_id: int) -> dict[str, int]:
+        return {"id": thing_id}
+
+    @post("/things", sync_to_thread=False)
+    def add_thing(data: dict[str, int]) -> dict[str, int]:
+        return data
+
+    app = Litestar([thing, add_thing], openapi_config=openapi_config("things", refused_everywhere=(503,)))
+    document_refusals(app.openapi_schema)
+    document = app.openapi_schema.to_schema()
+
+    for operation in (document["paths"]["/things/{thing_id}"]["get"], document["paths"]["/things"]["post"]):
+        unavailable = operation["responses"]["503"]
+        assert unavailable["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+        assert unavailable["headers"]["Retry-After"]["required"] is True
