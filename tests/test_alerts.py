@@ -43,6 +43,15 @@ def test_the_source_and_its_rendering_pass_promtool_check() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_compose_prometheus_loads_the_rendering_where_compose_mounts_it(tmp_path: Path) -> None:
+    """docker-compose.yml mounts prometheus.yml at /etc/prometheus/ and alerts/ at /etc/prometheus/alerts."""
+    shutil.copy(ROOT / "deploy" / "prometheus" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copytree(ROOT / "alerts", tmp_path / "alerts")
+    result = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{tmp_path}/alerts/rendered/fmhl.rules.yml" in result.stdout
+
+
 def test_the_committed_rendering_is_the_source_with_the_default_runbook_base() -> None:
     result = render("rules", RUNBOOK_BASE_URL="https://fmhl.example.com/docs/runbooks.md")
     assert result.returncode == 0, result.stderr
