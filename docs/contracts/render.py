@@ -304,7 +304,8 @@ def env_example() -> str:
         "# Every setting of the six services, generated from their settings classes by `task contracts`",
         "# (docs/contracts/render.py); tests/contracts fails when a setting is missing here.",
         "# Uncommented lines are required; a commented one shows its default. Any NAME may instead be read from the",
-        "# file NAME_FILE names (Docker and Kubernetes secrets), never both at once.",
+        "# file NAME_FILE names (Docker and Kubernetes secrets), never both at once. With OTLP traces, the exporter",
+        "# also reads OpenTelemetry's own OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, _COMPRESSION and OTEL_BSP_* variables.",
     ]
     for users, members in sorted(groups.items(), key=lambda item: -len(item[0])):
         title = "every service" if len(users) == len(names) else ", ".join(users)
