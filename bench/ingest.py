@@ -1,7 +1,7 @@
 """Ingest throughput: POST /api/v1/leads on one ingest-gateway process at 64 connections (wrk, a new lead per
 request), against a constant Litestar route on the same server settings in the same run.
 
-Alone, on this checkout: python -m bench.ingest [--runs 1] [--duration 20] [--connections 64]
+Alone, on this checkout: python -m bench.ingest [--runs 1] [--duration 20] [--connections 64] [--port 18501]
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Ingest:
     duration_s: int = 20
     connections: int = 64
     warmup_s: int = 3
+    workers: int = 1
+    """The gateway's HTTP_WORKERS: one, as the baseline's one process (the same server settings)."""
     port: int = 18501
     baseline_port: int = 18502
     name = "ingest"
@@ -109,7 +111,10 @@ class Ingest:
                 await purge_topology(chan)
             async with engine.begin() as connection:
                 source = await connection.scalar(NEW_SOURCE, {"name": f"bench-{run}", "hash": api_key_hash(api_key)})
-            async with running(start_service(checkout, "ingest-gateway", env, self.port)) as gateway:
+            gateway_process = start_service(
+                checkout, "ingest-gateway", env, self.port, extra={"HTTP_WORKERS": str(self.workers)}
+            )
+            async with running(gateway_process) as gateway:
                 url = gateway.url("/api/v1/leads")
                 await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
                 cpu_before = gateway.cpu_seconds()
@@ -154,8 +159,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
     parser.add_argument("--duration", type=int, default=Ingest.duration_s, help="seconds measured")
     parser.add_argument("--connections", type=int, default=Ingest.connections)
+    parser.add_argument("--port", type=int, default=Ingest.port, help="the gateway's; the baseline's is the next one")
+    parser.add_argument("--workers", type=int, default=Ingest.workers, help="the gateway's HTTP_WORKERS")
     arguments, rest = parser.parse_known_args()
-    run_alone(Ingest(duration_s=arguments.duration, connections=arguments.connections), rest)
+    benchmark = Ingest(
+        duration_s=arguments.duration,
+        connections=arguments.connections,
+        workers=arguments.workers,
+        port=arguments.port,
+        baseline_port=arguments.port + 1,
+    )
+    run_alone(benchmark, rest)
 
 
 if __name__ == "__main__":
