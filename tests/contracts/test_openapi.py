@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from litestar import Litestar, get, post
+from litestar.params import FromPath, JSONBody
 
 from libs.web import document_refusals, openapi_config
 from tests.contracts.render import load_renderer
@@ -162,11 +163,11 @@ def test_the_walk_flags_untyped_schemas_and_accepts_typed_ones(schema: Document,
 
 def test_a_refusal_the_api_declares_for_every_operation_is_listed_on_each() -> None:
     @get("/things/{thing_id:int}", sync_to_thread=False)
-    def thing(thing_id: int) -> dict[str, int]:
+    def thing(thing_id: FromPath[int]) -> dict[str, int]:
         return {"id": thing_id}
 
     @post("/things", sync_to_thread=False)
-    def add_thing(data: dict[str, int]) -> dict[str, int]:
+    def add_thing(data: JSONBody[dict[str, int]]) -> dict[str, int]:
         return data
 
     app = Litestar([thing, add_thing], openapi_config=openapi_config("things", refused_everywhere=(503,)))
