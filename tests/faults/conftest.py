@@ -38,7 +38,7 @@ PROXY_PORT, PROXY_CONTROL_PORT = 18690 + OFFSET, 18691 + OFFSET
 SMTP_PORT = 2706 + OFFSET
 RESULTS = Path(os.environ.get("FAULTS_RESULTS", ROOT / ".run" / "faults" / "results.jsonl"))
 LEADS = int(os.environ.get("FAULTS_LEADS", "300"))
-"""N: leads per fault; `task test:faults` keeps the default, a larger N on demand."""
+"""N: leads per fault; `task test:faults` sets 1,000, a larger N on demand."""
 RATE_PER_S = float(os.environ.get("FAULTS_RATE", "15"))
 """Leads submitted per second: a steady stream the faults fall into, well below what the gateway takes."""
 
