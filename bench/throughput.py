@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import subprocess
 import sys
@@ -28,6 +29,8 @@ MEMORY_SECTION = "Memory after the benchmark runs"
 RSS_LIMIT_MB = 150
 IDLE_PORT = 18_590
 """First of the ports of the services no benchmark drives, started after the runs for their reading."""
+IDLE_SETTINGS = {"email-worker": {"SMTP_HOST": os.environ.get("SMTP_HOST", "127.0.0.1")}}
+"""What a service requires beyond the benchmarks' environment; idle, it connects to nothing it names here."""
 
 
 def benchmarks(only: str | None = None) -> list[Benchmark]:
@@ -45,7 +48,7 @@ def benchmarks(only: str | None = None) -> list[Benchmark]:
 async def read_idle(checkout: Path, env: BenchEnv, names: Sequence[str], first_port: int = IDLE_PORT) -> None:
     """The services no benchmark drove: started, ready, then stopped, so that the table names all six."""
     for offset, name in enumerate(names):
-        async with running(start_service(checkout, name, env, first_port + offset)):
+        async with running(start_service(checkout, name, env, first_port + offset, extra=IDLE_SETTINGS.get(name))):
             pass
 
 
