@@ -310,6 +310,20 @@ class RabbitMQCluster:
         queue: dict[str, object] = response.json()
         return queue
 
+    @property
+    def names(self) -> list[str]:
+        return [node.node for node in self.nodes]
+
+    def queues(self, asked: ClusterNode) -> list[dict[str, Any]]:
+        response = httpx.get(
+            f"{self.management_url(asked)}/api/queues/{self.vhost}",
+            params={"columns": "name,type,leader,members"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        queues: list[dict[str, Any]] = response.json()
+        return queues
+
     def connections(self, asked: ClusterNode) -> list[dict[str, Any]]:
         """Every client connection in the cluster: `node`, and the service in `client_properties`."""
         response = httpx.get(

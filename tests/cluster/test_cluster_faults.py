@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.cluster.conftest import ClusterRun
-from tests.cluster.instances import ClusterNode, Network
+from tests.cluster.conftest import WORK_QUEUE, ClusterRun
+from tests.cluster.instances import ClusterNode, Network, RabbitMQCluster
 from tests.faults.known import LOW_BALANCE_MAIL_LOST, MAIL_SENT_AGAIN
 
 FREEZE_S = 20
@@ -42,6 +42,13 @@ async def new_leader(run: ClusterRun, old: ClusterNode, since: float, timeout: f
     seconds = await run.seconds_until(lambda: run.leader(observer) != old.node, since, timeout, "a new leader")
     run.figures["leader_after"] = await asyncio.to_thread(run.leader, observer)
     return seconds
+
+
+def test_every_quorum_queue_has_a_replica_on_each_node(cluster: RabbitMQCluster) -> None:
+    queues = cluster.queues(cluster.nodes[0])
+    quorum = {str(queue["name"]): sorted(queue["members"]) for queue in queues if queue["type"] == "quorum"}
+    assert WORK_QUEUE in quorum
+    assert {name: members for name, members in quorum.items() if members != sorted(cluster.names)} == {}
 
 
 async def test_the_distribution_queues_leader_killed_mid_run(cluster_run: ClusterRun) -> None:
