@@ -1,7 +1,8 @@
-"""DLQ capture throughput: dead letters recorded per second by one dlq-service process into an empty table,
-from the `dlq` queue already holding them, against a bare consume+ack of the same messages in the same run.
+"""DLQ capture throughput: dead letters recorded per second by one dlq-service process, from the `dlq` queue
+already holding them, against a bare consume+ack of the same messages in the same run: into an empty table, or
+into one already holding a million entries (seeded with COPY, bench/dlq_seed.py).
 
-Alone, on this checkout: python -m bench.dlq_capture [--runs 1] [--letters 5000]
+Alone, on this checkout: python -m bench.dlq_capture [--runs 1] [--letters 5000] [--stored 1000000] [--port N]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aio_pika.abc import AbstractChannel
 from sqlalchemy import text
 
 from bench.broker import channel, consume_and_ack, declare_topology, depth, publish_all, purge_topology
+from bench.dlq_seed import seed
 from bench.harness import (
     BenchEnv,
     BenchError,
@@ -33,8 +35,9 @@ from libs.contracts import LeadApproved
 from libs.messaging import headers as h
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, DLQ_QUEUE, EVENTS_EXCHANGE
 
-PREFETCH = 10
-"""dlq-service's default prefetch (WorkerSettings): the raw consumer gets the same."""
+PREFETCH = 200
+"""dlq-service's default prefetch (its Settings): the raw consumer gets the same (a checkout before batched
+capture ran with 10: measure it with --prefetch 10)."""
 TRUNCATE = "TRUNCATE dead_letter_queue, dead_letter_events, dead_letter_retries, redrive_items, redrives CASCADE"
 CAPTURED = text("SELECT count(*) FROM dead_letter_queue WHERE queue_name = :queue")
 
@@ -96,13 +99,19 @@ def dead_letter(number: int, queue: str) -> aio_pika.Message:
 class DlqCapture:
     letters: int = 5000
     port: int = 18521
-    name = "dlq_capture"
+    stored: int = 0
+    """Entries the table holds before the run: 0 empties it; more seeds it up to that many (kept between runs)."""
+    prefetch: int = PREFETCH
     unit = "dead letters/s"
     baseline_label = "consume+ack of a quorum queue"
 
     @property
+    def name(self) -> str:
+        return "dlq_capture" if self.stored == 0 else "dlq_capture_stored"
+
+    @property
     def figure(self) -> str:
-        return "DLQ capture into an empty table"
+        return "DLQ capture into an empty table" if self.stored == 0 else f"DLQ capture with {self.stored:,} stored"
 
     async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
         load = load_average()
@@ -117,7 +126,9 @@ class DlqCapture:
                 return int(await connection.scalar(CAPTURED, {"queue": queue}) or 0)
 
         try:
-            if env.fresh_tables:
+            if self.stored:
+                await seed(engine, self.stored)
+            elif env.fresh_tables:
                 await reset_tables(engine, TRUNCATE)
             async with channel(env.rabbitmq_url) as chan:
                 await declare_topology(chan)
@@ -130,7 +141,7 @@ class DlqCapture:
                 await wait_until(lambda: self._empty(chan), 10, f"{DLQ_QUEUE} queue empty after dlq-service stopped")
             if (stored := await captured()) != self.letters:
                 raise BenchError(f"{stored} entries for {self.letters} dead letters")
-            raw = await consume_and_ack(env.rabbitmq_url, letters, prefetch=PREFETCH, timeout_s=120)
+            raw = await consume_and_ack(env.rabbitmq_url, letters, prefetch=self.prefetch, timeout_s=120)
         finally:
             async with channel(env.rabbitmq_url) as chan:
                 await declare_topology(chan)
@@ -149,8 +160,12 @@ class DlqCapture:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.dlq_capture", description=__doc__)
     parser.add_argument("--letters", type=int, default=DlqCapture.letters)
+    parser.add_argument("--stored", type=int, default=0, help="entries stored before the run (seeded with COPY)")
+    parser.add_argument("--port", type=int, default=DlqCapture.port)
+    parser.add_argument("--prefetch", type=int, default=PREFETCH, help="the raw consumer's, as the service's")
     arguments, rest = parser.parse_known_args()
-    run_alone(DlqCapture(letters=arguments.letters), rest)
+    capture = DlqCapture(arguments.letters, arguments.port, arguments.stored, arguments.prefetch)
+    run_alone(capture, rest)
 
 
 if __name__ == "__main__":

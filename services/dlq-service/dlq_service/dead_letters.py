@@ -10,6 +10,7 @@ what had to be cut from a property is kept whole in the stored headers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import uuid
@@ -48,8 +49,10 @@ _EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
 _LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 
 
+@functools.cache
 def _limit(field: str) -> int:
-    """The column's declared length, read from the table (declared once, in libs/db/tables)."""
+    """The column's declared length, read from the table (declared once, in libs/db/tables); looked up once per
+    column, not once per letter (capture's hot path)."""
     length: int = DeadLetter.__table__.c[field].type.length  # type: ignore[attr-defined]
     return length
 
