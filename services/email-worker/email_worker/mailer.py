@@ -2,21 +2,24 @@
 server accepted is recorded, never sent again, however often its record fails.
 
 One job is handled in three steps: look it up in the email log (a short read), send it, record the server's answer
-(a short write). Two deliveries of one job in this process take turns. Should the record fail (its session killed,
-the database gone), the acceptance is kept in memory (`Unrecorded`) and the error raised: the consumer policy holds
-the delivery for the outage or retries it, and the job, back in this process, is recorded without being sent again.
-The one window left where a mail goes out twice: the process dies (or its delivery goes to another replica) after
-the server accepted the mail and before its record committed.
+(a short write). Two deliveries of one job in this process take turns. The three steps run as a task of their own
+that a cancelled delivery (its broker connection lost, its handler timed out) does not cancel: a send under way
+finishes and is recorded, and the job's redelivery, waiting for its turn, finds it recorded. Should the record fail
+(its session killed, the database gone), the acceptance is kept in memory (`Unrecorded`) and the error raised: the
+consumer policy holds the delivery for the outage or retries it, and the job, back in this process, is recorded
+without being sent again. The one window left where a mail goes out twice: the process dies (or the job's
+redelivery goes to another replica) after the server accepted the mail and before its record committed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
+from typing import Any
 
 import aiosmtplib
 from sqlalchemy import bindparam, select
@@ -76,6 +79,19 @@ class Unrecorded:
 
     accepted: dict[str, Accepted] = field(default_factory=dict)
     _turns: dict[str, _Turn] = field(default_factory=dict)
+    _running: set[asyncio.Task[str | None]] = field(default_factory=set)
+
+    async def uncancelled(self, work: Coroutine[Any, Any, str | None]) -> str | None:
+        """Runs `work` as a task that cancelling the caller does not cancel (kept here until it ends)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._running.add(task)
+        task.add_done_callback(self._ended)
+        return await asyncio.shield(task)
+
+    def _ended(self, task: asyncio.Task[str | None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the delivery that awaited it has reported it, or was cancelled
 
     @asynccontextmanager
     async def turn(self, job_id: str) -> AsyncIterator[None]:
@@ -127,21 +143,23 @@ async def deliver(
         async with engine.connect() as connection:
             return await connection.scalar(ALREADY_SENT, {"job_id": job_id}) is not None
 
-    async with unrecorded.turn(job_id):
-        # A pooled session killed since its last use costs a second try, not a pause.
-        if await retry_on_disconnect(already_sent):
-            unrecorded.accepted.pop(job_id, None)
-            return None
-        accepted = unrecorded.accepted.get(job_id)
-        if accepted is None:
-            accepted = await _send(engine, settings, job_id=job_id, to=to, template=template, subject=subject,
-                                   body=body)  # fmt: skip
-            unrecorded.accepted[job_id] = accepted
-        # Shielded: a cancelled delivery (its broker connection gone) still records what the server accepted.
-        await asyncio.shield(
-            retry_on_disconnect(lambda: _record(engine, unrecorded, accepted, job_id=job_id, to=to, template=template))
-        )
-        return accepted.message_id
+    async def once() -> str | None:
+        async with unrecorded.turn(job_id):
+            # A pooled session killed since its last use costs a second try, not a pause.
+            if await retry_on_disconnect(already_sent):
+                unrecorded.accepted.pop(job_id, None)
+                return None
+            accepted = unrecorded.accepted.get(job_id)
+            if accepted is None:
+                accepted = await _send(engine, settings, job_id=job_id, to=to, template=template, subject=subject,
+                                       body=body)  # fmt: skip
+                unrecorded.accepted[job_id] = accepted
+            await retry_on_disconnect(
+                lambda: _record(engine, unrecorded, accepted, job_id=job_id, to=to, template=template)
+            )
+            return accepted.message_id
+
+    return await unrecorded.uncancelled(once())
 
 
 async def _send(

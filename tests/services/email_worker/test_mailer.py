@@ -1,0 +1,85 @@
+"""The mailer against a real SMTP server and PostgreSQL: a send under way when its delivery is cancelled (the broker
+connection lost, the handler timed out) still finishes and is recorded, so the job's redelivery sends nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import col
+
+from email_worker.mailer import Unrecorded, deliver
+from email_worker.settings import Settings
+from libs.db.tables import EmailLog, EmailStatus
+
+SMTP_PORT = 19301
+
+
+class SlowServer:
+    """Accepts every mail, but answers DATA only once `release` is set: the sender waits for its 250 meanwhile."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.receiving = threading.Event()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        self.receiving.set()
+        await asyncio.to_thread(self.release.wait, 10)
+        self.accepted += 1
+        return "250 OK"
+
+
+@pytest.fixture
+def slow_server() -> Iterator[SlowServer]:
+    handler = SlowServer()
+    controller = Controller(handler, hostname="127.0.0.1", port=SMTP_PORT)
+    controller.start()
+    yield handler
+    handler.release.set()
+    controller.stop()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+def settings(database_url: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        smtp_host="127.0.0.1",
+        smtp_port=SMTP_PORT,
+        database_url=database_url,
+        rabbitmq_url="amqp://unused:unused@127.0.0.1/unused",
+    )
+
+
+async def test_a_delivery_cancelled_mid_send_still_records_the_mail_and_its_redelivery_sends_nothing(
+    slow_server: SlowServer, engine: AsyncEngine, database_url: str
+) -> None:
+    unrecorded = Unrecorded()
+    job_id = f"email-test:cancelled:{uuid.uuid4()}"
+    job = {"job_id": job_id, "to": "someone@example.com", "template": "export_ready", "subject": "s", "body": "b"}
+    first = asyncio.create_task(deliver(engine, settings(database_url), unrecorded, **job))
+    await asyncio.to_thread(slow_server.receiving.wait, 10)
+    first.cancel()
+    redelivery = asyncio.create_task(deliver(engine, settings(database_url), unrecorded, **job))
+    slow_server.release.set()
+
+    assert await asyncio.wait_for(redelivery, 20) is None
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert slow_server.accepted == 1
+    async with engine.connect() as connection:
+        statuses = (await connection.scalars(select(col(EmailLog.status)).where(col(EmailLog.job_id) == job_id))).all()
+    assert list(statuses) == [EmailStatus.sent]
