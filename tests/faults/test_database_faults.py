@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import time
 import uuid
@@ -17,7 +16,6 @@ from aio_pika.abc import FieldValue
 from sqlalchemy import func, select, text
 from sqlmodel import col
 
-from dlq_service.subscribers import build_router as dlq_router
 from libs.db.tables import DeadLetter, Lead, LeadStatus
 from libs.messaging import headers as h
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE
@@ -36,13 +34,6 @@ RESUMED_WITHIN_S = 60.0
 """After the database returns: the breaker's longest probe backoff (15 s) plus the backlog's distribution."""
 
 
-needs_the_dlq_hold = pytest.mark.xfail(
-    "outages" not in inspect.signature(dlq_router).parameters,
-    reason="until dlq-service's capture waits on a libs.messaging.outage.Breaker, every held-back dead letter is "
-    "handed back after NACK_BACKOFF_S and redelivered at once: each consumer slot loops once a second",
-    strict=True,
-    raises=AssertionError,
-)
 DEAD_LETTERS = 50
 DLQ_OUTAGE_S = 30
 TRIES_ALLOWED = 30
@@ -168,7 +159,6 @@ async def recorded(scenario: Scenario, message_ids: list[str]) -> int:
     return int(count or 0)
 
 
-@needs_the_dlq_hold
 async def test_dead_letters_arriving_while_postgres_is_down_wait_without_a_hot_loop(scenario: Scenario) -> None:
     dlq_log = scenario.stack.running["dlq-service"].log
     tries_before = dlq_log.read_text(errors="replace").count('"event":"dead_letter.not_recorded"')
