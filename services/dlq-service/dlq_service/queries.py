@@ -251,12 +251,15 @@ class Filters:
         return found
 
 
+_ENTRY_FIELDS = frozenset(EntryFields.model_fields)
+
+
 def summary(row: Mapping[Any, Any]) -> DeadLetterSummary:
     """A list row: texts masked, the payload (or the body, when it is not JSON) as a masked, bounded preview."""
     head = row.get("body_head")
     text = row.get("payload_text") or (bytes(head).decode("utf-8", "replace") if head is not None else None)
     fields = {name: mask_pii(value) if isinstance(value, str) else value
-              for name, value in row.items() if name in EntryFields.model_fields}  # fmt: skip
+              for name, value in row.items() if name in _ENTRY_FIELDS}  # fmt: skip
     return DeadLetterSummary.model_validate(
         fields | {"payload_preview": preview(text, fetched_whole=len(text or "") <= _PREVIEW_SOURCE,
                                              length=PREVIEW_CHARS),
