@@ -3,7 +3,7 @@ ids the database draws at random against the time-ordered ids the worker gives: 
 concurrency (as bench.distribution_overlap's baseline) and, per settlement, its execution time, buffers and WAL
 (EXPLAIN ANALYZE, BUFFERS, WAL). No service runs: this is the ceiling the worker's figures stand under.
 
-    python -m bench.distribution_wal [--leads 600] [--history 1000000] [--rounds 2]
+    python -m bench.distribution_wal [--leads 600] [--history 1000000] [--rounds 2] [--reuse-history]
 
 Truncates the distribution tables of the test database first (as the other benchmarks do), then seeds the
 history with COPY. Prints only.
@@ -106,19 +106,9 @@ async def measure(url: str, offers: Sequence[Offer], leads: int, label: str, *, 
     )
 
 
-async def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.distribution_wal", description=__doc__)
-    parser.add_argument("--leads", type=int, default=600, help="leads per leads/s figure")
-    parser.add_argument("--history", type=int, default=1_000_000, help="assignments seeded before the second half")
-    parser.add_argument("--rounds", type=int, default=2)
-    options = parser.parse_args(argv)
-    url = plain_url(BenchEnv.from_environ().database_url)
-    offers = market(50, every_lead=False)
-    rows = [
-        "| database | assignment ids | assignments | raw leads/s (10 connections) | settlement exec ms "
-        "| buffers hit / read / dirtied | WAL full-page images | WAL kB | load |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+async def seed_empty_then_history(
+    url: str, offers: Sequence[Offer], options: argparse.Namespace, rows: list[str]
+) -> None:
     db = await asyncpg.connect(url)
     await db.execute(TRUNCATE)
     await db.close()
@@ -132,6 +122,27 @@ async def main(argv: Sequence[str]) -> None:
         await seed_history(db, history, offers, options.history, "wal-history")
     finally:
         await db.close()
+
+
+async def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.distribution_wal", description=__doc__)
+    parser.add_argument("--leads", type=int, default=600, help="leads per leads/s figure")
+    parser.add_argument("--history", type=int, default=1_000_000, help="assignments seeded before the second half")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--reuse-history", action="store_true",
+        help="no truncation and no empty rounds: measure again on a database an earlier run left with its history",
+    )  # fmt: skip
+    options = parser.parse_args(argv)
+    url = plain_url(BenchEnv.from_environ().database_url)
+    offers = market(50, every_lead=False)
+    rows = [
+        "| database | assignment ids | assignments | raw leads/s (10 connections) | settlement exec ms "
+        "| buffers hit / read / dirtied | WAL full-page images | WAL kB | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not options.reuse_history:
+        await seed_empty_then_history(url, offers, options, rows)
     for _ in range(options.rounds):
         for ordered in (False, True):
             rows.append(await measure(url, offers, options.leads, f"{options.history:,}", ordered=ordered))
