@@ -30,11 +30,13 @@ from tests.faults.mail import MailSink, start_sink
 from tests.faults.stack import PIPELINE, FaultStack
 from tests.faults.workload import Workload, seed
 
-# FAULTS_PORT_OFFSET shifts every port of the suite, so two checkouts on one machine can run it side by side.
+# FAULTS_PORT_OFFSET shifts every port of the suite, so two checkouts on one machine can run it side by side: the
+# HTTP ports and the proxy fit in 18600-18625 (tests/faults/stack.py, test_process_lifecycle.py), so offsets 40
+# apart never meet.
 OFFSET = int(os.environ.get("FAULTS_PORT_OFFSET", "0"))
 POSTGRES_PORT = 5499 + OFFSET
 RABBITMQ_PORT, RABBITMQ_DIST_PORT, RABBITMQ_MANAGEMENT_PORT = 5699 + OFFSET, 25699 + OFFSET, 15699 + OFFSET
-PROXY_PORT, PROXY_CONTROL_PORT = 18690 + OFFSET, 18691 + OFFSET
+PROXY_PORT, PROXY_CONTROL_PORT = 18624 + OFFSET, 18625 + OFFSET
 SMTP_PORT = 2706 + OFFSET
 RESULTS = Path(os.environ.get("FAULTS_RESULTS", ROOT / ".run" / "faults" / "results.jsonl"))
 LEADS = int(os.environ.get("FAULTS_LEADS", "300"))

@@ -5,8 +5,8 @@ buffers and block, keepalives and heartbeats go unanswered, new connections are 
 `forward` heals it (held bytes flow on, connections their ends gave up on close). `cut` resets every
 connection and each new one until `forward`.
 
-python -m tests.faults.proxy --listen 18690 --upstream 127.0.0.1:5699 --control 18691
-then `echo blackhole | nc 127.0.0.1 18691` (commands: forward, blackhole, cut, status).
+python -m tests.faults.proxy --listen 18624 --upstream 127.0.0.1:5699 --control 18625
+then `echo blackhole | nc 127.0.0.1 18625` (commands: forward, blackhole, cut, status).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ PORTS = {
         "distribution-worker": 18602,
         "email-worker": 18603,
         "export-worker": 18604,
-        "distribution-worker-2": 18612,
+        "distribution-worker-2": 18605,
     }.items()
 }
 PIPELINE = ("ingest-gateway", "dlq-service", "distribution-worker", "email-worker", "export-worker")

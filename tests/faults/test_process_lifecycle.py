@@ -29,7 +29,8 @@ from tests.faults.instances import ROOT, PrivatePostgres, PrivateRabbitMQ
 from tests.faults.proxy import Mode
 from tests.faults.stack import FaultStack, wait_ready
 
-FIRST_PORT = 18620 + OFFSET
+FIRST_PORT = 18606 + OFFSET
+"""This module's services listen on FIRST_PORT to FIRST_PORT + 17, past the pipeline's and before the proxy's."""
 START_FAILURE_S = 20.0
 """`at once`: imports and settings take a few seconds on a busy machine, a hang takes forever."""
 PRE_STOP_S = 5
@@ -99,7 +100,7 @@ async def test_a_service_whose_http_port_is_taken_exits_non_zero_at_once(stack: 
 
 
 async def test_a_worker_that_cannot_reach_the_broker_at_start_exits_non_zero_at_once(stack: FaultStack) -> None:
-    nothing_listens = f"amqp://nobody:nothing@127.0.0.1:{FIRST_PORT + 19}/none"
+    nothing_listens = f"amqp://nobody:nothing@127.0.0.1:{FIRST_PORT + 17}/none"
     process = stack.processes.start("email-worker", FIRST_PORT + 6, RABBITMQ_URL=nothing_listens)
     code = await asyncio.to_thread(exit_code_within, process, START_FAILURE_S)
     assert code is not None
@@ -108,7 +109,7 @@ async def test_a_worker_that_cannot_reach_the_broker_at_start_exits_non_zero_at_
 
 async def test_sigterm_ends_every_service_within_its_grace_period_while_serving(stack: FaultStack) -> None:
     started = {
-        declared.name: stack.processes.start(declared.name, FIRST_PORT + 10 + offset)
+        declared.name: stack.processes.start(declared.name, FIRST_PORT + 7 + offset)
         for offset, declared in enumerate(SERVICES)
     }
     await asyncio.gather(*(asyncio.to_thread(wait_ready, process, 90) for process in started.values()))
@@ -138,7 +139,7 @@ FAILED_JOB_EVENTS = ('"event":"message.retry_scheduled"', '"event":"message.held
 async def test_sigterm_ends_a_service_within_its_grace_period_while_it_reconnects(
     stack: FaultStack, proxy: Proxy, name: str
 ) -> None:
-    process = stack.processes.start(name, FIRST_PORT + 20 + RECONNECTING.index(name))
+    process = stack.processes.start(name, FIRST_PORT + 13 + RECONNECTING.index(name))
     await asyncio.to_thread(wait_ready, process, 90)
     proxy.set(Mode.cut)
     try:
@@ -154,7 +155,7 @@ async def test_sigterm_ends_a_service_within_its_grace_period_while_it_reconnect
 async def test_sigterm_ends_a_worker_within_its_grace_period_while_the_database_is_down(
     stack: FaultStack, postgres: PrivatePostgres, rabbitmq: PrivateRabbitMQ
 ) -> None:
-    process = stack.processes.start("email-worker", FIRST_PORT + 25)
+    process = stack.processes.start("email-worker", FIRST_PORT + 16)
     await asyncio.to_thread(wait_ready, process, 90)
     telemetry = setup_telemetry("faults-lifecycle")
     broker = create_broker(rabbitmq.url(), telemetry, service="faults-lifecycle")
