@@ -39,7 +39,8 @@ async def moved_away(run: ClusterRun, node: ClusterNode, services: set[str], sin
 
 async def new_leader(run: ClusterRun, old: ClusterNode, since: float, timeout: float = 90) -> float:
     observer = run.observer(old)
-    seconds = await run.seconds_until(lambda: run.leader(observer) != old.node, since, timeout, "a new leader")
+    others = {node.node for node in run.cluster.nodes if node is not old}
+    seconds = await run.seconds_until(lambda: run.leader(observer) in others, since, timeout, "a new leader")
     run.figures["leader_after"] = await asyncio.to_thread(run.leader, observer)
     return seconds
 
