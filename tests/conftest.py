@@ -31,7 +31,7 @@ MARKER_OF_FIXTURE = {
 }
 # Whole-tree checks that run external tools (promtool, kubectl, mypy, ruff, schema validators): part of
 # `task test` and `task lint`, kept out of the seconds-long `task test:unit` loop.
-TOOL_MODULES = {"test_alerts.py", "test_kubernetes.py", "test_code_quality.py", "test_deploy.py"}
+TOOL_MODULES = {"test_alerts.py", "test_kubernetes.py", "test_code_quality.py", "test_deploy.py", "test_packaging.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

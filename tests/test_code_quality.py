@@ -21,7 +21,7 @@ SERVICE_PACKAGES = {service.package for service in SERVICES}
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy", "libs", "services", "tests", "deploy", "bench"],
+        ["mypy", "libs", "services", "tests", "deploy", "bench", "docs"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )

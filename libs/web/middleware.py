@@ -1,4 +1,5 @@
-"""Every HTTP request gets a correlation id, a server span, a log line and a duration by route template."""
+"""Every HTTP request gets a correlation id, a server span, a log line and a duration by route template (under the
+plan's name and OpenTelemetry's HTTP semantic conventions)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import uuid
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry import propagate
 
 from libs.logging import correlation_scope, get_logger
-from libs.telemetry import Telemetry, duration_histogram
+from libs.telemetry import HttpServerTelemetry, Telemetry
 
 CORRELATION_HEADER = "x-correlation-id"
 _VALID_CORRELATION = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -37,10 +37,7 @@ class RequestContext:
 
     def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
         self.app = app
-        self.tracer = telemetry.tracer
-        self.duration = duration_histogram(
-            telemetry.meter, "fmhl_http_request_duration_ms", "HTTP request duration by route template."
-        )
+        self.http = HttpServerTelemetry(telemetry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -61,17 +58,14 @@ class RequestContext:
             await send(message)
 
         parent = propagate.extract(headers)
-        with (
-            correlation_scope(correlation_id),
-            self.tracer.start_as_current_span(f"{scope['method']} http", context=parent, kind=SpanKind.SERVER),
-        ):
+        with correlation_scope(correlation_id), self.http.span(scope, parent) as span:
             try:
                 await self.app(scope, receive, send_with_correlation)
             finally:
-                route = scope.get("path_template") or "unmatched"
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                attributes = {"method": method, "route": route, "status": str(status)}
-                self.duration.record(elapsed_ms, attributes)
-                trace.get_current_span().set_attribute("http.route", route)
+                template = scope.get("path_template")
+                elapsed_s = time.perf_counter() - started
+                self.http.record(span, scope, template, status, elapsed_s)
+                route = template or "unmatched"
                 if route not in _QUIET_ROUTES:
-                    log.info("http.request", {**attributes, "duration_ms": round(elapsed_ms, 1)})
+                    log.info("http.request", {"method": method, "route": route, "status": str(status),
+                                              "duration_ms": round(elapsed_s * 1000, 1)})  # fmt: skip

@@ -121,15 +121,7 @@ def test_the_documents_show_conflicts_rate_limits_and_unavailability_where_the_c
     assert {"401", "403", "404", "409", "413", "429", "503"} <= statuses
 
 
-@pytest.mark.parametrize(
-    "service",
-    [
-        "ingest-gateway",
-        "dlq-service",
-        pytest.param("scheduler", marks=pytest.mark.xfail(strict=True, reason="RunSummary.counts is dict[str, Any] "
-                     "(services/scheduler/scheduler/overview.py); the jobs count integers: dict[str, int]")),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("service", ["ingest-gateway", "dlq-service", "scheduler"])
 def test_every_successful_answer_has_a_typed_schema(service: str, documents: dict[str, Document]) -> None:
     problems = []
     for _, operation_id, operation, document in each_operation({service: documents[service]}):

@@ -8,14 +8,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
-
 from libs.runtime import SERVICES
 from tests.contracts.render import ROOT
-
-# A minute or more (a venv, and pip fetching setuptools for an isolated build): a whole-tree check with external
-# tools, kept out of `task test:unit` like those tests/conftest.py names in TOOL_MODULES.
-pytestmark = pytest.mark.tools
 
 
 def fresh_clone(destination: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,7 +23,7 @@ class RunSummary(SQLModel):
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
-    counts: dict[str, Any]
+    counts: dict[str, int]
     error: str | None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 from opentelemetry.trace import SpanKind
 
 from libs.telemetry import setup_telemetry
@@ -52,11 +51,6 @@ def test_a_service_process_exports_its_server_spans_to_otel_exporter_otlp_endpoi
     assert span.attributes["http.route"] == "/health/live"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libs/web/middleware.py still names the span `GET http` and sets only http.route: it should record "
-    "through libs.telemetry.HttpServerTelemetry",
-)
 def test_a_service_processs_server_span_follows_the_http_semantic_conventions(
     service_processes: ServiceProcesses,
 ) -> None:
