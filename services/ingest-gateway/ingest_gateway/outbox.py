@@ -114,7 +114,9 @@ class Relay:
 
     async def relay_once(self) -> int:
         """Publishes one batch of due rows; the number confirmed. Raises what reading the outbox raised."""
-        async with self.engine.begin() as connection:
+        async with self.engine.connect() as connection:
+            # Each statement is its own transaction (no BEGIN and COMMIT round trips): the claim is atomic.
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
             rows = (await connection.execute(_CLAIM, {"batch": self.batch, "lease": self.lease})).all()
         if not rows:
             self.failing = None
@@ -126,7 +128,8 @@ class Relay:
         )  # fmt: skip
         sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
         failed = [(row, outcome) for row, outcome in zip(rows, outcomes, strict=True) if outcome is not None]
-        async with self.engine.begin() as connection:
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
             if sent:
                 await connection.execute(_SENT, {"ids": sent})
             if failed:

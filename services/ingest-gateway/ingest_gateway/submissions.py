@@ -40,7 +40,8 @@ class Submitted:
 
 
 # The hot path's statements, built once. A new lead is one statement, its own transaction: the insert, and the
-# outbox row staged only when the insert happened (a repeat's event was staged with the first).
+# outbox row staged only when the insert happened (a repeat's event was staged with the first). A repeat then
+# reads the first, which committed before ON CONFLICT gave way.
 _LEAD = (col(Lead.id), col(Lead.status))
 _STORED = (
     insert(Lead)
@@ -104,16 +105,17 @@ async def submit(
 
     async def store() -> Submitted:
         async with engine.connect() as connection:
+            # One statement is its own transaction: no BEGIN and COMMIT round trips around it.
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
             inserted = (await connection.execute(_STORE, values)).first()
             if inserted is not None:
-                await connection.commit()
                 return Submitted(inserted.id, inserted.status, created=True)
             earlier = (
                 await connection.execute(
                     _EARLIER,
                     {"source_id": source.id, "external_id": lead.external_id, "idempotency_key": idempotency_key},
                 )
-            ).one()  # the conflicting row is committed before ON CONFLICT gives way
+            ).one()
             return Submitted(earlier.id, earlier.status, created=False)
 
     return await retry_on_disconnect(store)
