@@ -22,6 +22,7 @@ from yarl import URL
 from libs.health import Check
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, Topology
 from libs.messaging.wire import install_tolerant_decoding
+from libs.settings import node_urls
 from libs.telemetry import PeriodicRefresh, Telemetry
 
 EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
@@ -42,26 +43,6 @@ CONNECT_TIMEOUT_S = 10.0
 """One connection attempt, the AMQP handshake included: a frozen node accepts TCP and never answers."""
 RECONNECT_INTERVAL_S = 2.0
 log = logging.getLogger(__name__)
-
-
-def node_urls(rabbitmq_url: str) -> tuple[str, ...]:
-    """RABBITMQ_URL names one node, or the nodes of one cluster separated by commas. A cluster shares its users
-    and virtual hosts, so the URLs may differ only in host and port; anything else is refused at start."""
-    urls = tuple(url.strip() for url in rabbitmq_url.split(",") if url.strip())
-    if not urls:
-        raise ValueError("RABBITMQ_URL names no broker")
-    parts = [urlsplit(url) for url in urls]
-    for number, part in enumerate(parts, 1):
-        # The URL itself stays out of the message: it holds the password.
-        if part.scheme not in ("amqp", "amqps") or not part.hostname:
-            raise ValueError(f"RABBITMQ_URL: address {number} is not an amqp:// or amqps:// URL with a host")
-    shared = {(part.scheme, part.username, part.password, part.path, part.query) for part in parts}
-    if len(shared) > 1:
-        raise ValueError(
-            "RABBITMQ_URL: the nodes of one cluster share scheme, user, password, virtual host and options; "
-            "these URLs differ in more than host and port"
-        )
-    return urls
 
 
 def connection_url(url: str, service: str) -> str:

@@ -51,6 +51,7 @@ from libs.messaging.topology import (
     Topology,
     WorkQueue,
 )
+from libs.settings import node_urls
 
 DEFAULT_EXCHANGE = "amq.default"
 """The name RabbitMQ checks permissions against when a message is published to the default exchange ("")."""
@@ -229,13 +230,13 @@ class ManagementApi:
 
 
 def vhost_of(amqp_url: str) -> str:
-    path = urlsplit(amqp_url).path
+    path = urlsplit(node_urls(amqp_url)[0]).path
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 async def declare(amqp_url: str) -> None:
     """The whole topology, as the administrator: the only user that may configure the exchanges."""
-    broker = RabbitBroker(amqp_url, logger=None)
+    broker = RabbitBroker(node_urls(amqp_url)[0], logger=None)
     await broker.connect()
     try:
         await declare_topology(broker, TOPOLOGY)

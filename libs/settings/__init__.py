@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -65,7 +66,9 @@ class ServiceSettings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     http_port: int = Field(ge=1, le=65535, description="Port of health, metrics and (for APIs) the API.")
     database_url: SecretStr = Field(description="postgresql+asyncpg://user:password@host:port/db")
-    rabbitmq_url: SecretStr = Field(description="amqp://user:password@host:port/vhost")
+    rabbitmq_url: SecretStr = Field(
+        description="amqp://user:password@host:port/vhost, or a cluster's nodes' URLs separated by commas"
+    )
     health_check_timeout_s: float = Field(2.0, gt=0, le=30, description="Timeout of each readiness check.")
     publish_timeout_s: float = Field(
         5.0, gt=0, le=60, description="A broker under a memory alarm blocks publishers: fail after this."
@@ -133,6 +136,12 @@ class ServiceSettings(BaseSettings):
     def _refuse_placeholders(cls, value: SecretStr) -> SecretStr:
         return refuse_placeholder(value)
 
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _one_cluster(cls, value: SecretStr) -> SecretStr:
+        node_urls(value.get_secret_value())
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -143,6 +152,26 @@ class ServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, FileSecretsSource(settings_cls)
+
+
+def node_urls(rabbitmq_url: str) -> tuple[str, ...]:
+    """RABBITMQ_URL names one node, or the nodes of one cluster separated by commas. A cluster shares its users
+    and virtual hosts, so the URLs may differ only in host and port; anything else is refused at start."""
+    urls = tuple(url.strip() for url in rabbitmq_url.split(",") if url.strip())
+    if not urls:
+        raise ValueError("RABBITMQ_URL names no broker")
+    parts = [urlsplit(url) for url in urls]
+    for number, part in enumerate(parts, 1):
+        # The URL itself stays out of the message: it holds the password.
+        if part.scheme not in ("amqp", "amqps") or not part.hostname:
+            raise ValueError(f"RABBITMQ_URL: address {number} is not an amqp:// or amqps:// URL with a host")
+    shared = {(part.scheme, part.username, part.password, part.path, part.query) for part in parts}
+    if len(shared) > 1:
+        raise ValueError(
+            "RABBITMQ_URL: the nodes of one cluster share scheme, user, password, virtual host and options; "
+            "these URLs differ in more than host and port"
+        )
+    return urls
 
 
 def refuse_placeholder(value: SecretStr) -> SecretStr:

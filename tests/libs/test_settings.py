@@ -66,6 +66,12 @@ def test_placeholder_secret_is_refused(environment: pytest.MonkeyPatch) -> None:
         load_settings(ServiceSettings)
 
 
+def test_broker_addresses_of_different_clusters_are_refused_at_start(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("RABBITMQ_URL", "amqp://u:p@rabbit-a:5672/fmhl,amqp://u:p@rabbit-b:5672/other")
+    with pytest.raises(SettingsError, match=r"RABBITMQ_URL.*differ in more than host and port"):
+        load_settings(ServiceSettings)
+
+
 def test_a_secret_can_come_from_a_file(environment: pytest.MonkeyPatch, tmp_path: Path) -> None:
     secret = tmp_path / "database_url"
     secret.write_text("postgresql+asyncpg://u:from-file@localhost/db\n")

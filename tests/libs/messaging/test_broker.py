@@ -13,7 +13,8 @@ import pytest
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
-from libs.messaging.broker import HEARTBEAT_S, connect, connection_url, create_broker, node_urls
+from libs.messaging.broker import HEARTBEAT_S, connect, connection_url, create_broker
+from libs.settings import node_urls
 from libs.telemetry import setup_telemetry
 from tests.faults.proxy import FaultProxy, Mode
 
