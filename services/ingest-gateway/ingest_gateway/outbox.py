@@ -29,8 +29,9 @@ from libs.messaging.publisher import Envelope, Publisher, PublishFailed
 
 log = get_logger("ingest_gateway.outbox")
 
-BATCH = 200
-"""Rows a relay takes at once; their publishes are in flight together, each confirmed on its own."""
+BATCH = 50
+"""Rows a relay takes at once; their publishes are in flight together, each confirmed on its own. Small enough
+that a batch's burst of publishing (CPU in this same process) does not hold up the requests beside it for long."""
 POLL_S = 0.5
 """How often a relay looks for rows it was not woken for: staged by another process, or due again."""
 RETRY_S = 1.0
