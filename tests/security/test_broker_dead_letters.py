@@ -473,7 +473,9 @@ async def test_dead_letters_arriving_while_postgresql_is_unreachable_are_handed_
             await dlq.publish(b'{"n": %d}' % n, message_id=f"{queue}-{n}", headers=policy(queue))
 
         async def handed_back() -> bool:
-            return sum(record.getMessage() == "dead_letter.not_recorded" for record in caplog.records) >= 3
+            # One failed batch is enough: the breaker then holds the letters unacked and probes, without retrying
+            # each of them in a loop (tests/faults: "wait without a hot loop").
+            return any(record.getMessage() == "dead_letter.not_recorded" for record in caplog.records)
 
         await eventually(handed_back, timeout=30)
     finally:
