@@ -1,5 +1,6 @@
 """ingest-gateway settings."""
 
+import math
 import os
 from pathlib import Path
 
@@ -10,15 +11,28 @@ from libs.auth.login import LoginSettingsMixin
 from libs.settings import ServiceSettings
 
 
+def cpus_available() -> int:
+    """CPUs this process may use: its affinity, capped by its cgroup's CPU quota (a container's CPU limit), so a
+    pod limited to two CPUs on a large node does not start a worker (and a database pool) per node CPU."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
 class Settings(LoginSettingsMixin, TotpSettingsMixin, AuthSettingsMixin, ServiceSettings):
     service_name: str = "ingest-gateway"
     http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
     http_workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
+        default_factory=cpus_available,
         ge=1,
         le=64,
-        description="Server processes sharing HTTP_PORT (default: one per CPU). Each has its own database pool "
-        "(DB_POOL_SIZE) and outbox relay; /metrics and METRICS_PORT answer their metrics summed.",
+        description="Server processes sharing HTTP_PORT (default: one per CPU the process may use). Each has its own "
+        "database pool (DB_POOL_SIZE) and outbox relay; /metrics and METRICS_PORT answer their metrics summed.",
     )
     max_body_bytes: int = Field(65_536, ge=1024, le=10_000_000, description="Larger request bodies get 413.")
     export_dir: Path = Field(description="Where export-worker writes CSV files; downloads are served from here.")
