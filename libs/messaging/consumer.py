@@ -267,6 +267,10 @@ class ConsumerPolicy:
                         continue
                     await self._settle_failure(message, arrival, raw.body, error)
                     return
+                except BaseException:
+                    # Cancelled (its connection lost, the service stopping): were it the trial, another may try.
+                    breaker.abandoned()
+                    raise
                 self.duration.record((time.perf_counter() - started) * 1000, labels)
                 breaker.succeeded()
                 self.completed.add(1, labels)

@@ -8,7 +8,7 @@ import errno
 import random
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import sqlalchemy.exc
@@ -170,6 +170,8 @@ class Breaker:
         self._waiting = 0
         self._changed = asyncio.Event()
         self._prober: asyncio.Task[None] | None = None
+        self._asked: set[asyncio.Future[Mapping[str, object]]] = set()
+        """Probes under way, kept referenced until they end (an abandoned one may end late)."""
 
     @property
     def paused(self) -> bool:
@@ -317,14 +319,35 @@ class Breaker:
     async def _probe(self) -> str | None:
         """None when every probe answered in time, else what failed."""
         for name, probe in self.probes.items():
-            try:
-                async with asyncio.timeout(self.settings.probe_timeout_s):
-                    await probe()
-            except TimeoutError:
-                return f"{name}: no answer within {self.settings.probe_timeout_s:g}s"
-            except Exception as error:  # any failure of a probe means: still unavailable
-                return f"{name}: {describe(error)}"
+            failure = await self._ask(name, probe)
+            if failure is not None:
+                return failure
         return None
+
+    async def _ask(self, name: str, probe: Check) -> str | None:
+        """One probe as a task of its own, waited for at most `probe_timeout_s`. A client on a torn-down
+        connection may swallow the cancellation a timeout relies on, or raise CancelledError of its own: in a
+        task, neither can hang the probing or end it; a probe that does not answer in time is abandoned."""
+        task = asyncio.ensure_future(probe())
+        self._asked.add(task)
+        task.add_done_callback(_forget(self._asked))
+        done, _ = await asyncio.wait({task}, timeout=self.settings.probe_timeout_s)
+        if not done:
+            task.cancel()
+            return f"{name}: no answer within {self.settings.probe_timeout_s:g}s"
+        if task.cancelled():
+            return f"{name}: cancelled (its connection was torn down)"
+        error = task.exception()
+        return None if error is None else f"{name}: {describe(error)}"
+
+
+def _forget(tasks: set[asyncio.Future[Mapping[str, object]]]) -> Callable[[asyncio.Future[Mapping[str, object]]], None]:
+    def done(task: asyncio.Future[Mapping[str, object]]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: reported by `_ask`, or of a probe abandoned for not answering in time
+
+    return done
 
 
 class ConsumptionPaused(Exception):

@@ -257,6 +257,41 @@ async def test_a_probe_that_does_not_answer_in_time_counts_as_unavailable() -> N
     await breaker.stop()
 
 
+async def test_a_probe_that_raises_its_own_cancellation_does_not_end_the_probing() -> None:
+    """As a channel call does when aiormq tears its connection down under it."""
+    answers = iter([asyncio.CancelledError(), asyncio.CancelledError(), None])
+
+    async def torn_down_then_back() -> Mapping[str, object]:
+        answer = next(answers, None)
+        if answer is not None:
+            raise answer
+        return {}
+
+    breaker = Breaker("q", {"broker": torn_down_then_back}, FAST)
+    for _ in range(FAST.failure_threshold):
+        breaker.failed(TransientError("no confirm"))
+    assert breaker.paused
+    await until(lambda: not breaker.paused)
+
+
+async def test_a_probe_that_swallows_its_cancellation_cannot_hang_the_probing() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> Mapping[str, object]:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await release.wait()  # as a client that catches the cancellation and waits on
+        return {}
+
+    breaker = Breaker("q", {"broker": stubborn}, BreakerSettings(initial_backoff_s=0.01, probe_timeout_s=0.05))
+    breaker.failed(ConnectionRefusedError())
+    await until(lambda: breaker.backoff_s >= 0.04)
+    assert "no answer within 0.05s" in (breaker.last_error or "")
+    release.set()
+    await breaker.stop()
+
+
 async def test_stopping_releases_held_deliveries_but_not_those_of_a_closed_breaker() -> None:
     breaker = Breaker("q", {"database": Dependency()}, FAST)
     breaker.failed(ConnectionRefusedError())
