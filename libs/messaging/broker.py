@@ -16,7 +16,7 @@ from aio_pika import RobustConnection
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from yarl import URL
 
 from libs.health import Check
@@ -236,6 +236,13 @@ def broker_lifecycle(
     return start, stop
 
 
+_WATCHED_QUEUES: weakref.WeakKeyDictionary[Meter, list[QueueDepthGauge]] = weakref.WeakKeyDictionary()
+
+
+def _observe_depths(gauges: list[QueueDepthGauge], _: CallbackOptions) -> Iterable[Observation]:
+    return [observation for gauge in gauges for observation in gauge.observe()]
+
+
 class QueueDepthGauge:
     """`fmhl_queue_depth{queue}`: ready messages in the consumer's own queue, polled in the background.
 
@@ -248,11 +255,20 @@ class QueueDepthGauge:
         self.interval_s = interval_s
         self.depth: int | None = None
         self._refresh = PeriodicRefresh(self.refresh, interval_s, f"queue-depth-{queue_name}")
-        telemetry.meter.create_observable_gauge(
-            "fmhl_queue_depth", callbacks=[self._observe], unit="", description="Ready messages in the queue."
-        )
+        # One instrument per meter for every queue a process watches (the dlq-service watches two): the SDK keeps
+        # the first observable gauge of a name and silently drops a second one with its callback.
+        watched = _WATCHED_QUEUES.get(telemetry.meter)
+        if watched is None:
+            watched = _WATCHED_QUEUES[telemetry.meter] = []
+            telemetry.meter.create_observable_gauge(
+                "fmhl_queue_depth",
+                callbacks=[functools.partial(_observe_depths, watched)],
+                unit="",
+                description="Ready messages in the queue.",
+            )
+        watched.append(self)
 
-    def _observe(self, _: CallbackOptions) -> Iterable[Observation]:
+    def observe(self) -> list[Observation]:
         return [] if self.depth is None else [Observation(self.depth, {"queue": self.queue_name})]
 
     async def refresh(self) -> None:
