@@ -1,5 +1,5 @@
 """The Litestar app of a service: ops routes, request context, security headers, JSON bodies that cannot crash
-a handler, readiness turning 503 on shutdown."""
+a handler, readiness turning 503 on shutdown, 503 with Retry-After while the database cannot take a request."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.routes import HTTPRoute
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ControllerRouterHandler, LifespanHook, Message, Scope
 
 from libs.health import Readiness
 from libs.logging import get_logger
+from libs.messaging.outage import is_unavailable
 from libs.settings import ServiceSettings
 from libs.telemetry import Telemetry
 from libs.web.middleware import RequestContext
@@ -36,6 +37,35 @@ def refusal_as_json(_: Request[Any, Any, Any], error: HTTPException) -> Response
     if error.extra is not None:
         body["extra"] = error.extra
     return Response(body, status_code=error.status_code, headers=error.headers, media_type=MediaType.JSON)
+
+
+RETRY_AFTER_S = 5
+UNAVAILABLE = "the database cannot take this request now; nothing was changed, retry later"
+# Lock and statement timeouts, deadlocks and serialization failures: the request did not happen, and the same
+# request later can succeed (is_unavailable covers the connection, shutdown and resource classes).
+RETRY_LATER_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
+
+
+def unavailable(detail: str = UNAVAILABLE) -> HTTPException:
+    return HTTPException(
+        status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=detail, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def retry_later(error: BaseException) -> bool:
+    """The request failed for a reason that says nothing about it: the database is away, busy or slow."""
+    if is_unavailable(error) or isinstance(error, TimeoutError):
+        return True
+    original = getattr(error, "orig", None)
+    return getattr(original, "sqlstate", None) in RETRY_LATER_SQLSTATES
+
+
+def unexpected_error(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+    """503 with Retry-After when the database cannot take the request now (an outage, the first request on a
+    pool a restart left stale, a lock timeout); any other error stays a 500."""
+    if retry_later(error):
+        return refusal_as_json(request, unavailable())
+    return refusal_as_json(request, HTTPException(status_code=HTTP_500_INTERNAL_SERVER_ERROR))
 
 
 def create_app(
@@ -73,7 +103,7 @@ def create_app(
         after_exception=[log_unexpected],
         before_send=[security_headers, allow_every_method],
         request_class=JsonSafeRequest,
-        exception_handlers={HTTPException: refusal_as_json},
+        exception_handlers={HTTPException: refusal_as_json, Exception: unexpected_error},
         logging_config=None,
         # A service without an API serves no /schema (Litestar would otherwise serve an empty one by default).
         **({"openapi_config": None} | litestar_options),

@@ -63,7 +63,7 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
             signer,
             parking,
         ),
-        openapi_config=openapi_config("fmhl dlq-service admin API"),
+        openapi_config=openapi_config("fmhl dlq-service admin API", refused_everywhere=(503,)),
         template_config=console.templates,
     )
     return app, runtime.readiness

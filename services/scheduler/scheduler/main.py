@@ -41,7 +41,7 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
             "settings": constant(settings),
             "clock": constant(clock),
         },
-        openapi_config=openapi_config("fmhl scheduler admin API"),
+        openapi_config=openapi_config("fmhl scheduler admin API", refused_everywhere=(503,)),
     )
     return app, runtime.readiness
 
