@@ -165,28 +165,45 @@ def _serve_forked(
     each child runs its own event loop, pools and relay. The parent only supervises: it forwards SIGTERM/SIGINT,
     serves the summed metrics on METRICS_PORT, and when one child ends, stops the others and exits with its code."""
     folder = Path(tempfile.mkdtemp(prefix=f"fmhl-{settings.service_name}-metrics-"))
-    siblings = _Siblings(folder)
+    try:
+        code = _supervise(app, settings, telemetry, readiness, workers, _Siblings(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if code:
+        raise SystemExit(code if code > 0 else 1)
+
+
+def _supervise(
+    app: Litestar, settings: ServiceSettings, telemetry: Telemetry, readiness: Readiness, workers: int,
+    siblings: _Siblings,
+) -> int:  # fmt: skip
     metrics_enabled = settings.metrics_enabled
     config = server_config(_MergedMetrics(app, siblings, telemetry) if metrics_enabled else app, settings)
     listening = config.bind_socket()
     parent = os.getpid()
     children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(_child(config, listening, readiness, telemetry, siblings if metrics_enabled else None, parent))
-        children.append(pid)
-    listening.close()
-    if metrics_enabled and settings.metrics_port:
-        _serve_parent_metrics(settings, siblings)
 
     def forward(sig: int, _: FrameType | None) -> None:
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, sig)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # A stop signal arriving while the workers are forked waits until each process has its own handler for it.
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_child(config, listening, readiness, telemetry, siblings if metrics_enabled else None, parent))
+            children.append(pid)
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    listening.close()
+    if metrics_enabled and settings.metrics_port:
+        _serve_parent_metrics(settings, siblings)
     code = 0
     while children:
         pid, status = os.wait()
@@ -199,9 +216,7 @@ def _serve_forked(
             # A worker that died takes the service down: the orchestrator restarts it whole.
             forward(signal.SIGTERM, None)
         code = code or exited
-    shutil.rmtree(folder, ignore_errors=True)
-    if code:
-        raise SystemExit(code if code > 0 else 1)
+    return code
 
 
 def _child(
@@ -223,6 +238,7 @@ def _child(
 
     signal.signal(signal.SIGTERM, remember)
     signal.signal(signal.SIGINT, remember)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
     async def run() -> None:
         if stop_asked:
