@@ -7,11 +7,12 @@ import asyncpg
 import sqlalchemy.exc
 from litestar import get
 from litestar.testing import TestClient
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.health import Readiness
 from libs.settings import ServiceSettings
 from libs.telemetry import setup_telemetry
-from libs.web.app import create_app
+from libs.web.app import create_app, retry_later
 
 SETTINGS = ServiceSettings(
     service_name="web-test",
@@ -53,3 +54,35 @@ def test_a_lock_timeout_is_503() -> None:
 
 def test_any_other_error_is_a_500_that_tells_nothing() -> None:
     assert answer_to(RuntimeError("a bug with a secret in it")) == (500, None, "Internal Server Error")
+
+
+async def database_error_of(url: str, statement: str = "SELECT 1", statement_timeout_ms: int = 0) -> BaseException:
+    """What SQLAlchemy raises when the statement meets this database (refused, or failing on the server)."""
+    server_settings = {"statement_timeout": str(statement_timeout_ms)}
+    engine = create_async_engine(url, connect_args={"timeout": 2, "server_settings": server_settings})
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql(statement)
+    except Exception as error:
+        return error
+    finally:
+        await engine.dispose()
+    raise AssertionError(f"{statement} did not fail")
+
+
+async def test_a_refused_database_connection_says_retry_later() -> None:
+    refused = await database_error_of("postgresql+asyncpg://fmhl:x@127.0.0.1:1/none")
+    assert retry_later(refused)
+
+
+async def test_a_statement_timeout_says_retry_later(database_url: str) -> None:
+    timed_out = await database_error_of(database_url, "SELECT pg_sleep(1)", statement_timeout_ms=10)
+    assert retry_later(timed_out)
+
+
+async def test_a_bad_statement_is_no_outage(database_url: str) -> None:
+    assert not retry_later(await database_error_of(database_url, "SELECT * FROM no_such_table"))
+
+
+def test_a_pool_that_gives_no_connection_in_time_says_retry_later() -> None:
+    assert retry_later(sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 5 reached"))

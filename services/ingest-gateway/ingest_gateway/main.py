@@ -30,7 +30,7 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
         on_shutdown=[relay.stop],
         dependencies=dependencies,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=openapi_config("fmhl ingest-gateway", api_key_header="X-API-Key"),
+        openapi_config=openapi_config("fmhl ingest-gateway", api_key_header="X-API-Key", refused_everywhere=(503,)),
     )
     return app, runtime.readiness
 

@@ -1,11 +1,9 @@
-"""`/api/v1`: every controller of the gateway, in one router with the gateway's answer to an unavailable
-database."""
+"""`/api/v1`: every controller of the gateway, in one router."""
 
 from litestar import Router
 
 from ingest_gateway.routes.auth import AuthController
 from ingest_gateway.routes.bad_leads import AssignmentReportsController, BadLeadReportsController
-from ingest_gateway.routes.errors import EXCEPTION_HANDLERS
 from ingest_gateway.routes.exports import ExportsController
 from ingest_gateway.routes.leads import LeadsController
 from ingest_gateway.routes.providers import ProvidersController
@@ -21,4 +19,4 @@ CONTROLLERS = [
 
 
 def api() -> Router:
-    return Router("/", route_handlers=CONTROLLERS, exception_handlers=EXCEPTION_HANDLERS)
+    return Router("/", route_handlers=CONTROLLERS)
