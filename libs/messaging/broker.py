@@ -199,10 +199,18 @@ async def queue_depth(broker: RabbitBroker, queue_name: str) -> int:
 
 
 async def queue_counts(broker: RabbitBroker, queue_name: str) -> tuple[int, int]:
-    """Ready messages and consumers, as the queue's leader counts them now (a passive declare)."""
-    queue = await broker.declare_queue(RabbitQueue(queue_name, declare=False))
-    result = await queue.declare()
-    return int(result.message_count or 0), int(result.consumer_count or 0)
+    """Ready messages and consumers, as the queue's leader counts them now (a passive declare).
+
+    Each reading opens a channel of its own: a reading cut short by its timeout (a broker under a memory alarm)
+    cancels its RPC, aiormq then closes that channel, and on the broker's shared channel the cached queue would
+    fail every later reading, leaving the service unready after the broker recovered."""
+    connection = broker._connection  # FastStream keeps the aio-pika connection private; nothing else exposes it
+    if connection is None:
+        raise ConnectionError("broker connection is closed")
+    async with connection.channel(publisher_confirms=False) as channel:
+        queue = await channel.declare_queue(queue_name, passive=True)
+        result = queue.declaration_result
+        return int(result.message_count or 0), int(result.consumer_count or 0)
 
 
 async def connect(broker: RabbitBroker) -> None:

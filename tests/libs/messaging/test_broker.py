@@ -4,16 +4,19 @@ and no telemetry middleware when telemetry is off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+import aiormq
 import pytest
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import RabbitBroker, RabbitQueue
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
-from libs.messaging.broker import HEARTBEAT_S, connect, connection_url, create_broker
+from libs.messaging.broker import HEARTBEAT_S, connect, connection_url, create_broker, queue_depth
 from libs.settings import node_urls
 from libs.telemetry import setup_telemetry
 from tests.faults.proxy import FaultProxy, Mode
@@ -148,3 +151,30 @@ async def test_a_silent_connection_is_given_up_within_twice_the_heartbeat(rabbit
 
 async def _disconnected(broker: RabbitBroker) -> bool:
     return not await broker.ping(timeout=0.1)
+
+
+async def test_a_queue_reading_cut_short_or_refused_leaves_later_readings_working(rabbitmq_url: str) -> None:
+    broker = create_broker(rabbitmq_url, setup_telemetry("test"), service="test-readings")
+    name = f"test-readings-{uuid.uuid4().hex[:8]}"
+    try:
+        await broker.connect()
+        await broker.declare_queue(RabbitQueue(name, auto_delete=True))
+        await broker.publish(b"one", queue=name)
+        with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+            await queue_depth(broker, f"{name}-missing")  # the broker closes the channel that asked
+        for _ in range(20):  # readings cancelled mid-RPC (a timeout under a memory alarm) close theirs
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue_depth(broker, name), 0.0005)
+        assert await until_value(lambda: queue_depth(broker, name), 1)
+        assert await broker.ping(timeout=1)
+    finally:
+        await broker.stop()
+
+
+async def until_value(read: Callable[[], Awaitable[int]], expected: int, timeout: float = 10) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await read() == expected:
+            return True
+        await asyncio.sleep(0.1)
+    return False
