@@ -163,7 +163,7 @@ env_file() {
     # The env files users get (stack.sh compose-env: administrators, provision.env, one per service), from
     # secrets of the test's own, so the machine's stay untouched.
     rm -rf "$STATE/secrets" "$STATE/env"
-    FMHL_SECRETS_DIR="$STATE/secrets" bash "$ROOT/deploy/local/stack.sh" compose-env "$STATE/env" >/dev/null
+    FMHL_SECRETS_DIR="$STATE/secrets" FMHL_ADOPT_CHECKOUT_SECRETS=no bash "$ROOT/deploy/local/stack.sh" compose-env "$STATE/env" >/dev/null
     # Free ports of their own (a stack or PostgreSQL and RabbitMQ on their usual ports may be running here).
     (umask 077; { cat "$STATE/env/compose.env"; cat <<ENV
 FMHL_GATEWAY_PORT=$base

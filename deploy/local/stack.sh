@@ -47,14 +47,15 @@ die() { say "error: $*"; exit 1; }
 # ---- secrets: generated once per machine, never committed -------------------------------------
 # A file is created complete under a temporary name and linked into place: when two checkouts race, the
 # first link wins and both read the same password. A checkout from before secrets were machine-wide brings
-# its own .run/<name> along, so the stack it started keeps working.
+# its own .run/<name> along, so the stack it started keeps working (FMHL_ADOPT_CHECKOUT_SECRETS=no: a
+# throwaway secrets folder, as the compose test's, takes nothing from the checkout).
 # `secret NAME [fernet]`: a Fernet key (TOTP secrets at rest) instead of a password.
 secret() {
   local file="$SECRETS/$1"
   if [ ! -s "$file" ]; then
     mkdir -p -m 700 "$SECRETS" && chmod 700 "$SECRETS"
     local fresh; fresh="$(mktemp "$SECRETS/.new.XXXXXX")"
-    if [ -z "${FMHL_SECRETS_DIR:-}" ] && [ -s "$RUN/$1" ]; then cat "$RUN/$1" > "$fresh"
+    if [ "${FMHL_ADOPT_CHECKOUT_SECRETS:-yes}" = yes ] && [ -s "$RUN/$1" ]; then cat "$RUN/$1" > "$fresh"
     elif [ "${2:-}" = fernet ]; then
       "$PY_BOOT" -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' > "$fresh"
     else "$PY_BOOT" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$fresh"; fi
