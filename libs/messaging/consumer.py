@@ -56,7 +56,7 @@ from libs.telemetry import Telemetry, duration_histogram
 
 log = get_logger("fmhl.consumer")
 
-OUTAGES = "fmhl_outages"
+OUTAGES = "process_outages"
 """Where a broker's context keeps the process's Outages, from which every policy it runs takes its breaker (a
 name without dots: FastStream reads a dot as an attribute of what precedes it)."""
 _PROCESS_OUTAGES = Context(OUTAGES, default=None)

@@ -72,7 +72,7 @@ def _declare_topology(url: str) -> None:
 @pytest.fixture(scope="session")
 def cluster(cluster_root: Path) -> Iterator[RabbitMQCluster]:
     rabbitmq = build_cluster(
-        cluster_root / "rabbitmq", secrets.token_urlsafe(18), ports=AMQP_PORTS, dist_ports=DIST_PORTS,
+        cluster_root / "rabbitmq", secrets.token_hex(16), ports=AMQP_PORTS, dist_ports=DIST_PORTS,
         management_ports=MANAGEMENT_PORTS, subnet=OFFSET % 250, name=f"cluster{OFFSET}",
     )  # fmt: skip
     try:
@@ -84,7 +84,7 @@ def cluster(cluster_root: Path) -> Iterator[RabbitMQCluster]:
 
 @pytest.fixture(scope="session")
 def postgres(cluster_root: Path) -> Iterator[PrivatePostgres]:
-    database = PrivatePostgres(cluster_root / "postgres", POSTGRES_PORT, secrets.token_urlsafe(18))
+    database = PrivatePostgres(cluster_root / "postgres", POSTGRES_PORT, secrets.token_hex(16))
     database.create()
     database.migrate()
     yield database

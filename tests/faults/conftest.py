@@ -63,7 +63,8 @@ def fault_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres(fault_root: Path) -> Iterator[PrivatePostgres]:
-    cluster = PrivatePostgres(fault_root / "postgres", POSTGRES_PORT, secrets.token_urlsafe(18))
+    # Hex passwords: a URL-safe one may start with '-', which rabbitmqctl add_user reads as an option.
+    cluster = PrivatePostgres(fault_root / "postgres", POSTGRES_PORT, secrets.token_hex(16))
     cluster.create()
     cluster.migrate()
     yield cluster
@@ -77,7 +78,7 @@ def rabbitmq(fault_root: Path) -> Iterator[PrivateRabbitMQ]:
         RABBITMQ_PORT,
         RABBITMQ_DIST_PORT,
         RABBITMQ_MANAGEMENT_PORT,
-        secrets.token_urlsafe(18),
+        secrets.token_hex(16),
         node=f"faults{OFFSET or ''}@localhost",
     )
     node.create()
