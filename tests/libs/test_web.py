@@ -22,9 +22,9 @@ def test_anything_else_gets_a_fresh_uuid(value: str | None) -> None:
     assert uuid.UUID(replaced)
 
 
-def published_schemes(title: str, **options: str) -> dict[str, Any]:
+def published_schemes(title: str, api_key_header: str | None = None) -> dict[str, Any]:
     """The security schemes of the OpenAPI document an app with this configuration serves."""
-    app = Litestar(route_handlers=[], openapi_config=openapi_config(title, **options))
+    app = Litestar(route_handlers=[], openapi_config=openapi_config(title, api_key_header=api_key_header))
     document = app.openapi_schema.to_schema()
     assert document["info"]["title"] == title
     return dict(document["components"]["securitySchemes"])
