@@ -1,8 +1,8 @@
 """Before and after a change: each throughput benchmark against two checkouts of the project, alternating
 which goes first, medians over runs; writes the comparison's section of docs/BENCHMARKS.md.
 
-Make the baseline checkout outside the project, e.g. `git worktree add /tmp/bench-before <commit>`, then:
-    python -m bench.compare --before /tmp/bench-before --after . [--runs 3] [--only NAMES] [--title TITLE]
+Make the baseline checkout outside the project, e.g. `git worktree add ../bench-before <commit>`, then:
+    python -m bench.compare --before ../bench-before --after . [--runs 3] [--only NAMES] [--title TITLE]
 Both run on this virtualenv; each side's services import only its own checkout's code.
 """
 
@@ -64,7 +64,7 @@ async def main(argv: Sequence[str]) -> None:
     lines = [
         *header(options.title, command_line("bench.compare", argv), machine(), f"{datetime.now(UTC):%Y-%m-%d}",
                 options.runs),
-        f"Before: `{sides['before']}` at {revision(sides['before'])}; after: `{sides['after']}` at "
+        f"Before: the checkout at {revision(sides['before'])}; after: the checkout at "
         f"{revision(sides['after'])}. Each figure's baseline is the raw ceiling for the same work, measured in "
         "the same run; a side's ratio is the median of its runs' figure/baseline. **after/before (ratios)** "
         "divides the after ratio by the before ratio, so load that slows a whole run cancels out; 1.000 means "

@@ -53,6 +53,7 @@ from bench.harness import (
 )
 from bench.report import Benchmark, Measurement, Summary, comparison_table, header, single_table, write_section
 from bench.runner import measure_once
+from bench.throughput import command_line, revision
 from libs.messaging.topology import DISTRIBUTION, EVENTS_EXCHANGE
 
 SECTION = "Distribution: overlap, a million assignments, telemetry"
@@ -690,11 +691,12 @@ async def main(argv: Sequence[str]) -> None:
     summaries = {
         side: {name: Summary(tuple(runs)) for name, runs in by_name.items()} for side, by_name in results.items()
     }
-    command = " ".join(["python -m bench.distribution_overlap", *argv])
+    command = command_line("bench.distribution_overlap", argv)
     lines = [*header(SECTION, command, machine(), f"{datetime.now(UTC):%Y-%m-%d}", options.runs)]
     if options.before:
         lines += [
-            f"Before: `{sides['before']}`; after: `{sides['after']}`. The before side runs on schema "
+            f"Before: the checkout at {revision(sides['before'])}; after: the checkout at "
+            f"{revision(sides['after'])}. The before side runs on schema "
             f"{options.before_revision or 'head'}.",
             "",
             *comparison_table(chosen, summaries["before"], summaries["after"]),

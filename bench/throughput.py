@@ -79,7 +79,9 @@ def revision(checkout: Path) -> str:
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:
-    return shlex.join(["python", "-m", module, *argv])
+    """The command as the report shows it: a checkout named by its commit, never by where it lies on this machine."""
+    shown = [f"<checkout at {revision(Path(arg))}>" if Path(arg).is_dir() else arg for arg in argv]
+    return shlex.join(["python", "-m", module, *shown])
 
 
 def arguments(argv: Sequence[str]) -> argparse.Namespace:
