@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from libs.messaging.topology import DISTRIBUTION
 from tests.cluster.instances import ClusterNode, RabbitMQCluster, build_cluster, until
 from tests.conftest import TEST_JWT_SECRET, TEST_TOTP_ENCRYPTION_KEY, ServiceProcess, ServiceProcesses
-from tests.faults.checker import Findings, check, database_now, deadlocks, wait_until_drained
+from tests.faults.checker import Findings, check, conclude, database_now, deadlocks, wait_until_drained
 from tests.faults.instances import ROOT, PrivatePostgres
 from tests.faults.mail import MailSink, start_sink
 from tests.faults.stack import PIPELINE, wait_ready
@@ -223,9 +223,8 @@ class ClusterRun:
         await asyncio.to_thread(until, holds, timeout, what)
         return round(time.monotonic() - since, 1)
 
-    async def verify(self, workload: Workload, *, known: Mapping[str, str] | None = None) -> Findings:
-        """Waits for the workload and for every queue to be empty, then asserts the checker found nothing but
-        `known` findings (each with the defect that causes it, reported and never hidden)."""
+    async def verify(self, workload: Workload) -> Findings:
+        """Waits for the workload and for every queue to be empty, then asserts the checker found nothing."""
         async with asyncio.timeout(workload.give_up_after_s + 60):
             await workload.finished.wait()
         await asyncio.to_thread(self.services.ready)
@@ -236,19 +235,8 @@ class ClusterRun:
             self.engine, self.mail, workload, since=self.since, deadlocks_before=self.deadlocks_before
         )
         findings.figures.update(self.figures, drain_s=round(drain_s, 1), test_s=round(time.monotonic() - self.began))
-        tolerated = {what: reason for what, reason in (known or {}).items() if what in findings.problems}
-        record(self.name, findings, tolerated)
-        print(f"\n{self.name}: {findings}" + "".join(f"\nKNOWN DEFECT {w}: {r}" for w, r in tolerated.items()))
-        unexpected = {what: detail for what, detail in findings.problems.items() if what not in tolerated}
-        assert not unexpected, str(findings)
+        conclude(self.name, findings, RESULTS)
         return findings
-
-
-def record(name: str, findings: Findings, tolerated: Mapping[str, str]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as results:
-        results.write(json.dumps({"fault": name, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "figures": findings.figures,
-                                  "problems": findings.problems, "known_defects": tolerated}) + "\n")  # fmt: skip
 
 
 @pytest.fixture

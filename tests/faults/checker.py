@@ -4,12 +4,14 @@ the pipeline kept its promises for one workload run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -266,3 +268,16 @@ async def check(
         deadlocks=await deadlocks(engine) - deadlocks_before,
     )
     return findings
+
+
+def conclude(name: str, findings: Findings, results: Path, known: Mapping[str, str] | None = None) -> None:
+    """Appends the run's figures and problems to `results`, prints them, and fails on any problem but the `known`
+    ones (each with the defect that causes it: reported, never hidden)."""
+    tolerated = {what: reason for what, reason in (known or {}).items() if what in findings.problems}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as lines:
+        lines.write(json.dumps({"fault": name, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "figures": findings.figures,
+                                "problems": findings.problems, "known_defects": tolerated}) + "\n")  # fmt: skip
+    print(f"\n{name}: {findings}" + "".join(f"\nKNOWN DEFECT {w}: {r}" for w, r in tolerated.items()))
+    unexpected = {what: detail for what, detail in findings.problems.items() if what not in tolerated}
+    assert not unexpected, str(findings)

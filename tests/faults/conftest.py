@@ -5,7 +5,6 @@ an SMTP sink, and the pipeline's services as processes. Each test gets everythin
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import secrets
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.conftest import TEST_JWT_SECRET, TEST_TOTP_ENCRYPTION_KEY, ServiceProcesses
 from tests.faults import proxy as fault_proxy
-from tests.faults.checker import Findings, check, database_now, deadlocks, wait_until_drained
+from tests.faults.checker import Findings, check, conclude, database_now, deadlocks, wait_until_drained
 from tests.faults.instances import ROOT, PrivatePostgres, PrivateRabbitMQ
 from tests.faults.mail import MailSink, start_sink
 from tests.faults.stack import PIPELINE, FaultStack
@@ -219,19 +218,8 @@ class Scenario:
         )  # fmt: skip
         findings.problems.update(found or {})
         findings.figures.update(self.figures, drain_s=round(drain_s, 1), test_s=round(time.monotonic() - self.began))
-        tolerated = {what: reason for what, reason in (known or {}).items() if what in findings.problems}
-        record(self.name, findings, tolerated)
-        print(f"\n{self.name}: {findings}" + "".join(f"\nKNOWN DEFECT {w}: {r}" for w, r in tolerated.items()))
-        unexpected = {what: detail for what, detail in findings.problems.items() if what not in tolerated}
-        assert not unexpected, str(findings)
+        conclude(self.name, findings, RESULTS, known)
         return findings
-
-
-def record(name: str, findings: Findings, tolerated: Mapping[str, str]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as results:
-        results.write(json.dumps({"fault": name, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "figures": findings.figures,
-                                  "problems": findings.problems, "known_defects": tolerated}) + "\n")  # fmt: skip
 
 
 @pytest.fixture
