@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from tests.faults.instances import node_environment
+
 BRIDGE_ADDRESS = ".254"
 
 
@@ -138,22 +140,7 @@ class ClusterNode:
         return f"{self.name}@{self.host}"
 
     def env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_USE_LONGNAME": "true",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.root / "log"),
-            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
-            "RABBITMQ_PID_FILE": str(self.root / "beam.pid"),
-        }
-        if os.geteuid() == 0:
-            # The rabbitmq user's home holds the machine's Erlang cookie, which rabbitmqctl needs too.
-            env["HOME"] = "/var/lib/rabbitmq"
-        return env
+        return node_environment(self.node, self.root, self.port, self.dist_port, long_name=True)
 
     def configure(self, heartbeat_s: int) -> None:
         for folder in (self.root, self.root / "mnesia", self.root / "log"):

@@ -50,6 +50,27 @@ def postgres_bin() -> Path:
     return versions[-1]
 
 
+def node_environment(node: str, root: Path, port: int, dist_port: int, *, long_name: bool = False) -> dict[str, str]:
+    """A RabbitMQ node of its own on this machine (RabbitMQ's documented way: name, ports and data under `root`)."""
+    env = {
+        **os.environ,
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(root / "log"),
+        "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+        "RABBITMQ_PID_FILE": str(root / "beam.pid"),
+    }
+    if long_name:
+        env["RABBITMQ_USE_LONGNAME"] = "true"
+    if os.geteuid() == 0:
+        # The rabbitmq user's home holds the machine's Erlang cookie, which rabbitmqctl needs too.
+        env["HOME"] = "/var/lib/rabbitmq"
+    return env
+
+
 @dataclass
 class PrivatePostgres:
     """`initdb` into `root`, served on 127.0.0.1:`port`; the role `fmhl` owns the database `fmhl_faults`."""
@@ -154,21 +175,7 @@ class PrivateRabbitMQ:
         return f"http://{self.user}:{self.password}@127.0.0.1:{self.management_port}"
 
     def _env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.root / "log"),
-            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
-            "RABBITMQ_PID_FILE": str(self.root / "beam.pid"),
-        }
-        if os.geteuid() == 0:
-            # The rabbitmq user's home holds the machine's Erlang cookie, which rabbitmqctl needs too.
-            env["HOME"] = "/var/lib/rabbitmq"
-        return env
+        return node_environment(self.node, self.root, self.port, self.dist_port)
 
     def create(self) -> None:
         for folder in (self.root, self.root / "mnesia", self.root / "log"):
