@@ -1,5 +1,5 @@
-"""Where a setting comes from: the variable, its `_FILE`, never both; the OpenTelemetry variables by their standard
-names."""
+"""Where a setting comes from: the variable or its `_FILE`, never both (the file alone: tests/libs/test_settings.py);
+the OpenTelemetry variables by their standard names."""
 
 from __future__ import annotations
 
@@ -36,15 +36,6 @@ def test_a_variable_and_its_file_together_are_refused_naming_both(
 
     with pytest.raises(SettingsError, match="DATABASE_URL and DATABASE_URL_FILE are both set"):
         load_settings(ServiceSettings)
-
-
-def test_the_file_alone_is_read(environment: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    secret = tmp_path / "database-url"
-    secret.write_text("postgresql+asyncpg://u:from-the-file@localhost/db\n")
-    environment.delenv("DATABASE_URL")
-    environment.setenv("DATABASE_URL_FILE", str(secret))
-
-    assert "from-the-file" in load_settings(ServiceSettings).database_url.get_secret_value()
 
 
 def test_no_exporter_is_the_default(environment: pytest.MonkeyPatch) -> None:
