@@ -13,12 +13,10 @@ from litestar.params import FromPath, JSONBody
 
 from libs.web import document_refusals, openapi_config
 from tests.contracts.render import load_renderer
+from tests.contracts.schemas import JSON_VALUE, untyped
 
 Document = dict[str, Any]
 METHODS = ("get", "put", "post", "delete", "patch")
-DESCRIBED = {"type", "oneOf", "anyOf", "allOf", "enum", "const", "$ref"}
-JSON_VALUE = {"array", "object", "string", "boolean", "integer", "number", "null"}
-"""What Litestar documents a field typed `Any` as: any JSON value, said on purpose (a dead letter's payload)."""
 PUBLIC = {("ingest-gateway", "POST /api/v1/auth/token")}
 """Called without credentials: the login that hands them out."""
 
@@ -27,34 +25,6 @@ PUBLIC = {("ingest-gateway", "POST /api/v1/auth/token")}
 def documents() -> dict[str, Document]:
     renderer: ModuleType = load_renderer()
     return dict(renderer.openapi_documents())
-
-
-def untyped(schema: Document, document: Document, where: str, seen: frozenset[str] = frozenset()) -> list[str]:
-    """Every place under `schema` that says nothing about its value: `{}`, or an object without typed fields;
-    an explicit "any JSON value" counts as said."""
-    if "$ref" in schema:
-        name = schema["$ref"].rsplit("/", 1)[1]
-        if name in seen:
-            return []
-        return untyped(document["components"]["schemas"][name], document, f"{where} -> {name}", seen | {name})
-    if not schema.keys() & DESCRIBED:
-        return [f"{where}: no schema"]
-    options = schema.get("oneOf", []) + schema.get("anyOf", [])
-    if {option.get("type") for option in options} == JSON_VALUE:
-        return []
-    found = [problem for option in options + schema.get("allOf", [])
-             for problem in untyped(option, document, where, seen)]  # fmt: skip
-    if schema.get("type") == "object":
-        fields, values = schema.get("properties", {}), schema.get("additionalProperties")
-        if not fields and not (isinstance(values, dict) and values):
-            found.append(f"{where}: an object without typed fields")
-        for name, field in fields.items():
-            found += untyped(field, document, f"{where}.{name}", seen)
-        if isinstance(values, dict) and values:
-            found += untyped(values, document, f"{where}[*]", seen)
-    if schema.get("type") == "array":
-        found += untyped(schema.get("items", {}), document, f"{where}[]", seen)
-    return found
 
 
 def each_operation(documents: dict[str, Document]) -> Iterator[tuple[str, str, Document, Document]]:

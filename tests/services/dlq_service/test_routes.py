@@ -11,10 +11,9 @@ from dlq_service.main import build
 from dlq_service.settings import Settings
 from libs.settings import load_settings
 from libs.telemetry import setup_telemetry
+from tests.contracts.schemas import untyped
 
 Schema = dict[str, Any]
-# A field declared as any JSON value (a payload, a header) is typed: the union says so. `{}` says nothing.
-JSON_VALUE = {"array", "object", "string", "boolean", "integer", "number", "null"}
 
 
 @pytest.fixture(scope="module")
@@ -38,41 +37,6 @@ def successes(document: Schema) -> Iterator[tuple[str, Schema]]:
             for status, response in operation.get("responses", {}).items():
                 if status.startswith("2"):
                     yield f"{method.upper()} {path} {status}", response
-
-
-def is_json_value(schema: Schema) -> bool:
-    return {option.get("type") for option in schema.get("oneOf", [])} == JSON_VALUE
-
-
-def untyped(schema: Schema, document: Schema, where: str, seen: frozenset[str] = frozenset()) -> list[str]:
-    """Every place under `schema` that does not say what it holds."""
-    if "$ref" in schema:
-        name = schema["$ref"].removeprefix("#/components/schemas/")
-        if name in seen:
-            return []
-        return untyped(document["components"]["schemas"][name], document, f"{where} -> {name}", seen | {name})
-    if is_json_value(schema) or "enum" in schema:
-        return []
-    if not schema.keys() & {"type", "oneOf", "anyOf", "allOf"}:
-        return [f"{where}: no schema"]
-    found = [
-        problem
-        for combinator in ("oneOf", "anyOf", "allOf")
-        for option in schema.get(combinator, [])
-        for problem in untyped(option, document, where, seen)
-    ]
-    if schema.get("type") == "object":
-        fields: Schema = schema.get("properties", {})
-        values = schema.get("additionalProperties")
-        if not fields and not values:
-            found.append(f"{where}: an object without typed fields")
-        for name, field in fields.items():
-            found += untyped(field, document, f"{where}.{name}", seen)
-        if isinstance(values, dict) and values:
-            found += untyped(values, document, f"{where}[*]", seen)
-    if schema.get("type") == "array":
-        found += untyped(schema.get("items", {}), document, f"{where}[]", seen)
-    return found
 
 
 def test_every_admin_route_is_in_the_document(document: Schema) -> None:

@@ -13,9 +13,9 @@ from ingest_gateway.settings import Settings
 from libs.settings import load_settings
 from libs.telemetry import setup_telemetry
 from tests.conftest import TEST_TOTP_ENCRYPTION_KEY
+from tests.contracts.schemas import untyped
 
 Schema = dict[str, Any]
-DESCRIBED = {"type", "oneOf", "anyOf", "allOf", "enum", "const"}
 
 
 @pytest.fixture(scope="module")
@@ -39,34 +39,6 @@ def successes(document: Schema) -> Iterator[tuple[str, Schema]]:
             for status, response in operation.get("responses", {}).items():
                 if status.startswith("2"):
                     yield f"{method.upper()} {path} {status}", response
-
-
-def untyped(schema: Schema, document: Schema, where: str, seen: frozenset[str] = frozenset()) -> list[str]:
-    """Every place under `schema` that says nothing about its value: `{}`, or an object without typed fields."""
-    if "$ref" in schema:
-        name = schema["$ref"].removeprefix("#/components/schemas/")
-        if name in seen:
-            return []
-        return untyped(document["components"]["schemas"][name], document, f"{where} -> {name}", seen | {name})
-    if not schema.keys() & DESCRIBED:
-        return [f"{where}: no schema"]
-    found: list[str] = []
-    for combinator in ("oneOf", "anyOf", "allOf"):
-        for option in schema.get(combinator, []):
-            found += untyped(option, document, where, seen)
-    if schema.get("type") == "object":
-        fields = schema.get("properties", {})
-        values = schema.get("additionalProperties")
-        typed_values = isinstance(values, dict) and values != {}
-        if not fields and not typed_values:
-            found.append(f"{where}: an object without typed fields")
-        for name, field in fields.items():
-            found += untyped(field, document, f"{where}.{name}", seen)
-        if isinstance(values, dict) and values:
-            found += untyped(values, document, f"{where}[*]", seen)
-    if schema.get("type") == "array":
-        found += untyped(schema.get("items", {}), document, f"{where}[]", seen)
-    return found
 
 
 def test_every_success_response_has_a_typed_schema(document: Schema) -> None:
