@@ -19,12 +19,11 @@ import pyotp
 import pytest
 from aiosmtpd.controller import Controller
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -191,11 +190,25 @@ def refusal(driver: WebDriver) -> str | None:
     return found[0].text if found else None
 
 
+# The page being left carries this mark; the next document cannot. Asking the browser whether an element of the old
+# page is stale races with the navigation (Chromium may answer that the node "does not belong to the document").
+LEAVING = "data-test-leaving"
+
+
 def click_through(driver: WebDriver, element: WebElement) -> None:
     """Clicks and waits for the page it leads to (a click returns before the next page is there)."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script(f"document.documentElement.setAttribute('{LEAVING}', '')")
     element.click()
-    wait(driver).until(staleness_of(page))
+    WebDriverWait(driver, 20.0, poll_frequency=0.1, ignored_exceptions=[WebDriverException]).until(arrived)
+
+
+def arrived(driver: WebDriver) -> bool:
+    """A new document, fully loaded (a script run mid-navigation may fail: the wait ignores that and asks again)."""
+    return bool(
+        driver.execute_script(
+            f"return document.readyState === 'complete' && !document.documentElement.hasAttribute('{LEAVING}')"
+        )
+    )
 
 
 def submit(driver: WebDriver, form_member: WebElement) -> None:

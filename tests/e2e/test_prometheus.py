@@ -59,6 +59,7 @@ LOWERED = {
     "ScheduledJobNotSucceeding": [("> 2 * 300", "> 2 * 5")],
 }
 RANGE = re.compile(r"\[(\d+[smhdwy])\]")
+METRIC = re.compile(r"\b(?:fmhl|rabbitmq)_\w+")
 # Numbers and durations outside quoted label values: what the overlay may change.
 LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"|(?<![\w:.])\d+(?:\.\d+)?(?:[smhdwy]\b)?')
 
@@ -307,6 +308,10 @@ def active(monitoring: Monitoring, name: str, **labels: str) -> list[dict[str, A
     ]
 
 
+def targets(monitoring: Monitoring) -> list[dict[str, Any]]:
+    return list(httpx.get(f"{monitoring.prometheus}/api/v1/targets").json()["data"]["activeTargets"])
+
+
 def firing(monitoring: Monitoring, name: str, **labels: str) -> bool:
     return any(alert["state"] == "firing" for alert in active(monitoring, name, **labels))
 
@@ -315,8 +320,14 @@ async def fires(monitoring: Monitoring, name: str, timeout: float = 60, **labels
     try:
         await until(lambda: firing(monitoring, name, **labels), timeout, f"{name} {labels} firing")
     except AssertionError as error:
-        returned = query(monitoring, monitoring.expressions[name])
-        raise AssertionError(f"{error}; its expression returns {returned or 'nothing'}") from None
+        expression = monitoring.expressions[name]
+        returned = query(monitoring, expression)
+        # What the expression is made of, so a failure says which part was missing or out of range.
+        parts = {series: query(monitoring, series) for series in sorted(set(METRIC.findall(expression)))}
+        health = {target["labels"]["job"]: target["health"] for target in targets(monitoring)}
+        raise AssertionError(
+            f"{error}; its expression returns {returned or 'nothing'}; its series: {parts}; targets: {health}"
+        ) from None
     return next(alert for alert in active(monitoring, name, **labels) if alert["state"] == "firing")
 
 
@@ -488,13 +499,12 @@ def value_of(monitoring: Monitoring, expression: str) -> float:
 
 
 def test_every_service_and_rabbitmq_is_scraped_and_up(monitoring: Monitoring, monitored: Stack) -> None:
-    def targets() -> list[dict[str, Any]]:
-        return list(httpx.get(f"{monitoring.prometheus}/api/v1/targets").json()["data"]["activeTargets"])
-
-    wait_for(lambda: len(targets()) == 7 and all(t["health"] == "up" for t in targets()), 30, "all targets up")
-    assert {target["labels"]["job"] for target in targets()} == {f"fmhl-{name}" for name in monitored.running} | {
-        "rabbitmq"
-    }
+    wait_for(
+        lambda: len(targets(monitoring)) == 7 and all(t["health"] == "up" for t in targets(monitoring)), 30,
+        "all targets up",
+    )  # fmt: skip
+    scraped = {target["labels"]["job"] for target in targets(monitoring)}
+    assert scraped == {f"fmhl-{name}" for name in monitored.running} | {"rabbitmq"}
 
 
 @proves("ServiceDown", "QueueWithoutConsumers")
