@@ -167,8 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.distribution", description=__doc__)
     parser.add_argument("--leads", type=int, default=Distribution.leads)
     parser.add_argument("--providers", type=int, default=Distribution.providers)
+    parser.add_argument("--port", type=int, default=Distribution.port, help="the worker's HTTP port")
     arguments, rest = parser.parse_known_args()
-    run_alone(Distribution(leads=arguments.leads, providers=arguments.providers), rest)
+    run_alone(Distribution(leads=arguments.leads, providers=arguments.providers, port=arguments.port), rest)
 
 
 if __name__ == "__main__":

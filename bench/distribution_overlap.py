@@ -61,6 +61,9 @@ PREFETCH = 10
 """The worker's default prefetch, hence its handler concurrency; its pool holds as many connections (5 + 5)."""
 MAX_PROVIDERS_PER_LEAD = 3
 """The worker's default MAX_PROVIDERS_PER_LEAD, which the benchmark leaves as it is."""
+EMAIL_WORKER_OFFSET = 20
+SMTP_OFFSET = 30
+"""Ports after a run's first one: workers take the first 20, so a run needs 31 ports from `--port` on."""
 PROBE = Path(__file__).with_name("statement_probe")
 CATEGORIES = ("roofing", "solar", "hvac")
 ZIPS = tuple(f"941{n:02d}" for n in range(20))
@@ -400,6 +403,9 @@ CHECKS = {
     ),
 }
 DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+# Every connection opened to the benchmark's database (the workers', email-worker's, the benchmark's own few): a
+# pool that closes and reopens connections shows here, and each one costs a server process, TLS and authentication.
+SESSIONS = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
 # Cluster-wide (other databases' writes included): what the run's commits wait for besides their own work.
 WAL_AND_CHECKPOINTS = (
     "SELECT pg_current_wal_lsn()::text AS lsn, checkpoints_timed + checkpoints_req AS checkpoints FROM pg_stat_bgwriter"
@@ -433,7 +439,10 @@ class Run:
     """Assignments of earlier days seeded (COPY) before the run."""
     baselines: bool = True
     telemetry: bool = True
+    prefetch: int = PREFETCH
+    """Each worker's PREFETCH (its handler concurrency); raw PostgreSQL runs on as many connections in all."""
     port: int = 18611
+    """The first worker's HTTP port; further workers, email-worker and the SMTP sink take the ports after it."""
 
     async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
         load = load_average()
@@ -448,6 +457,7 @@ class Run:
                 await seed_history(db, seeded, offers, self.history, run)
             await db.execute("ANALYZE")
             deadlocks_before = int(await db.fetchval(DEADLOCKS))
+            sessions_before = int(await db.fetchval(SESSIONS))
             server_before = await db.fetchrow(WAL_AND_CHECKPOINTS)
             drain, statements, mails = await self._worker_run(checkout, env, seeded)
             wal_bytes = float(await db.fetchval(WAL_SINCE, server_before["lsn"]))
@@ -455,10 +465,12 @@ class Run:
             # Stats reach pg_stat_database when a session ends or within a second: the workers' have ended.
             await asyncio.sleep(1.5)
             deadlocks = int(await db.fetchval(DEADLOCKS)) - deadlocks_before
+            sessions = int(await db.fetchval(SESSIONS)) - sessions_before
             assignments = await verify(db, seeded.worker_leads, seeded.providers)
             details: dict[str, float] = {
                 "cpu_per_item_ms": drain.cpu_per_item_ms,
                 "deadlocks": deadlocks,
+                "db_sessions_opened": sessions,
                 "assignments_per_lead": round(assignments / self.leads, 2),
                 "cluster_wal_kb_per_lead": round(wal_bytes / 1024 / self.leads, 1),
                 "cluster_checkpoints": checkpoints,
@@ -469,11 +481,11 @@ class Run:
                 details["mails_accepted_in_run"] = mails
             baseline = drain.rate
             if self.baselines:
-                raw_pg = await raw_postgresql(env.database_url, seeded.raw_leads, PREFETCH * self.workers)
+                raw_pg = await raw_postgresql(env.database_url, seeded.raw_leads, self.prefetch * self.workers)
                 await verify(db, seeded.raw_leads, seeded.providers)
                 consume = await consume_and_ack(
                     env.rabbitmq_url, [lead_approved(lead, "bench") for lead in seeded.raw_leads],
-                    prefetch=PREFETCH, timeout_s=120,
+                    prefetch=self.prefetch, timeout_s=120,
                 )  # fmt: skip
                 details |= {"raw_postgresql": round(raw_pg, 1), "consume_ack": round(consume, 1)}
                 baseline = min(raw_pg, consume)
@@ -489,7 +501,7 @@ class Run:
             return int(await db.fetchval(DONE, seeded.worker_leads))
 
         try:
-            async with channel(env.rabbitmq_url) as chan, smtp_sink(self.port + 50) as sink:
+            async with channel(env.rabbitmq_url) as chan, smtp_sink(self.port + SMTP_OFFSET) as sink:
                 await declare_topology(chan)
                 await purge_topology(chan)
                 events = await chan.get_exchange(EVENTS_EXCHANGE)
@@ -521,8 +533,9 @@ class Run:
             "PYTHONPATH": os.pathsep.join([str(PROBE), python_path]),
             "FMHL_BENCH_STATEMENTS": str(statements or ""),
             "TELEMETRY_ENABLED": str(self.telemetry).lower(),
+            "PREFETCH": str(self.prefetch),
             "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(self.port + 50),
+            "SMTP_PORT": str(self.port + SMTP_OFFSET),
         }
 
     @asynccontextmanager
@@ -530,7 +543,7 @@ class Run:
         if not self.emails:
             yield
             return
-        port = self.port + 40
+        port = self.port + EMAIL_WORKER_OFFSET
         service = start_service(checkout, "email-worker", env, port, extra=self._environ(checkout, env, port, None))
         async with running(service, wait_ready=True):
             yield
@@ -582,7 +595,8 @@ class Overlap:
         shape = (f"{self.run.providers} providers each taking every lead" if self.run.every_lead
                  else f"{self.run.providers} providers with overlapping subscriptions")  # fmt: skip
         workers = f", {self.run.workers} worker processes" if self.run.workers > 1 else ""
-        return f"distribution, {shape}{workers}, emails {'running' if self.run.emails else 'off'}"
+        prefetch = f", prefetch {self.run.prefetch}" if self.run.prefetch != PREFETCH else ""
+        return f"distribution, {shape}{workers}{prefetch}, emails {'running' if self.run.emails else 'off'}"
 
     async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
         return await self.run.measure(checkout, env)
@@ -629,14 +643,15 @@ class TelemetrySwitch:
         return Measurement(on.value, off.value, on.count, off.load, details)
 
 
-def benchmarks(leads: int, only: str | None = None, history: int = 1_000_000) -> list[Benchmark]:
+def benchmarks(base: Run, only: str | None = None, history: int = 1_000_000) -> list[Benchmark]:
+    """`base`: what every figure's run shares (leads, ports, prefetch, worker processes)."""
     every: list[Benchmark] = [
-        Overlap(Run(leads=leads)),
-        Overlap(Run(leads=leads, providers=3, every_lead=True, emails=False), name="every_lead"),
-        Overlap(Run(leads=leads, providers=3, every_lead=True, emails=True), name="every_lead_emails"),
-        Million(Run(leads=leads, emails=False, baselines=False), history=history),
-        TelemetrySwitch(Run(leads=leads, baselines=False)),
-        Overlap(Run(leads=leads, workers=2), name="replicas"),
+        Overlap(base),
+        Overlap(replace(base, providers=3, every_lead=True, emails=False), name="every_lead"),
+        Overlap(replace(base, providers=3, every_lead=True, emails=True), name="every_lead_emails"),
+        Million(replace(base, emails=False, baselines=False), history=history),
+        TelemetrySwitch(replace(base, baselines=False)),
+        Overlap(replace(base, workers=2 * base.workers), name="replicas"),
     ]
     if not only:
         return every
@@ -668,10 +683,14 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--leads", type=int, default=2000)
     parser.add_argument("--history", type=int, default=1_000_000, help="assignments seeded for the million figure")
     parser.add_argument("--only", help="comma-separated benchmark names")
+    parser.add_argument("--port", type=int, default=Run.port, help="first of the 31 ports a run uses")
+    parser.add_argument("--prefetch", type=int, default=PREFETCH, help="each worker's PREFETCH")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (replicas: twice as many)")
     parser.add_argument("--write", action="store_true", help=f"write the section '{SECTION}' of docs/BENCHMARKS.md")
     options = parser.parse_args(argv)
     env = BenchEnv.from_environ()
-    chosen = benchmarks(options.leads, options.only, options.history)
+    base = Run(leads=options.leads, port=options.port, prefetch=options.prefetch, workers=options.workers)
+    chosen = benchmarks(base, options.only, options.history)
     sides = {"after": options.checkout.resolve()}
     if options.before:
         sides["before"] = options.before.resolve()
