@@ -18,6 +18,7 @@ from ingest_gateway.accounts import AuthenticatedSource, SourceKeys
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.outbox import Relay
 from ingest_gateway.settings import Settings
+from ingest_gateway.submissions import Intake
 from libs.auth import Tokens, TotpSecrets, admin_principal, provider_principal, user_principal
 from libs.auth.login import THROTTLE_SCOPE, Lockout
 from libs.ratelimit import RateLimiter
@@ -27,13 +28,16 @@ from libs.web import constant
 def build_dependencies(
     settings: Settings, engine: AsyncEngine, relay: Relay, tokens: Tokens, metrics: GatewayMetrics
 ) -> dict[str, Provide]:
-    keys = SourceKeys(engine, settings.api_key_cache_ttl_s)
+    intake = Intake(engine, SourceKeys(engine, settings.api_key_cache_ttl_s), relay, metrics)
 
-    async def lead_source(request: Request[Any, Any, Any]) -> AuthenticatedSource:
+    # The intake comes in as the source's own dependency: Litestar resolves the dependencies of one level in a
+    # task group per request, and two levels of one each in turn (measured: the task group of the lead route's
+    # four dependencies was 7% of the gateway's CPU per lead).
+    async def lead_source(request: Request[Any, Any, Any], intake: Intake) -> AuthenticatedSource:
         api_key = request.headers.get("x-api-key")
         if not api_key:
             raise NotAuthorizedException("missing X-API-Key header")
-        source = await keys.source_for(api_key)
+        source = await intake.keys.source_for(api_key)
         if source is None:
             raise NotAuthorizedException("unknown API key")
         return source
@@ -44,6 +48,7 @@ def build_dependencies(
         "relay": constant(relay),
         "tokens": constant(tokens),
         "metrics": constant(metrics),
+        "intake": constant(intake),
         "totp": constant(TotpSecrets.from_settings(settings)),
         "lockout": constant(Lockout.from_settings(settings)),
         "throttle": constant(RateLimiter(engine, THROTTLE_SCOPE, settings.login_attempts_per_minute)),

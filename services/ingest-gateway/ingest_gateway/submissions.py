@@ -13,8 +13,9 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from ingest_gateway.accounts import AuthenticatedSource
-from ingest_gateway.outbox import staged
+from ingest_gateway.accounts import AuthenticatedSource, SourceKeys
+from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.outbox import Relay, staged
 from libs.contracts import Contact, LeadSubmitted, SafeText, ZipCode
 from libs.db import retry_on_disconnect
 from libs.db.tables import Lead, LeadStatus
@@ -29,6 +30,17 @@ class LeadSubmission(BaseModel):
     category: Annotated[SafeText, fits_column(Lead.category)]
     zip: ZipCode
     contact: Contact
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What a lead submission needs of the process (built once): where leads are stored, the sources' keys, the
+    relay to wake and the counter of leads taken."""
+
+    engine: AsyncEngine
+    keys: SourceKeys
+    relay: Relay
+    metrics: GatewayMetrics
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,7 @@ class LeadsController(Controller):
         self,
         data: Annotated[LeadSubmission, Body()],
         lead_source: NamedDependency[AuthenticatedSource],
-        engine: NamedDependency[AsyncEngine],
-        relay: NamedDependency[Relay],
-        metrics: NamedDependency[GatewayMetrics],
+        intake: NamedDependency[submissions.Intake],
         idempotency_key: Annotated[
             str | None, HeaderParameter(name="Idempotency-Key", max_length=IDEMPOTENCY_KEY_LENGTH)
         ] = None,
@@ -63,10 +61,10 @@ class LeadsController(Controller):
         """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first. 202: the
         lead and its lead.submitted are committed together (published by the outbox's relay); 503 with
         Retry-After: the database could not store it, nothing was kept."""
-        lead = await submissions.submit(engine, lead_source, data, idempotency_key)
+        lead = await submissions.submit(intake.engine, lead_source, data, idempotency_key)
         if lead.created:
-            relay.notify()
-            metrics.leads_submitted.add(1)
+            intake.relay.notify()
+            intake.metrics.leads_submitted.add(1)
             log.info("lead.submitted", {"lead_id": str(lead.lead_id), "source": lead_source.name})
         return LeadAccepted(lead_id=lead.lead_id, status=lead.status)
 
