@@ -6,7 +6,8 @@ milliseconds, beside the target (25 ms; free text 100 ms). The store is seeded w
 first (bench/dlq_seed.py; kept between runs). With --with-capture the run also measures DLQ capture into that
 store (bench/dlq_capture.py) and writes both to docs/BENCHMARKS.md.
 
-    python -m bench.dlq_admin [--stored 1000000] [--requests 200] [--runs 1] [--port N] [--with-capture] [--write]
+    python -m bench.dlq_admin [--stored 1000000] [--requests 200] [--runs 1] [--port N] [--workers N]
+                              [--with-capture] [--write]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import statistics
 import time
 import uuid
@@ -29,7 +31,7 @@ from sqlmodel import col
 
 from bench.dlq_capture import DlqCapture
 from bench.dlq_seed import QUEUES, SEED_PREFIX, groups, seed
-from bench.harness import ROOT, BenchEnv, load_average, machine, running, start_service
+from bench.harness import ROOT, BenchEnv, Service, load_average, machine, running, start_service
 from bench.report import header, single_table, write_section
 from bench.runner import measure_runs
 from bench.throughput import command_line, revision
@@ -67,6 +69,8 @@ class Latency:
     """The dlq-service process's CPU time per request: on a busy machine, steadier than the latencies."""
     failed: int = 0
     """Answers other than 200 (a statement timeout is a 500): timed like the others, and shown."""
+    load: float = 0.0
+    """The machine's 1-minute load average as the read's run ended: what the latencies shared the cores with."""
 
 
 async def reads(env: BenchEnv) -> list[Read]:
@@ -127,6 +131,20 @@ def admin_token(env: BenchEnv) -> str:
     return tokens.issue(Principal(subject=str(uuid.uuid4()), role="admin", provider_id=None, amr=("pwd", "otp")))
 
 
+def cpu_seconds(service: Service) -> float:
+    """User + system CPU time of the service's process and of its HTTP worker processes (HTTP_WORKERS forks them:
+    the parent's own figure counts none of their work until they exit)."""
+    pid = service.process.pid
+    total = 0.0
+    for process in [pid, *(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a worker that ended between the two reads
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -162,6 +180,8 @@ class AdminReads:
     requests: int = 200
     concurrency: int = 8
     port: int = 18531
+    workers: int | None = None
+    """HTTP_WORKERS of the service; None keeps its own default (a checkout without the setting runs one)."""
 
     async def measure(self, checkout: Path, env: BenchEnv) -> tuple[list[Latency], float, float]:
         """Latencies of every read, seconds spent seeding, load average as it started."""
@@ -173,30 +193,31 @@ class AdminReads:
         chosen = await reads(env)
         load = load_average()
         headers = {"Authorization": f"Bearer {admin_token(env)}"}
-        async with running(start_service(checkout, "dlq-service", env, self.port)) as service:
+        extra = {"HTTP_WORKERS": str(self.workers)} if self.workers else None
+        async with running(start_service(checkout, "dlq-service", env, self.port, extra=extra)) as service:
             limits = httpx.Limits(max_connections=self.concurrency)
             async with httpx.AsyncClient(
                 base_url=service.url(""), headers=headers, timeout=30, limits=limits
             ) as client:
                 latencies = []
                 for read in chosen:
-                    cpu = service.cpu_seconds()
+                    cpu = cpu_seconds(service)
                     latency = await measure_read(client, read, self.requests, self.concurrency)
-                    cpu_ms = (service.cpu_seconds() - cpu) * 1000 / (self.requests + 2)
-                    latencies.append(dataclasses.replace(latency, cpu_ms=cpu_ms))
+                    cpu_ms = (cpu_seconds(service) - cpu) * 1000 / (self.requests + 2)
+                    latencies.append(dataclasses.replace(latency, cpu_ms=cpu_ms, load=load_average()))
         return latencies, seeded_s, load
 
 
 def latency_table(latencies: Sequence[Latency]) -> list[str]:
     lines = [
-        "| read | p50 ms | p99 ms | target p99 ms | service CPU ms per request | rows on the page | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| read | p50 ms | p99 ms | target p99 ms | service CPU ms per request | rows on the page | failed | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for latency in latencies:
         mark = "" if latency.p99_ms <= latency.read.target_ms else " (over)"
         lines.append(f"| {latency.read.name} | {latency.p50_ms:.1f} | {latency.p99_ms:.1f}{mark} "
                      f"| {latency.read.target_ms:g} | {latency.cpu_ms:.1f} | {latency.rows} "
-                     f"| {latency.failed} |")  # fmt: skip
+                     f"| {latency.failed} | {latency.load:.1f} |")  # fmt: skip
     return lines
 
 
@@ -206,6 +227,7 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--stored", type=int, default=AdminReads.stored)
     parser.add_argument("--requests", type=int, default=AdminReads.requests)
     parser.add_argument("--port", type=int, default=AdminReads.port)
+    parser.add_argument("--workers", type=int, default=None, help="HTTP_WORKERS (default: the service's own)")
     parser.add_argument("--runs", type=int, default=1, help="runs of the capture figure (--with-capture)")
     parser.add_argument("--letters", type=int, default=DlqCapture.letters)
     parser.add_argument("--prefetch", type=int, default=DlqCapture.prefetch, help="the service's, for the baseline")
@@ -213,14 +235,15 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--write", action="store_true", help="write the section of docs/BENCHMARKS.md")
     options = parser.parse_args(argv)
     env = BenchEnv.from_environ()
-    benchmark = AdminReads(stored=options.stored, requests=options.requests, port=options.port)
+    benchmark = AdminReads(stored=options.stored, requests=options.requests, port=options.port, workers=options.workers)
     latencies, seeded_s, load = await benchmark.measure(options.checkout, env)
     lines = [
         *header(SECTION, command_line("bench.dlq_admin", argv), machine(), f"{datetime.now(UTC):%Y-%m-%d}",
                 options.runs),
         f"Checkout: {revision(options.checkout)}. {options.stored:,} entries stored (seeding took {seeded_s:.0f} s; "
         f"0 when already there); each read asked {options.requests} times by {benchmark.concurrency} clients at "
-        f"once; 1-minute load average {load:.1f} as it started.",
+        f"once; HTTP_WORKERS {benchmark.workers or 'as the service defaults'}; 1-minute load average {load:.1f} as it "
+        "started.",
         "",
         *latency_table(latencies),
         "",

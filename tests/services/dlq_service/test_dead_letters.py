@@ -22,12 +22,14 @@ from dlq_service.dead_letters import (
     fingerprint,
     json_safe,
     mask,
+    mask_contacts,
     normalize_message,
     preview,
     read_dead_letter,
     top_application_frame,
 )
 from libs.db.tables import DeadLetterReason
+from libs.logging.pii import mask_pii
 from libs.messaging import headers as h
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -308,6 +310,19 @@ def test_contact_details_are_masked_at_any_depth() -> None:
 def test_an_address_or_phone_number_is_masked_under_any_key_and_inside_text() -> None:
     masked = mask({"note": "call +1 (415) 555-0100 or write to bob@corp.example.org", "zip": "94107"})
     assert masked == {"note": "call ***00 or write to b***@c***.org", "zip": "94107"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ada@example.com", "a@b", "@", "mail-to:bob@corp.example", "+1 415 555 0100", "(415) 555-0100", "4155550100",
+        "555-0100", "1.2.3.4.5.6.7", "1 2 3 4 5 6 7", "12345 6", "2026-11-30T12:00:00", "10.0.0.1", "3.14159265",
+        "order 1234567", "lead.approved:42485e3a-0a5d-4f34-abaa-9455e3e70682", "e3b0c44298fc1c149afbf4c8996fb924",
+        "boom 42", "", "x" * 500 + "1234567",
+    ],
+)  # fmt: skip
+def test_masking_skips_no_text_mask_pii_would_change(text: str) -> None:
+    assert mask_contacts(text) == mask_pii(text)
 
 
 def test_a_preview_is_bounded_masked_and_says_when_there_is_more() -> None:

@@ -5,12 +5,15 @@ takes over and finishes it, and every entry is sent once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -191,6 +194,17 @@ def holder_of(replicas: list[ServiceProcess], redrive_id: uuid.UUID) -> ServiceP
     return holders[0]
 
 
+def kill(replica: ServiceProcess) -> None:
+    """As a killed pod dies: every process of it at once, its HTTP workers (HTTP_WORKERS) and their parent. A
+    worker whose parent alone was killed would drain and stop by itself, finishing the send it was making."""
+    pid = replica.process.pid
+    workers = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for process in [*workers, pid]:
+        with suppress(ProcessLookupError):
+            os.kill(process, signal.SIGKILL)
+    replica.process.wait()
+
+
 def restart(service_processes: ServiceProcesses, replicas: list[ServiceProcess], replica: ServiceProcess) -> None:
     """As a rolling update replaces a pod: SIGTERM, drained, and a new process in its place."""
     assert replica.stop() in (0, -signal.SIGTERM)  # uvicorn raises the SIGTERM again after its shutdown
@@ -260,8 +274,7 @@ async def test_a_killed_holders_redrive_is_finished_by_the_other_replica_each_en
     await sent_at_least(engine, redrive_id, count // 5)
     holder = holder_of(replicas, redrive_id)
     survivor = next(replica for replica in replicas if replica is not holder)
-    holder.process.send_signal(signal.SIGKILL)
-    holder.process.wait()
+    kill(holder)
     sent_before_kill = sent_by(holder, redrive_id)
 
     async def taken_over() -> bool:
