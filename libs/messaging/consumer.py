@@ -22,6 +22,7 @@ import math
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,6 @@ from typing import Any
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
-from faststream import Context
 from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitBroker, RabbitQueue, RabbitRouter
@@ -56,10 +56,8 @@ from libs.telemetry import Telemetry, duration_histogram
 
 log = get_logger("fmhl.consumer")
 
-OUTAGES = "process_outages"
-"""Where a broker's context keeps the process's Outages, from which every policy it runs takes its breaker (a
-name without dots: FastStream reads a dot as an attribute of what precedes it)."""
-_PROCESS_OUTAGES = Context(OUTAGES, default=None)
+_OUTAGES: weakref.WeakKeyDictionary[RabbitBroker, Outages] = weakref.WeakKeyDictionary()
+"""The process's Outages by broker (`pause_on_outages`), from which every policy it runs takes its breaker."""
 
 
 @dataclass(frozen=True)
@@ -221,9 +219,10 @@ class ConsumerPolicy:
         handler_timeout_s: float = 30.0,
         breaker: Breaker | None = None,
     ) -> None:
-        """`breaker`: None takes this queue's breaker from the Outages its broker carries (`pause_on_outages`,
-        which every ServiceRuntime calls) when the first delivery arrives; a policy on a broker without any gets
-        one of its own, without probes (the held delivery itself is the probe)."""
+        """`breaker`: None takes this queue's breaker from the Outages of its publisher's broker, the one it
+        consumes from (`pause_on_outages`, which every ServiceRuntime calls), when the first delivery arrives; a
+        policy on a broker without any gets one of its own, without probes (the held delivery itself is the
+        probe)."""
         self.queue = queue
         self.handlers = {contract.message_type: handler for contract, handler in handlers.items()}
         self.message_types = {contract.message_type: contract for contract in handlers}
@@ -250,7 +249,7 @@ class ConsumerPolicy:
 
     async def handle(self, message: RabbitMessage) -> None:
         raw = message.raw_message
-        breaker = self.adopt(None)
+        breaker = self.breaker or self.adopt(_OUTAGES.get(self.publisher.broker))
         arrival = read_arrival(raw, self.queue, self.publisher.sender)
         with correlation_scope(arrival.correlation_id):
             labels = {"queue": self.queue.name}
@@ -388,16 +387,17 @@ class ConsumerPolicy:
         return "dead_lettered"
 
 
-async def keep_body_raw(message: StreamMessage[Any]) -> bytes:
-    """FastStream would parse an `application/json` body before the handler runs, and a malformed one
-    would then fail outside the policy and stay unacked. The policy decodes it itself."""
-    return message.body
+async def keep_body_raw(message: StreamMessage[Any]) -> StreamMessage[Any]:
+    """What a handler on a `create_broker` broker gets (which calls it with the decoded body alone): the message
+    itself, its body left raw. FastStream would parse an `application/json` body before the handler runs, and a
+    malformed one would then fail outside the policy and stay unacked. The policy decodes it itself."""
+    return message
 
 
 def pause_on_outages(broker: RabbitBroker, outages: Outages) -> None:
     """Every policy subscribed on this broker without a breaker of its own reports to its queue's breaker in
     `outages`, which readiness and `fmhl_consumer_paused` watch."""
-    broker.context.set_global(OUTAGES, outages)
+    _OUTAGES[broker] = outages
 
 
 def subscribe(router: RabbitRouter, policy: ConsumerPolicy) -> None:
@@ -410,6 +410,5 @@ def subscribe(router: RabbitRouter, policy: ConsumerPolicy) -> None:
         decoder=keep_body_raw,
         no_reply=True,
     )
-    async def consume(message: RabbitMessage, outages: Any = _PROCESS_OUTAGES) -> None:
-        policy.adopt(outages if isinstance(outages, Outages) else None)
+    async def consume(message: RabbitMessage) -> None:
         await policy.handle(message)
