@@ -44,10 +44,11 @@ _HEX = re.compile(r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]{16,}\b")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|<[^>]*>")
 _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 _SENSITIVE_IN_JSON = re.compile(r'"(email|phone|name|to)"(\s*:\s*)"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
-# Every email address mask_pii masks has an `@`, every phone number seven digits apart only by the separators a
-# phone number is written with: a text with neither is shown as it is, without mask_pii's two patterns (the
-# address pattern is quadratic in a long run of letters and digits: a fingerprint or an id).
-_MAY_HOLD_CONTACT = re.compile(r"@|(?:\d[ ().\-]*){7}")
+# Every email address mask_pii masks has an `@`, and every phone number is a run of digits and the separators a
+# phone number is written with, at least seven characters long (mask_pii's own candidate, without its bounds):
+# a text with neither is shown as it is, without mask_pii's patterns (its address pattern is quadratic in a long
+# run of letters and digits, such as a fingerprint or an id).
+_PHONE_RUN = re.compile(r"\d[\d ().\-]{5,}\d")
 # asyncpg shifts times by the session's zone offset: a day of margin from datetime's own ends.
 _EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
 _LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
@@ -391,7 +392,7 @@ def read_dead_letter(
 
 def mask_contacts(text: str) -> str:
     """`mask_pii`, exactly: the same text out for every text in."""
-    return mask_pii(text) if _MAY_HOLD_CONTACT.search(text) else text
+    return mask_pii(text) if "@" in text or _PHONE_RUN.search(text) else text
 
 
 def mask(value: Any, key: str = "") -> Any:

@@ -339,12 +339,8 @@ async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int
 async def groups(engine: AsyncEngine) -> DeadLetterGroups:
     async with reading(engine) as connection:
         rows = (await connection.execute(GROUPS)).mappings().all()
-    return DeadLetterGroups(
-        groups=[
-            DeadLetterGroup.model_validate({**row, "sample_error": mask_contacts(row["sample_error"] or "") or None})
-            for row in rows
-        ]
-    )
+    groups = [{**row, "sample_error": mask_contacts(row["sample_error"] or "") or None} for row in rows]
+    return DeadLetterGroups.model_validate({"groups": groups})
 
 
 async def view(engine: AsyncEngine, entry_id: uuid.UUID, actor: str) -> DeadLetterDetail:
