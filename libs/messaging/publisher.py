@@ -53,12 +53,14 @@ class Envelope:
     """The W3C trace context it was made in: sent later (from an outbox), it still continues that trace."""
 
     @classmethod
-    def of(cls, message: Message, message_id: str | None = None) -> Envelope:
+    def of(cls, message: Message, message_id: str | None = None, *, traced: bool = True) -> Envelope:
         """`message_id`: the consumers' idempotency key (a new one when None); the correlation id is the current
-        request's, or the message id."""
+        request's, or the message id. `traced=False`: no trace context kept, for an envelope sent at once, in the
+        trace it is made in."""
         message_id = message_id or str(uuid.uuid4())
         trace: dict[str, str] = {}
-        propagate.inject(trace)
+        if traced:
+            propagate.inject(trace)
         return cls(
             message_id=message_id,
             message_type=message.message_type,
@@ -83,7 +85,8 @@ class Publisher:
 
     async def publish(self, message: Message, *, message_id: str | None = None) -> str:
         """Publish a contract message on the events exchange; returns its message id once confirmed."""
-        envelope = Envelope.of(message, message_id)
+        # Sent now, in the current trace: nothing to carry to a later context and attach again.
+        envelope = Envelope.of(message, message_id, traced=False)
         await self.send(envelope)
         return envelope.message_id
 
