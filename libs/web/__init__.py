@@ -9,7 +9,7 @@ from libs.web.openapi import SCHEMA_CSP, SCHEMA_PATH, Error, document_refusals, 
 from libs.web.ops_routes import ops_routes
 from libs.web.requests import JsonSafeRequest
 from libs.web.security import security_headers
-from libs.web.server import serve, server_config
+from libs.web.server import run_event_loop, serve, server_config
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -29,6 +29,7 @@ __all__ = [
     "fits_column",
     "openapi_config",
     "ops_routes",
+    "run_event_loop",
     "security_headers",
     "serve",
     "server_config",
