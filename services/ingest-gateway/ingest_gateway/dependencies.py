@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,7 +18,7 @@ from ingest_gateway.accounts import AuthenticatedSource, SourceKeys
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.outbox import Relay
 from ingest_gateway.settings import Settings
-from ingest_gateway.submissions import Intake
+from ingest_gateway.submissions import Intake, Slots
 from libs.auth import Tokens, TotpSecrets, admin_principal, provider_principal, user_principal
 from libs.auth.login import THROTTLE_SCOPE, Lockout
 from libs.ratelimit import RateLimiter
@@ -28,12 +28,14 @@ from libs.web import constant
 def build_dependencies(
     settings: Settings, engine: AsyncEngine, relay: Relay, tokens: Tokens, metrics: GatewayMetrics
 ) -> dict[str, Provide]:
-    intake = Intake(engine, SourceKeys(engine, settings.api_key_cache_ttl_s), relay, metrics)
+    # As long as a checkout waits for a pooled connection before it fails (libs.db).
+    slots = Slots(settings.db_pool_size, wait_s=settings.health_check_timeout_s * 2)
+    intake = Intake(engine, slots, SourceKeys(engine, settings.api_key_cache_ttl_s), relay, metrics)
 
     # The intake comes in as the source's own dependency: Litestar resolves the dependencies of one level in a
     # task group per request, and two levels of one each in turn (measured: the task group of the lead route's
     # four dependencies was 7% of the gateway's CPU per lead).
-    async def lead_source(request: Request[Any, Any, Any], intake: Intake) -> AuthenticatedSource:
+    async def lead_source(request: Request[Any, Any, Any], intake: NamedDependency[Intake]) -> AuthenticatedSource:
         api_key = request.headers.get("x-api-key")
         if not api_key:
             raise NotAuthorizedException("missing X-API-Key header")

@@ -3,6 +3,7 @@ statement, so a stored lead always has its event on the way (the relay publishes
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
@@ -32,15 +33,42 @@ class LeadSubmission(BaseModel):
     contact: Contact
 
 
+class Slots:
+    """At most `size` leads at the database at once, let in in their order of arrival, each waiting at most
+    `wait_s` (then TimeoutError, which the app answers 503 with Retry-After, as a pool checkout that timed out).
+
+    `size` is the pool's: under more requests at once than that, the pool opens overflow connections and closes
+    them again on their return whenever its own queue is full (py-spy at 64 connections: opening and closing
+    them was 8% of the gateway's CPU, besides a PostgreSQL backend started and authenticated for each), and its
+    queue lets a new request take a connection ahead of one already waiting."""
+
+    def __init__(self, size: int, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self._free = asyncio.Semaphore(size)
+
+    async def __aenter__(self) -> None:
+        async with asyncio.timeout(self.wait_s):
+            await self._free.acquire()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._free.release()
+
+
 @dataclass(frozen=True)
 class Intake:
-    """What a lead submission needs of the process (built once): where leads are stored, the sources' keys, the
-    relay to wake and the counter of leads taken."""
+    """What a lead submission needs of the process (built once): where leads are stored and how many at once,
+    the sources' keys, the relay to wake and the counter of leads taken."""
 
     engine: AsyncEngine
+    slots: Slots
     keys: SourceKeys
     relay: Relay
     metrics: GatewayMetrics
+
+    async def submit(self, source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None) -> Submitted:
+        """`submit` in turn with the other requests of this process."""
+        async with self.slots:
+            return await submit(self.engine, source, lead, idempotency_key)
 
 
 @dataclass(frozen=True)

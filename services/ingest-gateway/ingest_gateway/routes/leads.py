@@ -61,7 +61,7 @@ class LeadsController(Controller):
         """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first. 202: the
         lead and its lead.submitted are committed together (published by the outbox's relay); 503 with
         Retry-After: the database could not store it, nothing was kept."""
-        lead = await submissions.submit(intake.engine, lead_source, data, idempotency_key)
+        lead = await intake.submit(lead_source, data, idempotency_key)
         if lead.created:
             intake.relay.notify()
             intake.metrics.leads_submitted.add(1)
