@@ -440,10 +440,8 @@ class Run:
     baselines: bool = True
     telemetry: bool = True
     prefetch: int = PREFETCH
-    """Each worker process's PREFETCH (its handler concurrency); raw PostgreSQL runs on as many connections as all
-    the worker processes together."""
-    processes: int = 1
-    """Processes each worker forks (its HTTP_WORKERS), each consuming with PREFETCH."""
+    """Each worker's PREFETCH (its handler concurrency); raw PostgreSQL runs on as many connections as all the
+    workers together."""
     port: int = 18611
     """The first worker's HTTP port; further workers, email-worker and the SMTP sink take the ports after it."""
 
@@ -498,8 +496,8 @@ class Run:
 
     @property
     def concurrency(self) -> int:
-        """Leads handled at once by all the worker processes together."""
-        return self.prefetch * self.processes * self.workers
+        """Leads handled at once by all the workers together."""
+        return self.prefetch * self.workers
 
     async def _worker_run(self, checkout: Path, env: BenchEnv, seeded: Seeded) -> tuple[Drain, int | None, float]:
         counts = [Path(tempfile.mkstemp(prefix="fmhl-bench-statements-")[1]) for _ in range(self.workers)]
@@ -542,7 +540,6 @@ class Run:
             "FMHL_BENCH_STATEMENTS": str(statements or ""),
             "TELEMETRY_ENABLED": str(self.telemetry).lower(),
             "PREFETCH": str(self.prefetch),
-            **({"HTTP_WORKERS": str(self.processes)} if self.processes > 1 else {}),
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.port + SMTP_OFFSET),
         }
@@ -558,26 +555,14 @@ class Run:
             yield
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and every live process it forked (HTTP_WORKERS), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = " ".join(path.read_text() for path in Path(f"/proc/{pid}/task").glob("*/children")).split()
-    except FileNotFoundError:
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(tree_cpu_seconds(int(child)) for child in children)
-
-
 @dataclass
 class Replicas(Service):
-    """Several processes of one service timed as one: alive while all are, CPU time summed (each one's forked
-    processes included)."""
+    """Several processes of one service timed as one: alive while all are, CPU time summed."""
 
     others: list[Service] = field(default_factory=list)
 
     def cpu_seconds(self) -> float:
-        return sum(tree_cpu_seconds(service.process.pid) for service in (self, *self.others))
+        return super().cpu_seconds() + sum(other.cpu_seconds() for other in self.others)
 
     def check_alive(self) -> None:
         super().check_alive()
@@ -616,10 +601,9 @@ class Overlap:
         shape = (f"{self.run.providers} providers each taking every lead" if self.run.every_lead
                  else f"{self.run.providers} providers with overlapping subscriptions")  # fmt: skip
         workers = f", {self.run.workers} worker processes" if self.run.workers > 1 else ""
-        processes = f", {self.run.processes} processes each" if self.run.processes > 1 else ""
         prefetch = f", prefetch {self.run.prefetch}" if self.run.prefetch != PREFETCH else ""
         emails = "running" if self.run.emails else "off"
-        return f"distribution, {shape}{workers}{processes}{prefetch}, emails {emails}"
+        return f"distribution, {shape}{workers}{prefetch}, emails {emails}"
 
     async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
         return await self.run.measure(checkout, env)
@@ -709,13 +693,11 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--port", type=int, default=Run.port, help="first of the 31 ports a run uses")
     parser.add_argument("--prefetch", type=int, default=PREFETCH, help="each worker's PREFETCH")
     parser.add_argument("--workers", type=int, default=1, help="worker services (replicas: twice as many)")
-    parser.add_argument("--processes", type=int, default=1, help="processes each worker forks (HTTP_WORKERS)")
     parser.add_argument("--write", action="store_true", help=f"write the section '{SECTION}' of docs/BENCHMARKS.md")
     options = parser.parse_args(argv)
     env = BenchEnv.from_environ()
     base = Run(
         leads=options.leads, port=options.port, prefetch=options.prefetch, workers=options.workers,
-        processes=options.processes,
     )  # fmt: skip
     chosen = benchmarks(base, options.only, options.history)
     sides = {"after": options.checkout.resolve()}

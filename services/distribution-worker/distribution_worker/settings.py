@@ -13,13 +13,6 @@ class Settings(WorkerSettings):
     service_name: str = "distribution-worker"
     http_port: int = Field(8101, ge=1, le=65535, description="Health and metrics.")
     max_providers_per_lead: int = Field(3, ge=1, le=50, description="An approved lead goes to at most this many.")
-    http_workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Processes forked from one parent (the name libs.web's server reads), each with its own "
-        "consumer taking PREFETCH deliveries, database pool and event loop; /metrics answers them summed.",
-    )
     db_pool_size: int = Field(
         10,
         ge=1,
