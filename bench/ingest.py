@@ -1,5 +1,6 @@
-"""Ingest throughput: POST /api/v1/leads on one ingest-gateway process at 64 connections (wrk, a new lead per
-request), against a constant Litestar route on the same server settings in the same run.
+"""Ingest throughput: POST /api/v1/leads on one ingest-gateway process (or HTTP_WORKERS forked ones) at 64
+connections (wrk, a new lead per request), against a constant Litestar route on the same server settings in the
+same run.
 
 Alone, on this checkout: python -m bench.ingest [--runs 1] [--duration 20] [--connections 64] [--port 18501]
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import secrets
 import shutil
 import sys
@@ -34,7 +36,9 @@ from bench.report import Measurement
 from bench.runner import run_alone
 
 SCRIPT = Path(__file__).with_name("ingest.lua")
-TRUNCATE = "TRUNCATE leads, lead_sources CASCADE"
+# The outbox too: events a run's relay had not published yet would be published by the next gateway started on
+# this database (another run's, or a test's), into a topology that no longer holds their leads.
+TRUNCATE = "TRUNCATE leads, lead_sources, outbox CASCADE"
 NEW_SOURCE = text("INSERT INTO lead_sources (name, api_key_hash) VALUES (:name, :hash) RETURNING id")
 STORED = text("SELECT count(*) FROM leads WHERE source_id = :source")
 
@@ -49,6 +53,26 @@ class WrkResult:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
+
+
+def cpu_seconds_with_workers(pid: int) -> float:
+    """User + system CPU time of the gateway and of the HTTP workers it forked (HTTP_WORKERS > 1), which run
+    the requests: the parent's own figure counts a child only once it has exited."""
+    total = 0.0
+    for process in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def api_key_hash(api_key: str) -> str:
@@ -117,9 +141,10 @@ class Ingest:
             async with running(gateway_process) as gateway:
                 url = gateway.url("/api/v1/leads")
                 await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
-                cpu_before = gateway.cpu_seconds()
+                cpu_before = cpu_seconds_with_workers(gateway.process.pid)
                 measured = await self.wrk(url, api_key, run, self.duration_s)
-                cpu_per_request_ms = (gateway.cpu_seconds() - cpu_before) * 1000 / measured.requests
+                cpu_spent = cpu_seconds_with_workers(gateway.process.pid) - cpu_before
+                cpu_per_request_ms = cpu_spent * 1000 / measured.requests
             async with engine.connect() as connection:
                 stored = int(await connection.scalar(STORED, {"source": source}) or 0)
             if stored < measured.requests:
@@ -137,6 +162,8 @@ class Ingest:
                 await self.wrk(url, api_key, f"{run}-baseline-warmup", self.warmup_s)
                 baseline = await self.wrk(url, api_key, f"{run}-baseline", self.duration_s)
         finally:
+            if env.fresh_tables:
+                await reset_tables(engine, TRUNCATE)
             async with channel(env.rabbitmq_url) as chan:
                 await declare_topology(chan)
                 await purge_topology(chan)
