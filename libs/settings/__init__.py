@@ -220,3 +220,30 @@ class WorkerSettings(ServiceSettings):
         le=600,
         description="A handler running longer fails as transient (far below consumer_timeout).",
     )
+
+
+MAX_POOL_SIZE = 100
+
+
+class PoolPerHandlerSettings(WorkerSettings):
+    """A worker whose every running handler holds a database connection: the pool keeps PREFETCH of them unless
+    DB_POOL_SIZE says otherwise. With fewer kept, the overflow ones are closed as they come back and opened again
+    a few messages later: a TLS handshake, authentication, type introspection, statements prepared again and a
+    new server process each time."""
+
+    db_pool_size: int = Field(
+        10,
+        ge=1,
+        le=MAX_POOL_SIZE,
+        description="Connections kept in the pool; unless set, PREFETCH (one per handler running at once).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def pool_follows_prefetch(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "db_pool_size" in data:
+            return data
+        prefetch = data.get("prefetch")
+        if isinstance(prefetch, int | str) and str(prefetch).strip().isdigit():
+            return {**data, "db_pool_size": min(int(prefetch), MAX_POOL_SIZE)}
+        return data

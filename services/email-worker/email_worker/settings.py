@@ -2,10 +2,10 @@
 
 from pydantic import Field, SecretStr
 
-from libs.settings import WorkerSettings
+from libs.settings import PoolPerHandlerSettings
 
 
-class Settings(WorkerSettings):
+class Settings(PoolPerHandlerSettings):
     service_name: str = "email-worker"
     http_port: int = Field(8102, ge=1, le=65535, description="Health and metrics.")
     smtp_host: str = Field(description="SMTP server host.")
