@@ -7,6 +7,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -55,14 +56,17 @@ class SourceKeys:
     database is honoured by every process within that time. Unknown keys are never remembered (a caller trying
     keys cannot fill the memory), and at most `capacity` known keys are."""
 
-    def __init__(self, engine: AsyncEngine, ttl_s: float, capacity: int = 10_000) -> None:
+    def __init__(
+        self, engine: AsyncEngine, ttl_s: float, capacity: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.engine = engine
         self.ttl_s = ttl_s
         self.capacity = capacity
+        self.clock = clock
         self._known: dict[str, tuple[float, AuthenticatedSource]] = {}
 
     async def source_for(self, api_key: str) -> AuthenticatedSource | None:
-        now = time.monotonic()
+        now = self.clock()
         remembered = self._known.get(api_key)
         if remembered is not None and remembered[0] > now:
             return remembered[1]
