@@ -111,6 +111,8 @@ def configure_logging(service: str, level: str = "INFO", log_format: str = "json
         logging.getLogger(name).propagate = True
     # One line per HTTP request is already written by our own middleware, with the route template.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # No formatter prints them: not looking up the thread's and process's names spares every record the work.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 class Logger:

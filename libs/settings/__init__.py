@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,20 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+
+def cpus_available() -> int:
+    """CPUs this process may use: its affinity, capped by its cgroup's CPU quota (a container's CPU limit), so a
+    pod limited to two CPUs on a large node does not start a worker (and a database pool) per node CPU."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "password", "todo", "xxx"})
 

@@ -82,7 +82,8 @@ class HttpServerTelemetry:
             # Only a server error fails a SERVER span; a 4xx is the client's, as the conventions say.
             attributes["error.type"] = str(status)
             span.set_status(Status(StatusCode.ERROR))
-        span.set_attributes({key: value for key, value in attributes.items() if key not in request_attributes(scope)})
+        known = request_attributes(scope)  # the span has these from its start
+        span.set_attributes({key: value for key, value in attributes.items() if key not in known})
         self.duration.record(elapsed_s, attributes)
 
 

@@ -1,37 +1,23 @@
 """ingest-gateway settings."""
 
-import math
-import os
 from pathlib import Path
 
 from pydantic import Field
 
 from libs.auth import AuthSettingsMixin, TotpSettingsMixin
 from libs.auth.login import LoginSettingsMixin
-from libs.settings import ServiceSettings
-
-
-def cpus_available() -> int:
-    """CPUs this process may use: its affinity, capped by its cgroup's CPU quota (a container's CPU limit), so a
-    pod limited to two CPUs on a large node does not start a worker (and a database pool) per node CPU."""
-    count = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return count
+from libs.settings import ServiceSettings, cpus_available
 
 
 class Settings(LoginSettingsMixin, TotpSettingsMixin, AuthSettingsMixin, ServiceSettings):
     service_name: str = "ingest-gateway"
     http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
     http_workers: int = Field(
-        default_factory=cpus_available,
+        default_factory=lambda: min(cpus_available(), 4),
         ge=1,
         le=64,
-        description="Server processes sharing HTTP_PORT (default: one per CPU the process may use). Each has its own "
+        description="Server processes sharing HTTP_PORT (default: one per CPU the process may use, at most 4: each "
+        "process's pool counts against PostgreSQL's max_connections). Each has its own "
         "database pool (DB_POOL_SIZE) and outbox relay; /metrics and METRICS_PORT answer their metrics summed.",
     )
     # Also the leads stored at once per process (ingest_gateway.submissions.Slots). Each lead is a commit waiting
