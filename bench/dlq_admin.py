@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import statistics
 import time
 import uuid
@@ -31,7 +30,7 @@ from sqlmodel import col
 
 from bench.dlq_capture import DlqCapture
 from bench.dlq_seed import QUEUES, SEED_PREFIX, groups, seed
-from bench.harness import ROOT, BenchEnv, Service, load_average, machine, running, start_service
+from bench.harness import ROOT, BenchEnv, load_average, machine, running, start_service
 from bench.report import header, single_table, write_section
 from bench.runner import measure_runs
 from bench.throughput import command_line, revision
@@ -131,20 +130,6 @@ def admin_token(env: BenchEnv) -> str:
     return tokens.issue(Principal(subject=str(uuid.uuid4()), role="admin", provider_id=None, amr=("pwd", "otp")))
 
 
-def cpu_seconds(service: Service) -> float:
-    """User + system CPU time of the service's process and of its HTTP worker processes (HTTP_WORKERS forks them:
-    the parent's own figure counts none of their work until they exit)."""
-    pid = service.process.pid
-    total = 0.0
-    for process in [pid, *(int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
-        try:
-            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # a worker that ended between the two reads
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def percentile(values: Sequence[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -201,9 +186,9 @@ class AdminReads:
             ) as client:
                 latencies = []
                 for read in chosen:
-                    cpu = cpu_seconds(service)
+                    cpu = service.cpu_seconds()
                     latency = await measure_read(client, read, self.requests, self.concurrency)
-                    cpu_ms = (cpu_seconds(service) - cpu) * 1000 / (self.requests + 2)
+                    cpu_ms = (service.cpu_seconds() - cpu) * 1000 / (self.requests + 2)
                     latencies.append(dataclasses.replace(latency, cpu_ms=cpu_ms, load=load_average()))
         return latencies, seeded_s, load
 

@@ -77,6 +77,22 @@ class MemoryLog:
         return found
 
 
+def processes_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its children (a child that ends between the reads counts nothing)."""
+    try:
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        children = []
+    total = 0.0
+    for process in [pid, *children]:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def memory_of(pid: int) -> tuple[float, float]:
     """Resident and peak resident set size in MB (/proc/<pid>/status: VmRSS, VmHWM)."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -203,10 +219,10 @@ class Service:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (/proc): far steadier than throughput under other load
-        on the machine (though not immune to it), so it shows a change in the service's own cost."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far (/proc) of the process and of the HTTP workers it forked (HTTP_WORKERS:
+        the parent's own figure counts a child only once it has exited): far steadier than throughput under
+        other load on the machine (though not immune to it), so it shows a change in the service's own cost."""
+        return processes_cpu_seconds(self.process.pid)
 
     def check_alive(self) -> None:
         if self.process.returncode is not None:

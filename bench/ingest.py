@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
 import secrets
 import shutil
 import sys
@@ -53,26 +52,6 @@ class WrkResult:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
-
-
-def cpu_seconds_with_workers(pid: int) -> float:
-    """User + system CPU time of the gateway and of the HTTP workers it forked (HTTP_WORKERS > 1), which run
-    the requests: the parent's own figure counts a child only once it has exited."""
-    total = 0.0
-    for process in [pid, *_children(pid)]:
-        try:
-            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
 
 
 def api_key_hash(api_key: str) -> str:
@@ -141,9 +120,9 @@ class Ingest:
             async with running(gateway_process) as gateway:
                 url = gateway.url("/api/v1/leads")
                 await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
-                cpu_before = cpu_seconds_with_workers(gateway.process.pid)
+                cpu_before = gateway.cpu_seconds()
                 measured = await self.wrk(url, api_key, run, self.duration_s)
-                cpu_spent = cpu_seconds_with_workers(gateway.process.pid) - cpu_before
+                cpu_spent = gateway.cpu_seconds() - cpu_before
                 cpu_per_request_ms = cpu_spent * 1000 / measured.requests
             async with engine.connect() as connection:
                 stored = int(await connection.scalar(STORED, {"source": source}) or 0)
