@@ -188,6 +188,9 @@ async def main() -> None:
         first = listed[0]["id"]
         print(f"\nretry one:   curl -X POST -H 'Authorization: Bearer <token>' {DLQ_API}/dlq/{first}/retry")
     await dlq.aclose()
+    # A service with HTTP_WORKERS > 1 answers /metrics summed from each worker's latest dump (written every
+    # second): wait one out, so the counters include what a sibling worker did just now.
+    await asyncio.sleep(1.5)
     print("\ncounters from /metrics:")
     for name, counters in COUNTERS.items():
         for line in counter_lines(service_url(name, "/metrics"), counters):

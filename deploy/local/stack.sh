@@ -272,6 +272,10 @@ start_services() {
   for service in "${SERVICES[@]}"; do
     if pid_of "$service" >/dev/null; then continue; fi
     [ -s "$RUN/env/$service.env" ] || die "no credentials for $service: run 'stack.sh migrate' first"
+    # Another process on the port (another checkout's stack) would answer the readiness checks below for it.
+    if (exec 3<>"/dev/tcp/127.0.0.1/${PORTS[$service]}") 2>/dev/null; then
+      die "port ${PORTS[$service]} for $service is taken by another process (another checkout's stack? 'stack.sh down' there)"
+    fi
     # Only its own credentials and settings: the operator's (administrator's) variables are not inherited.
     # exec: the recorded pid is the service's own; setsid: it outlives this shell and its terminal.
     # shellcheck disable=SC2086
@@ -282,7 +286,7 @@ start_services() {
   done
   local deadline=$((SECONDS + 90))
   for service in "${SERVICES[@]}"; do
-    until curl -fs -o /dev/null "http://127.0.0.1:${PORTS[$service]}/health/ready"; do
+    until pid_of "$service" >/dev/null && curl -fs -o /dev/null "http://127.0.0.1:${PORTS[$service]}/health/ready"; do
       pid_of "$service" >/dev/null || { tail -n 20 "$RUN/logs/$service.log" >&2; die "$service exited"; }
       [ $SECONDS -lt $deadline ] || { tail -n 20 "$RUN/logs/$service.log" >&2; die "$service not ready in 90 s"; }
       sleep 0.5
