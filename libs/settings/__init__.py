@@ -31,6 +31,20 @@ def cpus_available() -> int:
     return count
 
 
+class HttpWorkersSettingsMixin:
+    """Mixed into the settings of a service whose HTTP requests are CPU work (the ingest-gateway, the dlq-service's
+    admin API): several server processes share its port (libs.web.server)."""
+
+    http_workers: int = Field(
+        default_factory=lambda: min(cpus_available(), 4),
+        ge=1,
+        le=64,
+        description="Server processes sharing HTTP_PORT (default: one per CPU the process may use, at most 4: each "
+        "process's pool counts against PostgreSQL's max_connections). Each runs the whole service, with its own "
+        "database pool (DB_POOL_SIZE), consumers and relays; /metrics and METRICS_PORT answer their metrics summed.",
+    )
+
+
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "password", "todo", "xxx"})
 
 

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from libs.health import Readiness
-from libs.settings import ServiceSettings
+from libs.settings import HttpWorkersSettingsMixin, ServiceSettings
 from libs.telemetry import PROMETHEUS_CONTENT_TYPE, Telemetry
 
 DUMP_INTERVAL_S = 1.0
@@ -83,9 +83,9 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def http_workers(settings: ServiceSettings) -> int:
-    """HTTP_WORKERS where a service's settings declare it (the ingest-gateway: its requests are CPU-bound);
-    one process for every other service (their work is consuming, which replicas scale)."""
-    return max(1, int(getattr(settings, "http_workers", 1)))
+    """HTTP_WORKERS where a service's settings take it (HttpWorkersSettingsMixin); one process for every other
+    service (their work is consuming, which replicas scale)."""
+    return settings.http_workers if isinstance(settings, HttpWorkersSettingsMixin) else 1
 
 
 def serve(app: Litestar, settings: ServiceSettings, telemetry: Telemetry, readiness: Readiness) -> None:

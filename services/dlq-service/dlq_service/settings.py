@@ -4,21 +4,12 @@ from pydantic import Field, SecretStr, field_validator
 
 from libs.auth import AuthSettingsMixin, TotpSecrets
 from libs.auth.login import LoginSettingsMixin
-from libs.settings import WorkerSettings, cpus_available, refuse_placeholder
+from libs.settings import HttpWorkersSettingsMixin, WorkerSettings, refuse_placeholder
 
 
-class Settings(LoginSettingsMixin, AuthSettingsMixin, WorkerSettings):
+class Settings(HttpWorkersSettingsMixin, LoginSettingsMixin, AuthSettingsMixin, WorkerSettings):
     service_name: str = "dlq-service"
     http_port: int = Field(8001, ge=1, le=65535, description="Admin API, health and metrics.")
-    http_workers: int = Field(
-        default_factory=lambda: min(cpus_available(), 4),
-        ge=1,
-        le=64,
-        description="Server processes sharing HTTP_PORT (default: one per CPU the process may use, at most 4): an "
-        "admin read is CPU work (token, masking, JSON), so one process makes concurrent readers queue. Each process "
-        "also captures dead letters and claims redrives as a replica does (capture deduplicates by key; one lease "
-        "per redrive), with its own database pool (DB_POOL_SIZE); /metrics and METRICS_PORT answer them summed.",
-    )
     nack_backoff_s: float = Field(
         1.0, ge=0, le=60, description="Pause before handing back a dead letter while PostgreSQL is unreachable."
     )

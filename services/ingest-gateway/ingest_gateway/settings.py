@@ -6,20 +6,12 @@ from pydantic import Field
 
 from libs.auth import AuthSettingsMixin, TotpSettingsMixin
 from libs.auth.login import LoginSettingsMixin
-from libs.settings import ServiceSettings, cpus_available
+from libs.settings import HttpWorkersSettingsMixin, ServiceSettings
 
 
-class Settings(LoginSettingsMixin, TotpSettingsMixin, AuthSettingsMixin, ServiceSettings):
+class Settings(HttpWorkersSettingsMixin, LoginSettingsMixin, TotpSettingsMixin, AuthSettingsMixin, ServiceSettings):
     service_name: str = "ingest-gateway"
     http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
-    http_workers: int = Field(
-        default_factory=lambda: min(cpus_available(), 4),
-        ge=1,
-        le=64,
-        description="Server processes sharing HTTP_PORT (default: one per CPU the process may use, at most 4: each "
-        "process's pool counts against PostgreSQL's max_connections). Each has its own "
-        "database pool (DB_POOL_SIZE) and outbox relay; /metrics and METRICS_PORT answer their metrics summed.",
-    )
     # Also the leads stored at once per process (ingest_gateway.submissions.Slots). Each lead is a commit waiting
     # for its WAL flush, so more at once share flushes: at 64 connections, 10 took 18% more leads per second than
     # 5, at 17% less gateway CPU per lead (two gateways side by side under the same load).
