@@ -54,6 +54,15 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
     )
 
 
+def autocommitting(engine: AsyncEngine) -> AsyncEngine:
+    """Each statement its own transaction, with no BEGIN and COMMIT (or ROLLBACK) round trips around it: for a unit
+    of work that is one statement. Build it once at wiring: deriving it costs a few hundred microseconds, a
+    measurable share of a message's CPU."""
+    if engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def is_disconnect(error: BaseException) -> bool:
     """The connection was lost (server restarted, session terminated): nothing of the unit of work committed
     unless the loss hit its COMMIT, which is why only idempotent units of work are retried."""

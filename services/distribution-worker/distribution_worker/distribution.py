@@ -25,7 +25,7 @@ from distribution_worker.assignment import Choice, MatchingSubscription, choose,
 from distribution_worker.lead_state import LeadEvent, Step, next_step
 from distribution_worker.metrics import DistributionMetrics
 from distribution_worker.settlement import Settled, settle
-from libs.db import retry_on_disconnect
+from libs.db import autocommitting, retry_on_disconnect
 from libs.db.tables import (
     Assignment,
     Lead,
@@ -181,14 +181,6 @@ async def _existing(connection: AsyncConnection, lead_id: uuid.UUID) -> list[Ass
         )
         for row in rows
     ]
-
-
-def autocommitting(engine: AsyncEngine) -> AsyncEngine:
-    """Each statement its own transaction: the one that writes commits as it ends. Build it once and pass it to
-    `distribute`: deriving it costs a few hundred microseconds, a measurable share of a lead's CPU."""
-    if engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-        return engine
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def distribute(

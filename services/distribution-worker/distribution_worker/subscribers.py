@@ -10,10 +10,11 @@ import asyncio
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from distribution_worker.distribution import Outcome, autocommitting, distribute
+from distribution_worker.distribution import Outcome, distribute
 from distribution_worker.lead_state import LeadEvent
 from distribution_worker.metrics import DistributionMetrics
 from libs.contracts import LeadApproved, LeadSubmitted, SendEmail
+from libs.db import autocommitting
 from libs.logging import get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
 from libs.messaging.publisher import Publisher

@@ -15,3 +15,10 @@ class Settings(PoolPerHandlerSettings):
     smtp_password: SecretStr | None = Field(None, description="SMTP password.")
     smtp_starttls: bool = Field(False, description="Upgrade the connection with STARTTLS.")
     smtp_timeout_s: float = Field(10.0, gt=0, le=120, description="Connect and command timeout.")
+    smtp_idle_s: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description="How long an SMTP connection is kept open for the next mail after one was sent (0: one connection "
+        "per mail). Keep it below the server's idle timeout (RFC 5321 asks servers for at least 5 minutes).",
+    )

@@ -7,8 +7,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from email_worker.mailer import Unrecorded, deliver
 from email_worker.metrics import EmailMetrics
 from email_worker.settings import Settings
+from email_worker.smtp_sessions import SmtpSessions
 from email_worker.templates import render
 from libs.contracts import SendEmail
+from libs.db import autocommitting
 from libs.logging import get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
 from libs.messaging.publisher import Publisher
@@ -19,14 +21,20 @@ log = get_logger("email_worker")
 
 
 def build_router(
-    engine: AsyncEngine, settings: Settings, publisher: Publisher, telemetry: Telemetry, metrics: EmailMetrics
+    engine: AsyncEngine,
+    settings: Settings,
+    smtp: SmtpSessions,
+    publisher: Publisher,
+    telemetry: Telemetry,
+    metrics: EmailMetrics,
 ) -> RabbitRouter:
     unrecorded = Unrecorded()
+    engine = autocommitting(engine)  # each of a job's three steps is one statement
 
     async def on_send_email(job: SendEmail, delivery: Delivery) -> None:
         subject, body = render(job.template, job.params)
         message_id = await deliver(
-            engine, settings, unrecorded, job_id=delivery.message_id, to=job.to, template=job.template,
+            engine, smtp, unrecorded, job_id=delivery.message_id, to=job.to, template=job.template,
             subject=subject, body=body,
         )  # fmt: skip
         if message_id is None:

@@ -17,6 +17,7 @@ from sqlmodel import col
 
 from email_worker.mailer import Unrecorded, deliver
 from email_worker.settings import Settings
+from email_worker.smtp_sessions import SmtpSessions
 from libs.db.tables import EmailLog, EmailStatus
 
 SMTP_PORT = 19301
@@ -68,12 +69,13 @@ async def test_a_delivery_cancelled_mid_send_still_records_the_mail_and_its_rede
     slow_server: SlowServer, engine: AsyncEngine, database_url: str
 ) -> None:
     unrecorded = Unrecorded()
+    smtp = SmtpSessions(settings(database_url))
     job_id = f"email-test:cancelled:{uuid.uuid4()}"
     job = {"job_id": job_id, "to": "someone@example.com", "template": "export_ready", "subject": "s", "body": "b"}
-    first = asyncio.create_task(deliver(engine, settings(database_url), unrecorded, **job))
+    first = asyncio.create_task(deliver(engine, smtp, unrecorded, **job))
     await asyncio.to_thread(slow_server.receiving.wait, 10)
     first.cancel()
-    redelivery = asyncio.create_task(deliver(engine, settings(database_url), unrecorded, **job))
+    redelivery = asyncio.create_task(deliver(engine, smtp, unrecorded, **job))
     slow_server.release.set()
 
     assert await asyncio.wait_for(redelivery, 20) is None
@@ -83,3 +85,4 @@ async def test_a_delivery_cancelled_mid_send_still_records_the_mail_and_its_rede
     async with engine.connect() as connection:
         statuses = (await connection.scalars(select(col(EmailLog.status)).where(col(EmailLog.job_id) == job_id))).all()
     assert list(statuses) == [EmailStatus.sent]
+    await smtp.close()
