@@ -18,7 +18,7 @@ from ingest_gateway.accounts import AuthenticatedSource, SourceKeys
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.outbox import Relay
 from ingest_gateway.settings import Settings
-from ingest_gateway.submissions import Intake, Slots
+from ingest_gateway.submissions import MAX_BATCH, GroupCommit, Intake
 from libs.auth import Tokens, TotpSecrets, admin_principal, provider_principal, user_principal
 from libs.auth.login import THROTTLE_SCOPE, Lockout
 from libs.ratelimit import RateLimiter
@@ -28,9 +28,9 @@ from libs.web import constant
 def build_dependencies(
     settings: Settings, engine: AsyncEngine, relay: Relay, tokens: Tokens, metrics: GatewayMetrics
 ) -> dict[str, Provide]:
-    # As long as a checkout waits for a pooled connection before it fails (libs.db).
-    slots = Slots(settings.db_pool_size, wait_s=settings.health_check_timeout_s * 2)
-    intake = Intake(engine, slots, SourceKeys(engine, settings.api_key_cache_ttl_s), relay, metrics)
+    # A lead waits to be taken into a batch as long as a checkout waits for a pooled connection (libs.db).
+    commits = GroupCommit(engine, max_batch=MAX_BATCH, wait_s=settings.health_check_timeout_s * 2)
+    intake = Intake(commits, SourceKeys(engine, settings.api_key_cache_ttl_s), relay, metrics)
 
     # The intake comes in as the source's own dependency: Litestar resolves the dependencies of one level in a
     # task group per request, and two levels of one each in turn (measured: the task group of the lead route's

@@ -12,9 +12,8 @@ from libs.settings import HttpWorkersSettingsMixin, ServiceSettings
 class Settings(HttpWorkersSettingsMixin, LoginSettingsMixin, TotpSettingsMixin, AuthSettingsMixin, ServiceSettings):
     service_name: str = "ingest-gateway"
     http_port: int = Field(8000, ge=1, le=65535, description="Public API, health and metrics.")
-    # Also the leads stored at once per process (ingest_gateway.submissions.Slots). Each lead is a commit waiting
-    # for its WAL flush, so more at once share flushes: at 64 connections, 10 took 18% more leads per second than
-    # 5, at 17% less gateway CPU per lead (two gateways side by side under the same load).
+    # Leads no longer take one connection each (ingest_gateway.submissions.GroupCommit writes a batch on one);
+    # the rest of the API's requests share the pool.
     db_pool_size: int = Field(10, ge=1, le=100, description="Connections kept in the pool.")
     max_body_bytes: int = Field(65_536, ge=1024, le=10_000_000, description="Larger request bodies get 413.")
     export_dir: Path = Field(description="Where export-worker writes CSV files; downloads are served from here.")

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import LargeBinary, String, and_, bindparam, literal, or_, select
-from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import LargeBinary, String, Text, Uuid, and_, bindparam, cast, column, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col
 
 from ingest_gateway.accounts import AuthenticatedSource, SourceKeys
@@ -23,6 +25,10 @@ from libs.db.tables import Lead, LeadStatus
 from libs.db.tables.outbox import OutboxMessage
 from libs.messaging.publisher import Envelope
 from libs.web import fits_column
+from libs.web.app import retry_later
+
+MAX_BATCH = 100
+"""Leads one statement stores at most: at 64 connections a batch holds what arrived during the one before it."""
 
 
 class LeadSubmission(BaseModel):
@@ -33,42 +39,82 @@ class LeadSubmission(BaseModel):
     contact: Contact
 
 
-class Slots:
-    """At most `size` leads at the database at once, let in in their order of arrival, each waiting at most
-    `wait_s` (then TimeoutError, which the app answers 503 with Retry-After, as a pool checkout that timed out).
+@dataclass
+class _Waiting:
+    values: dict[str, Any]
+    outcome: asyncio.Future[Submitted]
+    taken: bool = False
+    """In a batch being written: its outcome comes whatever the wait, as a statement already sent would."""
 
-    `size` is the pool's: under more requests at once than that, the pool opens overflow connections and closes
-    them again on their return whenever its own queue is full (py-spy at 64 connections: opening and closing
-    them was 8% of the gateway's CPU, besides a PostgreSQL backend started and authenticated for each), and its
-    queue lets a new request take a connection ahead of one already waiting."""
 
-    def __init__(self, size: int, wait_s: float) -> None:
+class GroupCommit:
+    """Stores the leads of concurrent requests together: a lead waits only for the batch being written when it
+    arrived, then goes with every lead that arrived meanwhile, up to `max_batch`, in one statement (group commit:
+    no timer, so a lone lead is written at once, and under load one commit carries many leads where each lead
+    was its own commit, flushed on its own). Each request gets its own outcome: a new lead, a repeat (answered
+    like the first), or, for a batch PostgreSQL refuses, what its lead alone gets. A batch that fails because
+    the database is away or busy fails every lead in it with that error (503 with Retry-After).
+
+    A lead not yet taken into a batch after `wait_s` is withdrawn with TimeoutError (the same 503 as a pool
+    checkout that timed out); one taken waits for its batch, whose statement is bounded by the pool and the
+    database's own timeouts."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int, wait_s: float) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
         self.wait_s = wait_s
-        self._free = asyncio.Semaphore(size)
+        self._waiting: deque[_Waiting] = deque()
+        self._writer: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> None:
-        async with asyncio.timeout(self.wait_s):
-            await self._free.acquire()
+    async def submit(self, values: dict[str, Any]) -> Submitted:
+        waiting = _Waiting(values, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting(), name="lead-group-commit")
+        try:
+            async with asyncio.timeout(self.wait_s):
+                return await asyncio.shield(waiting.outcome)
+        except TimeoutError:
+            if waiting.taken:
+                return await waiting.outcome
+            self._waiting.remove(waiting)
+            raise
 
-    async def __aexit__(self, *_: object) -> None:
-        self._free.release()
+    async def _write_waiting(self) -> None:
+        await asyncio.sleep(0)  # requests already received get to join the first batch
+        while self._waiting:
+            batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+            for waiting in batch:
+                waiting.taken = True
+            try:
+                outcomes = await self._write([waiting.values for waiting in batch])
+            except BaseException as error:  # each request answers it (503); a cancelled writer leaves none waiting
+                for waiting in batch:
+                    waiting.outcome.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    waiting.outcome.set_exception(outcome)
+                else:
+                    waiting.outcome.set_result(outcome)
 
-
-@dataclass(frozen=True)
-class Intake:
-    """What a lead submission needs of the process (built once): where leads are stored and how many at once,
-    the sources' keys, the relay to wake and the counter of leads taken."""
-
-    engine: AsyncEngine
-    slots: Slots
-    keys: SourceKeys
-    relay: Relay
-    metrics: GatewayMetrics
-
-    async def submit(self, source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None) -> Submitted:
-        """`submit` in turn with the other requests of this process."""
-        async with self.slots:
-            return await submit(self.engine, source, lead, idempotency_key)
+    async def _write(self, batch: list[dict[str, Any]]) -> Sequence[Submitted | BaseException]:
+        try:
+            return await store_together(self.engine, batch)
+        except Exception as error:
+            if retry_later(error):
+                raise
+        # PostgreSQL refused the statement for one of its leads (a source deleted meanwhile, say): alone, each
+        # lead gets its own answer.
+        outcomes: list[Submitted | BaseException] = []
+        for values in batch:
+            try:
+                outcomes.append(await _alone(self.engine, values))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
 
 
 @dataclass(frozen=True)
@@ -79,10 +125,26 @@ class Submitted:
     created: bool
 
 
+@dataclass(frozen=True)
+class Intake:
+    """What a lead submission needs of the process (built once): where leads are stored (together with the
+    other requests' leads), the sources' keys, the relay to wake and the counter of leads taken."""
+
+    commits: GroupCommit
+    keys: SourceKeys
+    relay: Relay
+    metrics: GatewayMetrics
+
+    async def submit(self, source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None) -> Submitted:
+        """`submit`, in one statement with the leads of the requests beside it."""
+        return await self.commits.submit(values(source, lead, idempotency_key))
+
+
 # The hot path's statements, built once. A new lead is one statement, its own transaction: the insert, and the
 # outbox row staged only when the insert happened (a repeat's event was staged with the first). A repeat then
 # reads the first, which committed before ON CONFLICT gave way.
 _LEAD = (col(Lead.id), col(Lead.status))
+_OUTBOX_COLUMNS = ["message_id", "message_type", "correlation_id", "body", "traceparent"]
 _STORED = (
     insert(Lead)
     .values(
@@ -92,7 +154,7 @@ _STORED = (
         idempotency_key=bindparam("idempotency_key", type_=String),
         category=bindparam("category"),
         zip=bindparam("zip"),
-        contact=bindparam("contact", type_=JSONB),
+        contact=cast(bindparam("contact", type_=Text), JSONB),
     )
     .on_conflict_do_nothing()
     .returning(*_LEAD)
@@ -101,7 +163,7 @@ _STORED = (
 _STAGED = (
     insert(OutboxMessage)
     .from_select(
-        ["message_id", "message_type", "correlation_id", "body", "traceparent"],
+        _OUTBOX_COLUMNS,
         select(
             bindparam("message_id", type_=String),
             literal(LeadSubmitted.message_type),
@@ -114,6 +176,50 @@ _STAGED = (
     .cte("staged")
 )
 _STORE = select(_STORED.c.id, _STORED.c.status).add_cte(_STAGED)
+
+# The same for a batch: its leads as arrays, one element per lead, unnested in their order of arrival, so the
+# outbox rows (and the events the relay publishes in their order) follow it. A lead ON CONFLICT skips, an
+# earlier one or one of the same batch, stages nothing.
+_TYPES: dict[str, Any] = {
+    "lead_id": Uuid, "source_id": Uuid, "external_id": String, "idempotency_key": String, "category": String,
+    "zip": String, "contact": Text, "message_id": String, "correlation_id": String, "body": LargeBinary,
+    "traceparent": String,
+}  # fmt: skip
+_BATCH = (
+    func.unnest(*(bindparam(name, type_=ARRAY(type_)) for name, type_ in _TYPES.items()))
+    .table_valued(*(column(name, type_) for name, type_ in _TYPES.items()), with_ordinality="position")
+    .render_derived(name="submitted")
+)
+_STORED_ALL = (
+    insert(Lead)
+    .from_select(
+        ["id", "source_id", "external_id", "idempotency_key", "category", "zip", "contact"],
+        select(
+            _BATCH.c.lead_id, _BATCH.c.source_id, _BATCH.c.external_id, _BATCH.c.idempotency_key,
+            _BATCH.c.category, _BATCH.c.zip, cast(_BATCH.c.contact, JSONB),
+        ).order_by(_BATCH.c.position),
+        include_defaults=False,
+    )
+    .on_conflict_do_nothing()
+    .returning(*_LEAD)
+    .cte("stored")
+)  # fmt: skip
+_STAGED_ALL = (
+    insert(OutboxMessage)
+    .from_select(
+        _OUTBOX_COLUMNS,
+        select(
+            _BATCH.c.message_id, literal(LeadSubmitted.message_type), _BATCH.c.correlation_id, _BATCH.c.body,
+            _BATCH.c.traceparent,
+        )
+        .join(_STORED_ALL, _STORED_ALL.c.id == _BATCH.c.lead_id)
+        .order_by(_BATCH.c.position),
+        include_defaults=False,
+    )
+    .cte("staged")
+)  # fmt: skip
+_STORE_ALL = select(_STORED_ALL.c.id, _STORED_ALL.c.status).add_cte(_STAGED_ALL)
+
 _IDEMPOTENCY_KEY = bindparam("idempotency_key", type_=String)
 _EARLIER = select(*_LEAD).where(
     col(Lead.source_id) == bindparam("source_id"),
@@ -124,38 +230,65 @@ _EARLIER = select(*_LEAD).where(
 )
 
 
-async def submit(
-    engine: AsyncEngine, source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None
-) -> Submitted:
-    """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first and stages
-    nothing. Returns once the lead and its event are committed; a lost connection is retried (the statement is
-    idempotent), any other database error raised."""
+def values(source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None) -> dict[str, Any]:
+    """A submission as the statements' values, with a new lead id and its lead.submitted."""
     lead_id = uuid.uuid4()
     event = LeadSubmitted(lead_id=lead_id, external_id=lead.external_id, category=lead.category, zip=lead.zip)
-    values = {
+    return {
         "lead_id": lead_id,
         "source_id": source.id,
         "external_id": lead.external_id,
         "idempotency_key": idempotency_key,
         "category": lead.category,
         "zip": lead.zip,
-        "contact": lead.contact.model_dump(),
+        "contact": lead.contact.model_dump_json(),
         **staged(Envelope.of(event, f"lead.submitted:{lead_id}")),
     }
 
+
+async def submit(
+    engine: AsyncEngine, source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None
+) -> Submitted:
+    """Idempotent on the source's external id (or Idempotency-Key): a repeat answers like the first and stages
+    nothing. Returns once the lead and its event are committed; a lost connection is retried (the statement is
+    idempotent), any other database error raised."""
+    return await _alone(engine, values(source, lead, idempotency_key))
+
+
+async def _alone(engine: AsyncEngine, lead: dict[str, Any]) -> Submitted:
     async def store() -> Submitted:
         async with engine.connect() as connection:
             # One statement is its own transaction: no BEGIN and COMMIT round trips around it.
             await connection.execution_options(isolation_level="AUTOCOMMIT")
-            inserted = (await connection.execute(_STORE, values)).first()
+            inserted = (await connection.execute(_STORE, lead)).first()
             if inserted is not None:
                 return Submitted(inserted.id, inserted.status, created=True)
-            earlier = (
-                await connection.execute(
-                    _EARLIER,
-                    {"source_id": source.id, "external_id": lead.external_id, "idempotency_key": idempotency_key},
-                )
-            ).one()
-            return Submitted(earlier.id, earlier.status, created=False)
+            return await _earlier(connection, lead)
 
     return await retry_on_disconnect(store)
+
+
+async def store_together(engine: AsyncEngine, leads: Sequence[dict[str, Any]]) -> list[Submitted]:
+    """`submit` for several leads in one statement (one commit), each outcome in the leads' order: a lead that
+    repeats an earlier one, or one before it in `leads`, answers like that one. A lost connection is retried
+    (idempotent, as `submit`); any other database error raised, nothing stored."""
+    arrays = {name: [lead[name] for lead in leads] for name in _TYPES}
+
+    async def store() -> list[Submitted]:
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            inserted = {row.id: row.status for row in await connection.execute(_STORE_ALL, arrays)}
+            return [
+                Submitted(lead["lead_id"], inserted[lead["lead_id"]], created=True)
+                if lead["lead_id"] in inserted
+                else await _earlier(connection, lead)
+                for lead in leads
+            ]
+
+    return await retry_on_disconnect(store)
+
+
+async def _earlier(connection: AsyncConnection, lead: dict[str, Any]) -> Submitted:
+    keys = {name: lead[name] for name in ("source_id", "external_id", "idempotency_key")}
+    earlier = (await connection.execute(_EARLIER, keys)).one()
+    return Submitted(earlier.id, earlier.status, created=False)
