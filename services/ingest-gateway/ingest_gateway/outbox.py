@@ -123,8 +123,8 @@ class Relay:
             self.failing = None
             return 0
         outcomes = await asyncio.gather(
-            *(self.publisher.send(Envelope(row.message_id, row.message_type, row.correlation_id, row.body,
-                                           row.traceparent)) for row in rows),
+            *(self.publisher.send_staged(Envelope(row.message_id, row.message_type, row.correlation_id, row.body,
+                                                  row.traceparent)) for row in rows),
             return_exceptions=True,
         )  # fmt: skip
         sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
