@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     ForeignKey,
     Index,
     Integer,
@@ -25,9 +26,13 @@ from sqlalchemy import (
     cast,
     column,
     false,
+    func,
+    literal,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSQUERY, TSVECTOR
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
 
 from libs.db.tables.columns import created_now, one_of, serial_pk, stored_enum, timestamp, uuid_pk
@@ -74,6 +79,31 @@ class RedriveItemState(enum.StrEnum):
     skipped = "skipped"
 
 
+SEARCH_CONFIG = "simple"
+"""The free-text index's text search configuration: words lower-cased, no stemming, no stop words; PostgreSQL's
+parser keeps an email address, a host name or a hyphenated word whole (beside the hyphenated word's parts)."""
+
+
+def _constant(value: str, type_: TypeEngine[Any]) -> ColumnElement[Any]:
+    return cast(literal(value), type_)
+
+
+def search_document(error_message: ColumnElement[Any], payload: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The words free text finds an entry by: the error message's and the payload's string and number values
+    (not its keys), as one tsvector (the stored column `search_words`)."""
+    config = _constant(SEARCH_CONFIG, REGCONFIG())
+    message = func.to_tsvector(config, func.coalesce(error_message, _constant("", Text())))
+    values = func.jsonb_to_tsvector(
+        config, func.coalesce(payload, _constant("{}", JSONB())), _constant('["string", "numeric"]', JSONB())
+    )
+    return message.op("||", return_type=TSVECTOR())(values)
+
+
+def search_query(words: str) -> ColumnElement[Any]:
+    """Every word of `words`, as the parser splits them, whole (an address or a hyphenated word stays one)."""
+    return func.plainto_tsquery(_constant(SEARCH_CONFIG, REGCONFIG()), words, type_=TSQUERY())
+
+
 def _entry_fk() -> Any:
     return Field(sa_column=Column(Uuid, ForeignKey("dead_letter_queue.id", ondelete="CASCADE"), nullable=False))
 
@@ -102,7 +132,8 @@ class DeadLetter(SQLModel, table=True):
         ),
         # A time window is read from its newest failure backwards.
         Index("idx_dlq_last_failed", text("last_failed_at DESC"), text("id DESC")),
-        # Free text: every search word is an ILIKE '%word%' on the error message or the payload's JSON text.
+        # Free text as substrings, when no entry has the words: every word an ILIKE '%word%' on the error message or the
+        # payload's JSON text.
         Index(
             "idx_dlq_error_message_trgm",
             "error_message",
@@ -115,6 +146,8 @@ class DeadLetter(SQLModel, table=True):
             postgresql_using="gin",
             postgresql_ops={"payload_text": "gin_trgm_ops"},
         ),
+        # Free text as words: one GIN lookup per word, however common its trigrams (an address's `@example.com`).
+        Index("idx_dlq_search", "search_words", postgresql_using="gin"),
         # A failure group's newest and oldest unresolved failure, one index probe each.
         Index(
             "idx_dlq_group_latest",
@@ -172,6 +205,14 @@ class DeadLetter(SQLModel, table=True):
     resolution: Resolution | None = Field(default=None, sa_type=stored_enum(Resolution, 32))
     message_type: str | None = Field(default=None, max_length=100)
     content_type: str | None = Field(default=None, max_length=100)
+    # Stored, not only indexed: a page of a common word is read newest first from the list's index, testing each
+    # entry's words on the way, and computing them again per entry costs about 30 times more than reading them.
+    search_words: str | None = Field(
+        default=None,
+        sa_column=Column(
+            TSVECTOR(), Computed(search_document(column("error_message"), column("payload")), persisted=True)
+        ),
+    )
 
 
 class DeadLetterGroupCount(SQLModel, table=True):

@@ -15,8 +15,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import JsonValue
-from sqlalchemy import ColumnElement, Label, Select, Text, case, cast, func, literal, or_, select, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Label,
+    Select,
+    Text,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+)
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import Mapped
+from sqlalchemy.sql.elements import UnaryExpression
 from sqlmodel import SQLModel, col
 
 from dlq_service.dead_letters import mask_contacts, preview
@@ -32,9 +49,14 @@ from libs.db.tables import (
     Resolution,
     RetryOutcome,
 )
+from libs.db.tables.dead_letters import search_query
 
 MAX_SEARCH_WORDS = 10
 PREVIEW_CHARS = 300
+WORD_WALK = 5_000
+"""Entries of the list a word search tests in order before it asks the word index for the rest: a common word
+fills its page among the newest (no index can give a word's entries newest first: reading them all to sort them
+is what costs), a rare one's few entries come from the word index, however old."""
 
 
 class EntryNotFound(Exception):
@@ -213,6 +235,11 @@ def search_words(text: str | None) -> list[str]:
     return text.split()[:MAX_SEARCH_WORDS] if text else []
 
 
+def has_words(words: ColumnElement[Any] | Mapped[Any], text: str | None) -> ColumnElement[bool]:
+    """Every search word of `text` among an entry's stored words (`search_words`), whole."""
+    return words.bool_op("@@")(search_query(" ".join(search_words(text))))
+
+
 def like_pattern(word: str) -> str:
     """`word` anywhere, with LIKE's own characters in it matched literally (backslash is PostgreSQL's escape)."""
     return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -228,14 +255,22 @@ class Filters:
     failed_from: datetime | None = None
     failed_to: datetime | None = None
     text: str | None = None
+    substring: bool = False
+    """The text's words are searched as substrings (what a search falls back to when no entry has them whole)."""
 
     @property
     def windowed(self) -> bool:
         """A time window is given: the list is newest failure first (last_failed_at), not newest entry first."""
         return self.failed_from is not None or self.failed_to is not None
 
+    @property
+    def listed(self) -> Filters:
+        """The same list without its search."""
+        return dataclasses.replace(self, text=None, substring=False)
+
     def conditions(self) -> list[ColumnElement[bool]]:
-        """Joined with AND: equal columns, a half-open time window, and every search word somewhere."""
+        """Joined with AND: equal columns, a half-open time window, and every search word, whole (one GIN lookup
+        per word) or as a substring."""
         equal = ((DeadLetter.queue_name, self.queue), (DeadLetter.status, self.status),
                  (DeadLetter.reason, self.reason), (DeadLetter.error_type, self.error_type),
                  (DeadLetter.fingerprint, self.fingerprint))  # fmt: skip
@@ -244,7 +279,10 @@ class Filters:
             found.append(col(DeadLetter.last_failed_at) >= self.failed_from)
         if self.failed_to is not None:
             found.append(col(DeadLetter.last_failed_at) < self.failed_to)
-        for word in search_words(self.text):
+        words = search_words(self.text)
+        if words and not self.substring:
+            found.append(has_words(col(DeadLetter.search_words), self.text))
+        for word in words if self.substring else ():
             pattern = like_pattern(word)
             found.append(
                 or_(col(DeadLetter.error_message).ilike(pattern), cast(col(DeadLetter.payload), Text).ilike(pattern))
@@ -271,7 +309,7 @@ def summary(row: Mapping[str, Any]) -> DeadLetterSummary:
     return DeadLetterSummary.model_validate(summary_fields(row))
 
 
-def summary_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+def summary_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
     """`summary`'s fields, for a page validated whole (one validation instead of one per row)."""
     head = row["body_head"]
     text = row["payload_text"] or (bytes(head).decode("utf-8", "replace") if head is not None else None)
@@ -285,21 +323,75 @@ def summary_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def after_key(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """Where a page starts: after the entry the cursor names. Raises BadCursor for a cursor this API did not
+    return."""
+    if not cursor:
+        return None
+    cursor_at, cursor_id = decode_cursor(cursor)
+    try:
+        return utc_time(cursor_at) or cursor_at, cursor_id
+    except ValueError:
+        raise BadCursor("cursor is not one this API returned") from None
+
+
+def _order(filters: Filters) -> tuple[UnaryExpression[Any], UnaryExpression[Any]]:
+    return _LATEST_FAILURE_FIRST if filters.windowed else _NEWEST_FIRST
+
+
+def _after(filters: Filters, after: tuple[datetime, uuid.UUID]) -> ColumnElement[bool]:
+    return tuple_(_order(filters)[0].element, col(DeadLetter.id)) < tuple_(*after)
+
+
 def page_query(filters: Filters, limit: int, cursor: str | None) -> Select[Any]:
     """Newest first: by arrival (created_at), or, within a time window, by latest failure (last_failed_at, which
     the window filters, so a page reads only its own rows from idx_dlq_last_failed, whatever the window's width).
     Keyset pages on that time and the id; one row more than the page tells whether another follows. Raises
     BadCursor for a cursor this API did not return."""
-    order = _LATEST_FAILURE_FIRST if filters.windowed else _NEWEST_FIRST
-    query = SUMMARY.where(*filters.conditions()).order_by(*order).limit(limit + 1)
-    if cursor:
-        cursor_at, cursor_id = decode_cursor(cursor)
-        try:
-            cursor_at = utc_time(cursor_at) or cursor_at
-        except ValueError:
-            raise BadCursor("cursor is not one this API returned") from None
-        query = query.where(tuple_(order[0].element, col(DeadLetter.id)) < tuple_(cursor_at, cursor_id))
-    return query
+    return _page(filters, limit, after_key(cursor))
+
+
+def _page(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Select[Any]:
+    query = SUMMARY.where(*filters.conditions()).order_by(*_order(filters)).limit(limit + 1)
+    return query if after is None else query.where(_after(filters, after))
+
+
+def _listed(filters: Filters, after: tuple[datetime, uuid.UUID] | None) -> list[ColumnElement[bool]]:
+    """The list's entries from `after` on, without the search."""
+    return [*filters.listed.conditions(), *([_after(filters, after)] if after else [])]
+
+
+def walk_query(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Select[Any]:
+    """A word search's page among the next WORD_WALK entries of the list, read in order from the list's index
+    (each entry's stored words tested on the way; the search stops at the page's end)."""
+    order = _order(filters)
+    walked = (
+        select(col(DeadLetter.id), order[0].element.label("at"), col(DeadLetter.search_words))
+        .where(*_listed(filters, after))
+        .order_by(*order)
+        .limit(WORD_WALK)
+        .subquery("walked")
+    )
+    hits = (
+        select(walked.c.id)
+        .where(has_words(walked.c.search_words, filters.text))
+        .order_by(walked.c.at.desc(), walked.c.id.desc())
+        .limit(limit + 1)
+        .subquery("hits")
+    )
+    return SUMMARY.join(hits, col(DeadLetter.id) == hits.c.id).order_by(*order)
+
+
+def walk_end_query(filters: Filters, after: tuple[datetime, uuid.UUID] | None) -> Select[Any]:
+    """The last entry WORD_WALK tests (none when the list ends sooner): the word index is asked for what follows."""
+    order = _order(filters)
+    return (
+        select(order[0].element, col(DeadLetter.id))
+        .where(*_listed(filters, after))
+        .order_by(*order)
+        .offset(WORD_WALK - 1)
+        .limit(1)
+    )
 
 
 @asynccontextmanager
@@ -310,11 +402,37 @@ async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
+async def _rows(connection: AsyncConnection, query: Select[Any]) -> list[RowMapping]:
+    return list((await connection.execute(query)).mappings().all())
+
+
+async def _any_has_words(connection: AsyncConnection, filters: Filters) -> bool:
+    return bool(await connection.scalar(select(exists().where(*filters.conditions()))))
+
+
+async def _page_rows(
+    connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[RowMapping]:
+    """Up to `limit` + 1 rows. A search is by whole words first: among the newest WORD_WALK entries of the list,
+    then from the word index; by substrings when no entry of the list has the words (on a later page: no entry
+    at all, so a search's pages never change meaning)."""
+    if not search_words(filters.text) or filters.substring:
+        return await _rows(connection, _page(filters, limit, after))
+    rows = await _rows(connection, walk_query(filters, limit, after))
+    if len(rows) <= limit:
+        end = (await connection.execute(walk_end_query(filters, after))).first()
+        if end is not None:
+            rows += await _rows(connection, _page(filters, limit - len(rows), (end[0], end[1])))
+    if not rows and (after is None or not await _any_has_words(connection, filters)):
+        return await _rows(connection, _page(dataclasses.replace(filters, substring=True), limit, after))
+    return rows
+
+
 async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: str | None) -> DeadLetterPage:
     """Raises BadCursor for a cursor this API did not return."""
-    query = page_query(filters, limit, cursor)
+    after = after_key(cursor)
     async with reading(engine) as connection:
-        rows = (await connection.execute(query)).mappings().all()
+        rows = await _page_rows(connection, filters, limit, after)
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -325,8 +443,11 @@ async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: s
 
 
 async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int) -> list[uuid.UUID]:
-    """The failed entries a filter matches now: a redrive's fixed selection, oldest first."""
+    """The failed entries a filter matches now, searched as the list searches (words, or substrings when no entry
+    has the words): a redrive's fixed selection, oldest first."""
     failed = dataclasses.replace(filters, status=DeadLetterStatus.failed)
+    if search_words(failed.text) and not failed.substring and not await _any_has_words(connection, failed):
+        failed = dataclasses.replace(failed, substring=True)
     query = (
         select(col(DeadLetter.id))
         .where(*failed.conditions())

@@ -60,6 +60,16 @@ NO_NUL = r"^[^\x00]*$"
 """PostgreSQL text cannot hold NUL: a value with one is a 400, not a failed statement."""
 
 
+SEARCH = (
+    "Free text: up to ten words separated by spaces, every one of which an entry must have, in its error message "
+    "or among its payload's string and number values (not the keys), as a whole word, case-insensitively: "
+    "`deadlock` does not find `deadlocked`; an email address, a host name or a hyphenated word is one word "
+    "(`ada@example.com` does not find `bada@example.com`). When no entry of the filtered list has the words whole, "
+    "they are searched as substrings instead, of the error message and the payload's JSON text (keys included), "
+    "so `ada@exam` or `unavail` still find what contains them; a search's later pages keep its first page's "
+    "meaning."
+)
+
 # Litestar reads a bare number as a Unix timestamp; the API documents RFC 3339 date-times, so a number is a 400.
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -107,7 +117,7 @@ class QueuesController(Controller):
         fingerprint: Annotated[str | None, QueryParameter(max_length=64, pattern=NO_NUL)] = None,
         failed_from: Annotated[datetime | None, QueryParameter(name="from")] = None,
         failed_to: Annotated[datetime | None, QueryParameter(name="to")] = None,
-        q: Annotated[str | None, QueryParameter(max_length=200, pattern=NO_NUL)] = None,
+        q: Annotated[str | None, QueryParameter(max_length=200, pattern=NO_NUL, description=SEARCH)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
     ) -> DeadLetterPage:

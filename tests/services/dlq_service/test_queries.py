@@ -14,12 +14,15 @@ from dlq_service.queries import (
     GROUPS,
     SUMMARY,
     UNRESOLVED,
+    WORD_WALK,
     Filters,
     like_pattern,
     page_query,
     search_words,
     summary,
     utc_time,
+    walk_end_query,
+    walk_query,
 )
 from libs.db.keyset import encode_cursor
 from libs.db.tables import DeadLetter, DeadLetterReason, DeadLetterStatus
@@ -60,8 +63,14 @@ def test_the_time_window_includes_its_start_and_excludes_its_end() -> None:
     ]
 
 
-def test_every_search_word_must_appear_in_the_error_message_or_the_payload() -> None:
-    assert where(Filters(text="boom  ada@example")) == [
+def test_a_search_asks_the_stored_words_for_every_search_word_whole() -> None:
+    assert where(Filters(text="boom  ada@example.com")) == [
+        "dead_letter_queue.search_words @@ plainto_tsquery(CAST('simple' AS REGCONFIG), 'boom ada@example.com')"
+    ]
+
+
+def test_a_substring_search_needs_every_word_in_the_error_message_or_the_payload() -> None:
+    assert where(Filters(text="boom  ada@example", substring=True)) == [
         "dead_letter_queue.error_message ILIKE '%boom%' OR CAST(dead_letter_queue.payload AS TEXT) ILIKE '%boom%'",
         "dead_letter_queue.error_message ILIKE '%ada@example%' "
         "OR CAST(dead_letter_queue.payload AS TEXT) ILIKE '%ada@example%'",
@@ -124,9 +133,17 @@ def test_a_time_past_the_range_of_utc_is_refused_before_it_reaches_the_driver() 
 def test_filters_join_with_and() -> None:
     query = select(col(DeadLetter.id)).where(*Filters(queue="email", text="boom").conditions())
     assert sql(query).endswith(
-        "WHERE dead_letter_queue.queue_name = 'email' AND (dead_letter_queue.error_message ILIKE '%boom%' "
-        "OR CAST(dead_letter_queue.payload AS TEXT) ILIKE '%boom%')"
+        "WHERE dead_letter_queue.queue_name = 'email' "
+        "AND (dead_letter_queue.search_words @@ plainto_tsquery(CAST('simple' AS REGCONFIG), 'boom'))"
     )
+
+
+def test_a_word_search_walks_the_list_in_its_order_for_at_most_word_walk_entries() -> None:
+    walk = sql(walk_query(Filters(queue="email", text="boom"), 50, None))
+    assert "WHERE dead_letter_queue.queue_name = 'email' ORDER BY dead_letter_queue.created_at DESC, " in walk
+    assert f"LIMIT {WORD_WALK}) AS walked" in walk
+    assert "WHERE walked.search_words @@ plainto_tsquery(CAST('simple' AS REGCONFIG), 'boom')" in walk
+    assert f"OFFSET {WORD_WALK - 1}" in sql(walk_end_query(Filters(queue="email", text="boom"), None))
 
 
 def test_a_list_without_a_time_window_is_newest_entry_first() -> None:

@@ -1,0 +1,121 @@
+"""Free text in the dead-letter list, on real PostgreSQL: whole words of the error message and the payload's values
+first, substrings when no entry of the list has the words whole, newest first and paged either way."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from dlq_service.queries import WORD_WALK, Filters, list_page, selected_ids
+from libs.db.tables import DeadLetter
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def queue() -> str:
+    """Each test searches a queue of its own, so it finds only what it stored."""
+    return f"test-search-{uuid.uuid4().hex[:10]}"
+
+
+async def store(engine: AsyncEngine, queue: str, *entries: tuple[str, dict[str, Any]]) -> list[uuid.UUID]:
+    """Entries of (error message, payload), each a second newer than the one before; their ids, oldest first."""
+    ids = [uuid.uuid4() for _ in entries]
+    rows = [
+        {"id": entry_id, "queue_name": queue, "error_message": message, "payload": payload,
+         "failed_at": START, "created_at": START + timedelta(seconds=number)}
+        for number, (entry_id, (message, payload)) in enumerate(zip(ids, entries, strict=True))
+    ]  # fmt: skip
+    async with engine.begin() as connection:
+        await connection.execute(insert(DeadLetter), rows)
+    return ids
+
+
+async def found(engine: AsyncEngine, queue: str, text: str, limit: int = 50) -> list[uuid.UUID]:
+    """Every entry a search lists, newest first, page after page."""
+    ids: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = await list_page(engine, Filters(queue=queue, text=text), limit, cursor)
+        ids += [item.id for item in page.items]
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
+async def test_a_word_of_the_error_message_finds_the_entries_that_have_it_whole(
+    engine: AsyncEngine, queue: str
+) -> None:
+    deadlock, _, other = await store(
+        engine, queue, ("deadlock detected while charging", {}), ("deadlocked worker", {}), ("timeout", {})
+    )
+    assert await found(engine, queue, "DEADLOCK") == [deadlock]
+    assert other not in await found(engine, queue, "deadlock")
+
+
+async def test_an_email_address_finds_the_entry_whose_payload_holds_it_and_not_a_longer_address(
+    engine: AsyncEngine, queue: str
+) -> None:
+    ada, _ = await store(
+        engine,
+        queue,
+        ("refused", {"contact": {"email": "ada@example.com"}}),
+        ("refused", {"email": "bada@example.com"}),
+    )
+    assert await found(engine, queue, "ada@example.com") == [ada]
+
+
+async def test_every_word_must_be_there_in_the_message_or_the_payload(engine: AsyncEngine, queue: str) -> None:
+    both, _ = await store(engine, queue, ("provider 7 cannot pay", {"category": "roofing"}), ("provider 7", {}))
+    assert await found(engine, queue, "roofing provider") == [both]
+
+
+async def test_words_no_entry_has_whole_are_searched_as_substrings(engine: AsyncEngine, queue: str) -> None:
+    older, newer = await store(engine, queue, ("mailbox unavailable", {}), ("refused", {"email": "lead42@example.com"}))
+    assert await found(engine, queue, "unavail") == [older]
+    assert await found(engine, queue, "ead42@exam") == [newer]
+
+
+async def test_a_search_nothing_matches_lists_nothing(engine: AsyncEngine, queue: str) -> None:
+    await store(engine, queue, ("deadlock detected", {"email": "ada@example.com"}))
+    page = await list_page(engine, Filters(queue=queue, text="zebra-unicorn"), 50, None)
+    assert page.items == []
+    assert page.next_cursor is None
+
+
+async def test_a_substring_search_keeps_its_meaning_on_later_pages(engine: AsyncEngine, queue: str) -> None:
+    ids = await store(engine, queue, *((f"recipient {n} unavailable", {}) for n in range(5)))
+    assert await found(engine, queue, "navail", limit=2) == ids[::-1]
+
+
+async def test_a_word_search_pages_through_its_matches_beyond_the_entries_it_walks(
+    engine: AsyncEngine, queue: str
+) -> None:
+    # Matches among the newest WORD_WALK entries come from walking them; the older ones from the word index.
+    entries: list[tuple[str, dict[str, Any]]] = [
+        ("needle" if number % 997 == 0 else "hay", {}) for number in range(WORD_WALK + 1_500)
+    ]
+    ids = await store(engine, queue, *entries)
+    needles = [entry_id for entry_id, (message, _) in zip(ids, entries, strict=True) if message == "needle"]
+    assert len(needles) == 7
+    assert await found(engine, queue, "needle", limit=2) == needles[::-1]
+
+
+async def test_a_redrive_selects_what_the_search_lists(engine: AsyncEngine, queue: str) -> None:
+    words = await store(engine, queue, ("deadlock detected", {}), ("mailbox unavailable", {}))
+    async with engine.connect() as connection:
+        assert await selected_ids(connection, Filters(queue=queue, text="deadlock"), 100) == words[:1]
+        assert await selected_ids(connection, Filters(queue=queue, text="unavail"), 100) == words[1:]
