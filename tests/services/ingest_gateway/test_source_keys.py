@@ -1,11 +1,13 @@
-"""Lead sources' API keys as each gateway process remembers them: a revoked key is refused within the TTL."""
+"""Lead sources' API keys as each gateway process remembers them: a revoked key is refused within the TTL, and
+concurrent requests with a key not remembered share one lookup."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import event, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
@@ -77,3 +79,37 @@ async def test_a_refusal_is_not_remembered_a_key_issued_next_is_taken(engine: As
         values = {"name": f"source-{uuid.uuid4().hex[:6]}", "api_key_hash": hash_api_key(api_key), "trusted": False}
         await connection.execute(insert(LeadSource).values(**values))
     assert await keys.source_for(api_key) is not None
+
+
+async def test_concurrent_requests_with_a_key_not_remembered_share_one_lookup(
+    engine: AsyncEngine, source: tuple[uuid.UUID, str]
+) -> None:
+    source_id, api_key = source
+    lookups: list[str] = []
+
+    def count(*_: object, statement: str, **__: object) -> None:
+        if "lead_sources" in statement:
+            lookups.append(statement)
+
+    keys = SourceKeys(engine, TTL_S, clock=Clock())
+    event.listen(engine.sync_engine, "before_cursor_execute", count, named=True)
+    try:
+        found = await asyncio.gather(*(keys.source_for(api_key) for _ in range(20)))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert {source.id if source else None for source in found} == {source_id}
+    assert len(lookups) == 1
+
+
+async def test_a_request_that_goes_away_does_not_cancel_the_lookup_others_wait_for(
+    engine: AsyncEngine, source: tuple[uuid.UUID, str]
+) -> None:
+    source_id, api_key = source
+    keys = SourceKeys(engine, TTL_S, clock=Clock())
+    leaving = asyncio.create_task(keys.source_for(api_key))
+    staying = asyncio.create_task(keys.source_for(api_key))
+    await asyncio.sleep(0)  # both are waiting on the one lookup
+    leaving.cancel()
+    found = await asyncio.wait_for(staying, timeout=10)
+    assert found is not None
+    assert found.id == source_id
