@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import (
     ClientException,
@@ -84,6 +84,12 @@ def _time(name: str, value: datetime | None, raw: str | None = None) -> datetime
         raise ValidationException(f"{name} {error}", extra=[{"key": name, "message": str(error)}]) from None
 
 
+def _json(body: bytes) -> Response[Any]:
+    """A read model's JSON written by the domain module (queries.as_json); the route's annotation names the model
+    for the OpenAPI document."""
+    return Response(content=body, media_type=MediaType.JSON)
+
+
 class QueuesController(Controller):
     path = "/api/v1/admin/queues"
     tags = ["admin: queues and dead letters"]  # noqa: RUF012
@@ -120,23 +126,23 @@ class QueuesController(Controller):
         q: Annotated[str | None, QueryParameter(max_length=200, pattern=NO_NUL, description=SEARCH)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
-    ) -> DeadLetterPage:
+    ) -> Response[DeadLetterPage]:
         """Newest first; keyset pages stay stable while new failures arrive. Every text masked where it looks like
         an email address or phone number; the payload only as a bounded, masked preview."""
         filters = Filters(queue=queue, status=status, reason=reason, error_type=error_type, fingerprint=fingerprint,
                           failed_from=_time("from", failed_from, request.query_params.get("from")),
                           failed_to=_time("to", failed_to, request.query_params.get("to")), text=q)  # fmt: skip
         try:
-            return await queries.list_page(engine, filters, limit, cursor)
+            return _json((await queries.listed_page(engine, filters, limit, cursor)).json())
         except BadCursor as error:
             raise ValidationException(str(error), extra=[{"key": "cursor", "message": str(error)}]) from None
 
     @get("/dlq/groups")
     async def dead_letter_groups(
         self, principal: NamedDependency[Principal], engine: NamedDependency[AsyncEngine]
-    ) -> DeadLetterGroups:
+    ) -> Response[DeadLetterGroups]:
         """Unresolved entries grouped by queue and fingerprint (error type, normalised message, top frame)."""
-        return await queries.groups(engine)
+        return _json(queries.as_json(await queries.group_fields(engine)))
 
     @get("/dlq/{entry_id:uuid}", raises=[NotFoundException])
     async def dead_letter(

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import ClauseElement, create_mock_engine, select
 from sqlmodel import col
@@ -15,11 +16,15 @@ from dlq_service.queries import (
     SUMMARY,
     UNRESOLVED,
     WORD_WALK,
+    DeadLetterGroups,
     Filters,
+    ListedPage,
+    as_json,
     like_pattern,
     page_query,
     search_words,
     summary,
+    summary_fields,
     utc_time,
     walk_end_query,
     walk_query,
@@ -171,3 +176,19 @@ def test_groups_come_from_the_kept_counts_without_grouping_the_entries() -> None
 def test_the_unresolved_condition_is_written_into_the_statement_for_the_partial_indexes() -> None:
     compiled = str(UNRESOLVED.compile(dialect=ASYNCPG, compile_kwargs={"render_postcompile": True}))
     assert compiled == "dead_letter_queue.status != 'resolved'"
+
+
+def test_a_pages_json_is_the_json_of_its_validated_model() -> None:
+    failed_at = datetime(2026, 11, 30, 9, 1, 2, 345678, tzinfo=UTC)
+    row = _row(id=uuid.UUID(int=5), error_message="550 <ada@example.com>", payload_text='{"phone": "+1 415 555 0100"}',
+               last_failed_at=failed_at, first_failed_at=failed_at.replace(microsecond=0), attempts=4,
+               resolution="manual", status=DeadLetterStatus.resolved)  # fmt: skip
+    page = ListedPage([summary_fields(row)], next_cursor=encode_cursor(failed_at, uuid.UUID(int=5)))
+    assert orjson.loads(page.json()) == page.model().model_dump(mode="json")
+
+
+def test_the_groups_json_is_the_json_of_the_validated_model() -> None:
+    seen = datetime(2026, 11, 30, 9, 1, 2, 5, tzinfo=UTC)
+    fields = {"groups": [{"queue": "email", "fingerprint": None, "count": 3, "first_seen": seen, "last_seen": None,
+                          "error_type": "SmtpRefused", "sample_error": "refused"}]}  # fmt: skip
+    assert orjson.loads(as_json(fields)) == DeadLetterGroups.model_validate(fields).model_dump(mode="json")
