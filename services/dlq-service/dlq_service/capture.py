@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from opentelemetry.trace import Link, NoOpTracer, Span, SpanContext, SpanKind, Tracer
 from sqlalchemy import Text, bindparam, cast, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,9 +26,11 @@ from dlq_service.dead_letters import DeadLetterMessage, RetryLink
 from dlq_service.signing import RetrySigner
 from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterRetry, DeadLetterStatus, RetryOutcome
 from libs.logging import get_logger
+from libs.messaging.topology import DLQ_QUEUE
 from libs.messaging.wire import printable
 
 log = get_logger("dlq_service.capture")
+CAPTURE_SPAN = "dlq capture"
 
 
 class CaptureOutcome(enum.StrEnum):
@@ -220,37 +224,66 @@ async def record(
     return Refused(_describe(error), attempts)
 
 
+Recorded = Callable[[Sequence[tuple[DeadLetterMessage, Captured]]], None]
+"""Told once per committed batch (a retry that failed again: a batch of one) what it recorded, before the letters
+are acked, inside the batch's span: where the counters, the DLQ size and the batch's log line are kept."""
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    letter: DeadLetterMessage
+    origin: SpanContext | None
+    result: asyncio.Future[Captured | Refused]
+
+
 class CaptureBatcher:
     """Records the letters of concurrent deliveries together: a letter waits only for the batch being written
     when it arrived, then goes with every letter that arrived meanwhile (group commit: no timer, so a lone
     letter is written at once and a busy queue fills its batches). A batch PostgreSQL refuses is split: each of
     its letters is recorded alone by `record`, with its own attempts and parking. An outage fails the whole
-    batch with DatabaseUnavailable, logged once per batch, not once per letter."""
+    batch with DatabaseUnavailable, logged once per batch, not once per letter.
+
+    Each batch is one span (`dlq capture`), linked to the trace each letter came with (`origin`), in place of a
+    span per letter."""
 
     def __init__(
-        self, engine: AsyncEngine, signer: RetrySigner, *, max_batch: int, attempts: int, probe_timeout_s: float
+        self,
+        engine: AsyncEngine,
+        signer: RetrySigner,
+        *,
+        max_batch: int,
+        attempts: int,
+        probe_timeout_s: float,
+        tracer: Tracer | None = None,
+        recorded: Recorded | None = None,
     ) -> None:
         self.engine = engine
         self.signer = signer
         self.max_batch = max_batch
         self.attempts = attempts
         self.probe_timeout_s = probe_timeout_s
-        self._pending: list[tuple[DeadLetterMessage, asyncio.Future[Captured | Refused]]] = []
+        self.tracer = tracer or NoOpTracer()
+        self.recorded = recorded
+        self._pending: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def record(self, letter: DeadLetterMessage) -> Captured | Refused:
-        """Raises DatabaseUnavailable during an outage (the letter is handed back, uncounted)."""
+    async def record(self, letter: DeadLetterMessage, origin: SpanContext | None = None) -> Captured | Refused:
+        """Raises DatabaseUnavailable during an outage (the letter is handed back, uncounted). `origin`: the trace
+        the letter arrived in, which the batch's span links to."""
         if letter.retry_link is not None and verified_link(letter, self.signer) is not None:
             # A retry that failed again updates its entry, row-locked: alone, as before.
-            try:
-                return await record(
-                    self.engine, letter, self.signer, attempts=self.attempts, probe_timeout_s=self.probe_timeout_s
-                )
-            except DatabaseUnavailable as error:
-                log.error("dead_letter.not_recorded", error, {"letters": 1})
-                raise
+            with self._span([origin]):
+                try:
+                    outcome = await record(
+                        self.engine, letter, self.signer, attempts=self.attempts, probe_timeout_s=self.probe_timeout_s
+                    )
+                except DatabaseUnavailable as error:
+                    log.error("dead_letter.not_recorded", error, {"letters": 1})
+                    raise
+                self._report([letter], [outcome])
+            return outcome
         result: asyncio.Future[Captured | Refused] = asyncio.get_running_loop().create_future()
-        self._pending.append((letter, result))
+        self._pending.append(_Waiting(letter, origin, result))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending(), name="dlq-capture-batches")
         return await result
@@ -259,23 +292,42 @@ class CaptureBatcher:
         await asyncio.sleep(0)  # deliveries already received get to join the first batch
         while self._pending:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            letters = [waiting.letter for waiting in batch]
             try:
-                outcomes = await self._write(batch)
+                with self._span([waiting.origin for waiting in batch]):
+                    outcomes = await self._write(letters)
+                    self._report(letters, outcomes)
             except Exception as error:  # handed to each letter's handler, which decides (hold or park)
                 if isinstance(error, DatabaseUnavailable):
                     log.error("dead_letter.not_recorded", error, {"letters": len(batch)})
-                for _, result in batch:
-                    if not result.done():
-                        result.set_exception(error)
+                for waiting in batch:
+                    if not waiting.result.done():
+                        waiting.result.set_exception(error)
                 continue
-            for (_, result), outcome in zip(batch, outcomes, strict=True):
-                if not result.done():
-                    result.set_result(outcome)
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if not waiting.result.done():
+                    waiting.result.set_result(outcome)
 
-    async def _write(
-        self, batch: list[tuple[DeadLetterMessage, asyncio.Future[Captured | Refused]]]
-    ) -> list[Captured | Refused]:
-        letters = [letter for letter, _ in batch]
+    def _span(self, origins: Sequence[SpanContext | None]) -> AbstractContextManager[Span]:
+        links = [Link(origin) for origin in origins if origin is not None]
+        return self.tracer.start_as_current_span(
+            CAPTURE_SPAN, kind=SpanKind.CONSUMER, links=links,
+            attributes={"messaging.system": "rabbitmq", "messaging.destination.name": DLQ_QUEUE,
+                        "messaging.operation": "process", "messaging.batch.message_count": len(origins)},
+        )  # fmt: skip
+
+    def _report(self, letters: Sequence[DeadLetterMessage], outcomes: Sequence[Captured | Refused]) -> None:
+        if self.recorded is None:
+            return
+        captured = [
+            (letter, outcome)
+            for letter, outcome in zip(letters, outcomes, strict=True)
+            if isinstance(outcome, Captured)
+        ]
+        if captured:
+            self.recorded(captured)
+
+    async def _write(self, letters: Sequence[DeadLetterMessage]) -> list[Captured | Refused]:
         try:
             return list(await capture_batch(self.engine, letters))
         except _AlreadyRecorded:

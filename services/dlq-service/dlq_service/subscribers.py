@@ -7,11 +7,16 @@ is acked without a row or a parked copy.
 """
 
 import asyncio
+from collections import Counter as TallyCounter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
+from opentelemetry.trace import SpanContext, get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service.capture import CaptureBatcher, Captured, CaptureOutcome, DatabaseUnavailable, Refused
@@ -51,10 +56,30 @@ def build_router(
     probe_timeout_s: float,
 ) -> RabbitRouter:
     router = RabbitRouter()
+
+    def recorded(captured: Sequence[tuple[DeadLetterMessage, Captured]]) -> None:
+        """A committed batch: its counts added once per label set, the DLQ size asked for once, one log line."""
+        received: TallyCounter[tuple[str, str]] = TallyCounter()
+        failed_again: TallyCounter[str] = TallyCounter()
+        for letter, outcome in captured:
+            if outcome.outcome is not CaptureOutcome.duplicate:
+                received[letter.queue, letter.reason.value] += 1
+            if outcome.outcome is CaptureOutcome.failed_again:
+                failed_again[letter.queue] += 1
+        for (queue, reason), count in received.items():
+            metrics.received.add(count, {"queue": queue, "reason": reason})
+        for queue, count in failed_again.items():
+            metrics.retry_outcomes.add(count, {"queue": queue, "outcome": RetryOutcome.failed_again.value})
+        if received:
+            sizes.refresh_soon()
+        log.warn("dead_letters.received", received_line(captured))
+
     batcher = CaptureBatcher(
-        engine, signer, max_batch=capture_batch, attempts=capture_attempts, probe_timeout_s=probe_timeout_s
-    )
+        engine, signer, max_batch=capture_batch, attempts=capture_attempts, probe_timeout_s=probe_timeout_s,
+        tracer=telemetry.tracer, recorded=recorded,
+    )  # fmt: skip
     breaker = outages.breaker(DLQ_QUEUE)
+    traced = telemetry.traces_enabled
 
     async def hand_back(message: RabbitMessage) -> None:
         await asyncio.sleep(nack_backoff_s)
@@ -71,7 +96,8 @@ def build_router(
                     raw.headers or {}, raw.body, message_id=raw.message_id, correlation_id=raw.correlation_id,
                     message_type=raw.type, content_type=raw.content_type, now=datetime.now(UTC),
                 )  # fmt: skip
-                recorded = await recorded_while_available(breaker, batcher, letter, message)
+                origin = arrived_in(raw.headers) if traced else None
+                recorded = await recorded_while_available(breaker, batcher, letter, origin, message)
             except Exception as error:  # reading is total; should it still fail, the letter is parked, not lost
                 outcome: Captured | Refused = Refused(printable(f"{type(error).__name__}: {error}")[:2_000], 0)
                 queue = "unknown"
@@ -93,21 +119,8 @@ def build_router(
                 log.error("dead_letter.parked", None, parked)
                 return
             await message.ack()
-        if outcome.outcome != CaptureOutcome.duplicate:
-            metrics.received.add(1, {"queue": letter.queue, "reason": letter.reason.value})
-            if outcome.outcome == CaptureOutcome.failed_again:
-                metrics.retry_outcomes.add(1, {"queue": letter.queue, "outcome": RetryOutcome.failed_again.value})
-            sizes.refresh_soon()
         if outcome.link_refused:
             log.warn("dead_letter.retry_link_refused", {"entry_id": str(outcome.entry_id), "queue": letter.queue})
-        # Logs carry no payload: contact details stay in the database (and the logger masks what is left).
-        log.warn(
-            "dead_letter.received",
-            {"entry_id": str(outcome.entry_id), "outcome": outcome.outcome.value, "queue": letter.queue,
-             "reason": letter.reason.value, "error_type": letter.error_type, "error_message": letter.error_message,
-             "attempts": letter.attempts, "service": letter.service, "message_id": letter.message_id,
-             "type": letter.message_type},
-        )  # fmt: skip
 
     async def on_dead_letter_retry_succeeded(event: DeadLetterRetrySucceeded, delivery: Delivery) -> None:
         link = RetryLink(event.entry_id, event.retry_id, event.signature)
@@ -131,8 +144,40 @@ def build_router(
     return router
 
 
+def received_line(captured: Sequence[tuple[DeadLetterMessage, Captured]]) -> dict[str, Any]:
+    """`dead_letters.received`, one line per batch: each letter's entry and what identifies it (its correlation
+    id among them, so a request's dead letters are still found in the logs). No payload and no error text:
+    contact details stay in the database (and the logger masks what is left)."""
+    return {
+        "letters": len(captured),
+        "entries": [
+            {"entry_id": None if outcome.entry_id is None else str(outcome.entry_id), "outcome": outcome.outcome.value,
+             "queue": letter.queue, "reason": letter.reason.value, "error_type": letter.error_type,
+             "message_id": letter.message_id, "correlation_id": letter.correlation_id}
+            for letter, outcome in captured
+        ],
+    }  # fmt: skip
+
+
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+
+
+def arrived_in(headers: Mapping[str, Any] | None) -> SpanContext | None:
+    """The trace a letter arrived in (its W3C `traceparent`, carried through dead-lettering), for its batch's span
+    to link to; None when it names none or a malformed one."""
+    traceparent = (headers or {}).get("traceparent")
+    if not isinstance(traceparent, str):
+        return None
+    context = get_current_span(_TRACE_CONTEXT.extract({"traceparent": traceparent})).get_span_context()
+    return context if context.is_valid else None
+
+
 async def recorded_while_available(
-    breaker: Breaker, batcher: CaptureBatcher, letter: DeadLetterMessage, message: RabbitMessage
+    breaker: Breaker,
+    batcher: CaptureBatcher,
+    letter: DeadLetterMessage,
+    origin: SpanContext | None,
+    message: RabbitMessage,
 ) -> Captured | Refused | None:
     """The letter's outcome once recorded; while PostgreSQL is down it waits, unacked, for the breaker to let it
     try again. None: it was not handled (the service is stopping, or its channel closed and the broker has it
@@ -142,7 +187,7 @@ async def recorded_while_available(
             breaker.abandoned()
             return None
         try:
-            outcome = await batcher.record(letter)
+            outcome = await batcher.record(letter, origin)
         except DatabaseUnavailable as error:
             breaker.failed(error, unavailable=True)
             continue
