@@ -433,7 +433,14 @@ def as_json(document: Mapping[str, Any]) -> bytes:
     """A read model's JSON written straight from the values it is made of (ids, times, enums, numbers, texts), as
     the API would write the validated model (times in UTC with `Z`): validating and dumping a model per row was
     most of a page's own CPU time."""
-    return orjson.dumps(document, option=orjson.OPT_UTC_Z)
+    return orjson.dumps(document, default=_uuid_text, option=orjson.OPT_UTC_Z)
+
+
+def _uuid_text(value: Any) -> str:
+    """asyncpg's ids are its own subclass of uuid.UUID, which orjson does not take for one."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,11 +490,19 @@ async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int
     return list((await connection.scalars(query)).all())
 
 
+_GROUP_FIELDS = tuple(DeadLetterGroup.model_fields)
+"""By the model's names: a lateral subquery's columns are keyed by SQLAlchemy's own str subclass, which orjson
+refuses as a key."""
+
+
 async def group_fields(engine: AsyncEngine) -> dict[str, Any]:
     """DeadLetterGroups' fields, each group's sample error masked."""
     async with reading(engine) as connection:
         rows = (await connection.execute(GROUPS)).mappings().all()
-    return {"groups": [{**row, "sample_error": mask_contacts(row["sample_error"] or "") or None} for row in rows]}
+    groups = [{name: row[name] for name in _GROUP_FIELDS} for row in rows]
+    for group in groups:
+        group["sample_error"] = mask_contacts(group["sample_error"] or "") or None
+    return {"groups": groups}
 
 
 async def groups(engine: AsyncEngine) -> DeadLetterGroups:
