@@ -43,8 +43,9 @@ class LeadSubmission(BaseModel):
 class _Waiting:
     values: dict[str, Any]
     outcome: asyncio.Future[Submitted]
-    taken: bool = False
-    """In a batch being written: its outcome comes whatever the wait, as a statement already sent would."""
+    expiry: asyncio.TimerHandle | None = None
+    """Withdraws it at `wait_s` unless a batch took it first (a batch taken is waited for whatever the wait, as a
+    statement already sent would be)."""
 
 
 class GroupCommit:
@@ -57,7 +58,7 @@ class GroupCommit:
 
     A lead not yet taken into a batch after `wait_s` is withdrawn with TimeoutError (the same 503 as a pool
     checkout that timed out); one taken waits for its batch, whose statement is bounded by the pool and the
-    database's own timeouts."""
+    database's own timeouts. A request that goes away before its lead is taken is not written."""
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int, wait_s: float) -> None:
         self.engine = engine
@@ -67,34 +68,48 @@ class GroupCommit:
         self._writer: asyncio.Task[None] | None = None
 
     async def submit(self, values: dict[str, Any]) -> Submitted:
-        waiting = _Waiting(values, asyncio.get_running_loop().create_future())
+        # A timer handle per lead, not asyncio.timeout and shield: this runs once per request.
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(values, loop.create_future())
+        waiting.expiry = loop.call_later(self.wait_s, self._withdraw, waiting)
         self._waiting.append(waiting)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting(), name="lead-group-commit")
-        try:
-            async with asyncio.timeout(self.wait_s):
-                return await asyncio.shield(waiting.outcome)
-        except TimeoutError:
-            if waiting.taken:
-                return await waiting.outcome
-            self._waiting.remove(waiting)
-            raise
+        return await waiting.outcome
+
+    def _withdraw(self, waiting: _Waiting) -> None:
+        self._waiting.remove(waiting)
+        if not waiting.outcome.done():
+            waiting.outcome.set_exception(TimeoutError(f"not taken into a batch within {self.wait_s:g}s"))
+
+    def _take(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        while self._waiting and len(batch) < self.max_batch:
+            waiting = self._waiting.popleft()
+            if waiting.expiry is not None:
+                waiting.expiry.cancel()
+            if not waiting.outcome.done():  # its request went away
+                batch.append(waiting)
+        return batch
 
     async def _write_waiting(self) -> None:
         await asyncio.sleep(0)  # requests already received get to join the first batch
         while self._waiting:
-            batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-            for waiting in batch:
-                waiting.taken = True
+            batch = self._take()
+            if not batch:
+                continue
             try:
                 outcomes = await self._write([waiting.values for waiting in batch])
             except BaseException as error:  # each request answers it (503); a cancelled writer leaves none waiting
                 for waiting in batch:
-                    waiting.outcome.set_exception(error)
+                    if not waiting.outcome.done():
+                        waiting.outcome.set_exception(error)
                 if not isinstance(error, Exception):
                     raise
                 continue
             for waiting, outcome in zip(batch, outcomes, strict=True):
+                if waiting.outcome.done():
+                    continue
                 if isinstance(outcome, BaseException):
                     waiting.outcome.set_exception(outcome)
                 else:

@@ -192,3 +192,17 @@ async def test_a_lead_not_taken_into_a_batch_in_time_is_withdrawn_and_never_stor
     outcome = await asyncio.wait_for(taken, timeout=10)
     assert outcome.created
     assert await stored(engine, source) == {"ext-taken": outcome.lead_id}
+
+
+async def test_a_lead_whose_request_went_away_before_a_batch_took_it_is_not_stored(
+    engine: AsyncEngine, source: AuthenticatedSource
+) -> None:
+    commits = GroupCommit(engine, max_batch=1, wait_s=5)
+    async with engine.begin() as holder:
+        await holder.execute(LOCKED_OUT)
+        taken = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-taken"), None)))
+        gone = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-gone"), None)))
+        await asyncio.sleep(0)
+        gone.cancel()
+    outcome = await asyncio.wait_for(taken, timeout=10)
+    assert await stored(engine, source) == {"ext-taken": outcome.lead_id}
