@@ -55,9 +55,9 @@ from libs.db.tables.dead_letters import search_query
 MAX_SEARCH_WORDS = 10
 PREVIEW_CHARS = 300
 WORD_WALK = 5_000
-"""Entries of the list a word search tests in order before it asks the word index for the rest: a common word
-fills its page among the newest (no index can give a word's entries newest first: reading them all to sort them
-is what costs), a rare one's few entries come from the word index, however old."""
+"""Entries of the list a search for several words tests in order before it asks the word index for the rest: a
+common pair fills its page among the newest (no index gives a word's entries newest first: fetching them all to
+sort them is what costs), a rare one's few entries come from the word index, however old."""
 
 
 class EntryNotFound(Exception):
@@ -414,18 +414,34 @@ async def _any_has_words(connection: AsyncConnection, filters: Filters) -> bool:
 async def _page_rows(
     connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
 ) -> list[RowMapping]:
-    """Up to `limit` + 1 rows. A search is by whole words first: among the newest WORD_WALK entries of the list,
-    then from the word index; by substrings when no entry of the list has the words (on a later page: no entry
-    at all, so a search's pages never change meaning)."""
-    if not search_words(filters.text) or filters.substring:
-        return await _rows(connection, _page(filters, limit, after))
+    """Up to `limit` + 1 rows. A search is by whole words first, by substrings when no entry of the list has the
+    words (on a later page: no entry at all, so a search's pages never change meaning). One word is one statement:
+    PostgreSQL knows how common each word is and reads the list's index or the word index accordingly. For several
+    words it multiplies their frequencies, as if words never came together, and would fetch and sort every entry
+    of a common pair from the word index: they are looked for among the newest WORD_WALK entries first."""
+    words = search_words(filters.text)
+    if len(words) < 2 or filters.substring:
+        rows = await _rows(connection, _page(filters, limit, after))
+    else:
+        rows = await _walked_rows(connection, filters, limit, after)
+    if (
+        words
+        and not filters.substring
+        and not rows
+        and (after is None or not await _any_has_words(connection, filters))
+    ):
+        return await _rows(connection, _page(dataclasses.replace(filters, substring=True), limit, after))
+    return rows
+
+
+async def _walked_rows(
+    connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[RowMapping]:
     rows = await _rows(connection, walk_query(filters, limit, after))
     if len(rows) <= limit:
         end = (await connection.execute(walk_end_query(filters, after))).first()
         if end is not None:
             rows += await _rows(connection, _page(filters, limit - len(rows), (end[0], end[1])))
-    if not rows and (after is None or not await _any_has_words(connection, filters)):
-        return await _rows(connection, _page(dataclasses.replace(filters, substring=True), limit, after))
     return rows
 
 
