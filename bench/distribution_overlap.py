@@ -379,6 +379,18 @@ async def smtp_sink(port: int) -> AsyncIterator[DropMail]:
         controller.stop()
 
 
+STATEMENTS_WRITTEN_EVERY_S = 1.0
+"""bench/statement_probe's WRITE_EVERY_S (that folder is put on the service's PYTHONPATH, not imported here)."""
+
+
+@dataclass(frozen=True)
+class Mails:
+    """The mails the sink accepted while the worker drained its queue, and email-worker's CPU time meanwhile."""
+
+    accepted: int
+    cpu_seconds: float
+
+
 # Checks that make a figure honest: the work was done, once, by the rules.
 
 DONE = "SELECT count(*) FROM leads WHERE id = ANY ($1::uuid[]) AND status IN ('distributed', 'unassigned')"
@@ -479,7 +491,11 @@ class Run:
             if statements is not None:
                 details["statements_per_lead"] = round(statements / self.leads, 1)
             if self.emails:
-                details["mails_accepted_in_run"] = mails
+                details["mails_accepted_in_run"] = mails.accepted
+                if mails.accepted:
+                    # email-worker competes with the distribution-worker for the same cores: its cost is part of
+                    # the figure, so it is shown beside the worker's.
+                    details["email_worker_cpu_per_mail_ms"] = round(1000 * mails.cpu_seconds / mails.accepted, 2)
             baseline = drain.rate
             if self.baselines:
                 raw_pg = await raw_postgresql(env.database_url, seeded.raw_leads, self.concurrency)
@@ -499,7 +515,7 @@ class Run:
         """Leads handled at once by all the workers together."""
         return self.prefetch * self.workers
 
-    async def _worker_run(self, checkout: Path, env: BenchEnv, seeded: Seeded) -> tuple[Drain, int | None, float]:
+    async def _worker_run(self, checkout: Path, env: BenchEnv, seeded: Seeded) -> tuple[Drain, int | None, Mails]:
         counts = [Path(tempfile.mkstemp(prefix="fmhl-bench-statements-")[1]) for _ in range(self.workers)]
         db = await asyncpg.connect(plain_url(env.database_url))
 
@@ -514,7 +530,8 @@ class Run:
                 await publish_all(
                     events, [("lead.approved", lead_approved(lead, "bench")) for lead in seeded.worker_leads]
                 )
-                async with self._email_worker(checkout, env):
+                async with self._email_worker(checkout, env) as mailer:
+                    mailer_cpu = mailer.cpu_seconds() if mailer else 0.0
                     workers = [
                         start_service(checkout, "distribution-worker", env, self.port + n,
                                       extra=self._environ(checkout, env, self.port + n, counts[n]))
@@ -522,7 +539,8 @@ class Run:
                     ]  # fmt: skip
                     async with running_all(workers) as replicas:
                         drain = await time_drain(done, self.leads, replicas, timeout_s=max(300, self.leads))
-                    mails = float(sink.accepted)
+                        await asyncio.sleep(STATEMENTS_WRITTEN_EVERY_S + 0.5)  # the probe's last count reaches its file
+                    mails = Mails(sink.accepted, mailer.cpu_seconds() - mailer_cpu if mailer else 0.0)
                 await wait_until(lambda: _empty(chan, DISTRIBUTION.name), 10, "distribution queue empty")
                 await purge_topology(chan)
             statements = [json.loads(path.read_text() or "{}") for path in counts]
@@ -545,14 +563,14 @@ class Run:
         }
 
     @asynccontextmanager
-    async def _email_worker(self, checkout: Path, env: BenchEnv) -> AsyncIterator[None]:
+    async def _email_worker(self, checkout: Path, env: BenchEnv) -> AsyncIterator[Service | None]:
         if not self.emails:
-            yield
+            yield None
             return
         port = self.port + EMAIL_WORKER_OFFSET
         service = start_service(checkout, "email-worker", env, port, extra=self._environ(checkout, env, port, None))
-        async with running(service, wait_ready=True):
-            yield
+        async with running(service, wait_ready=True) as started:
+            yield started
 
 
 @dataclass

@@ -13,7 +13,7 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import Message
 
 import aiosmtplib
 
@@ -43,7 +43,7 @@ class SmtpSessions:
     def sender(self) -> str:
         return self.settings.smtp_from
 
-    async def send(self, message: EmailMessage) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+    async def send(self, message: Message) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         """Sends on an idle session or a new one; raises aiosmtplib's errors (or OSError, TimeoutError) as
         `aiosmtplib.send` does."""
         session = self._reusable()
@@ -57,9 +57,7 @@ class SmtpSessions:
                 pass
         return await self._send_on(await self._open(), message)
 
-    async def _send_on(
-        self, session: _Session, message: EmailMessage
-    ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+    async def _send_on(self, session: _Session, message: Message) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         try:
             response = await session.client.send_message(message)
         except BaseException:
