@@ -4,6 +4,7 @@ one RabbitMQ node or a cluster's nodes in turn, dead connections noticed within 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import weakref
@@ -34,6 +35,7 @@ EVENTS_LOOKUP = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable
 DEAD_LETTERS_LOOKUP = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True, declare=False)
 _USERS: weakref.WeakKeyDictionary[RabbitBroker, str] = weakref.WeakKeyDictionary()
 _NODES: weakref.WeakKeyDictionary[RabbitBroker, NodeRotation] = weakref.WeakKeyDictionary()
+_DEFAULT_CHANNELS: weakref.WeakKeyDictionary[RabbitBroker, Channel] = weakref.WeakKeyDictionary()
 
 TRACED_BY_CONSUMER = frozenset({DEAD_LETTER_EXCHANGE})
 """Exchanges whose deliveries get no span each from the broker's telemetry middleware: their consumer traces them
@@ -131,12 +133,13 @@ def create_broker(
     install_tolerant_decoding()
     # Process-wide, as aiormq reads it from its class: every connection of a service is one of ours.
     aiormq.Connection.HEARTBEAT_GRACE_MULTIPLIER = HEARTBEAT_GRACE  # type: ignore[assignment]
+    default_channel = Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True)
     broker = RabbitBroker(
         connection_url(urls[0], service),
         timeout=CONNECT_TIMEOUT_S,
         reconnect_interval=RECONNECT_INTERVAL_S,
         # Prefetch bounds both unacked messages and the handler's concurrency (FastStream ties them).
-        default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True),
+        default_channel=default_channel,
         app_id=service,
         graceful_timeout=15.0,
         # TELEMETRY_ENABLED=false: not even a middleware calling no-op instruments on every message.
@@ -152,7 +155,15 @@ def create_broker(
     nodes = _NODES[broker] = NodeRotation(urls)
     broker._connection_kwargs["connection_class"] = functools.partial(FailoverConnection, nodes=nodes)
     _USERS[broker] = unquote(urlsplit(urls[0]).username or "guest")
+    _DEFAULT_CHANNELS[broker] = default_channel
     return broker
+
+
+def own_channel(broker: RabbitBroker) -> Channel:
+    """A channel for one subscriber alone, with the settings of the broker's default one (prefetch, confirms).
+    Its delivery tags are then its consumer's alone, so one ack can settle several (`multiple`) without touching
+    another consumer's deliveries."""
+    return dataclasses.replace(_DEFAULT_CHANNELS[broker])
 
 
 async def declare_topology(broker: RabbitBroker, topology: Topology, queues: Collection[str] | None = None) -> None:

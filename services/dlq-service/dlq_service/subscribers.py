@@ -7,11 +7,14 @@ is acked without a row or a parked copy.
 """
 
 import asyncio
+import weakref
 from collections import Counter as TallyCounter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitQueue, RabbitRouter
 from faststream.rabbit.annotations import RabbitMessage
@@ -28,6 +31,7 @@ from dlq_service.signing import RetrySigner
 from libs.contracts import DeadLetterRetrySucceeded
 from libs.db.tables import RetryOutcome
 from libs.logging import correlation_scope, get_logger
+from libs.messaging.broker import own_channel
 from libs.messaging.consumer import ConsumerPolicy, Delivery, keep_body_raw, subscribe
 from libs.messaging.errors import BusinessRuleViolation
 from libs.messaging.outage import Breaker, Outages, channel_open
@@ -80,14 +84,16 @@ def build_router(
     )  # fmt: skip
     breaker = outages.breaker(DLQ_QUEUE)
     traced = telemetry.traces_enabled
+    acks = Acks()
 
     async def hand_back(message: RabbitMessage) -> None:
         await asyncio.sleep(nack_backoff_s)
-        await message.nack(requeue=True)
+        await acks.hand_back(message.raw_message)
 
     @router.subscriber(
-        RabbitQueue(DLQ_QUEUE, declare=False), ack_policy=AckPolicy.MANUAL, decoder=keep_body_raw, no_reply=True
-    )
+        RabbitQueue(DLQ_QUEUE, declare=False), channel=own_channel(publisher.broker), ack_policy=AckPolicy.MANUAL,
+        decoder=keep_body_raw, no_reply=True,
+    )  # fmt: skip
     async def on_dead_letter(message: RabbitMessage) -> None:
         raw = message.raw_message
         with correlation_scope(short_text(raw.correlation_id)):
@@ -97,7 +103,7 @@ def build_router(
                     message_type=raw.type, content_type=raw.content_type, now=datetime.now(UTC),
                 )  # fmt: skip
                 origin = arrived_in(raw.headers) if traced else None
-                recorded = await recorded_while_available(breaker, batcher, letter, origin, message)
+                recorded = await recorded_while_available(breaker, batcher, letter, origin, message, acks)
             except Exception as error:  # reading is total; should it still fail, the letter is parked, not lost
                 outcome: Captured | Refused = Refused(printable(f"{type(error).__name__}: {error}")[:2_000], 0)
                 queue = "unknown"
@@ -112,13 +118,13 @@ def build_router(
                     log.error("dead_letter.not_parked", error, {"message_id": short_text(raw.message_id)})
                     await hand_back(message)
                     return
-                await message.ack()
+                await acks.ack(raw)
                 metrics.parked.add(1, {"queue": queue})
                 parked = {"message_id": short_text(raw.message_id), "queue": queue, "error": outcome.error,
                           "attempts": outcome.attempts}  # fmt: skip
                 log.error("dead_letter.parked", None, parked)
                 return
-            await message.ack()
+            await acks.ack(raw)
         if outcome.link_refused:
             log.warn("dead_letter.retry_link_refused", {"entry_id": str(outcome.entry_id), "queue": letter.queue})
 
@@ -162,6 +168,116 @@ def received_line(captured: Sequence[tuple[DeadLetterMessage, Captured]]) -> dic
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
+MAX_ACKED_ALONE = 10_000
+"""Tags acked one by one above a delivery left unsettled that a channel remembers before it stops coalescing."""
+
+
+class SettledTags:
+    """One channel's deliveries as this consumer settled them (delivery tags count up from 1 on each channel)."""
+
+    def __init__(self) -> None:
+        self.floor: int | None = 1
+        """Every delivery tag below it is settled; None once acks on this channel go one by one."""
+        self.alone: set[int] = set()
+        """Tags at or above the floor already acked or handed back one by one."""
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        """Tags to ack, each with the handler waiting for its ack to be sent."""
+        self.sending = asyncio.Lock()
+        """Acks go out in the order they were decided: a lone ack is never sent after a `multiple` one covered it."""
+
+    def acks(self, waiting: Mapping[int, object]) -> list[tuple[int, bool]]:
+        """(tag, multiple) to send for the `waiting` tags: the run of settled tags from the floor up, acked at
+        once, then every waiting tag past a delivery still unsettled, alone."""
+        highest = 0
+        if self.floor is not None:
+            tag = self.floor
+            while tag in waiting or tag in self.alone:
+                self.alone.discard(tag)
+                highest = tag if tag in waiting else highest
+                tag += 1
+            self.floor = tag
+        covered = sum(1 for tag in waiting if tag <= highest)
+        sends = [(highest, covered > 1)] if covered else []
+        for tag in sorted(waiting):
+            if tag > highest:
+                sends.append((tag, False))
+                self.settled_alone(tag)
+        return sends
+
+    def settled_alone(self, tag: int) -> None:
+        if self.floor is None:
+            return
+        self.alone.add(tag)
+        if len(self.alone) > MAX_ACKED_ALONE:
+            # A delivery this consumer never settles (its handler failed) would keep the floor where it is.
+            self.floor, self.alone = None, set()
+
+
+class Acks:
+    """The acks of the dead letters this process recorded, coalesced: the letters whose handlers ask in the same
+    turn of the event loop (a committed batch's) are acked together, with one `multiple` ack up to the highest
+    tag below which every delivery on the channel is settled, and each other one alone. A delivery still held or
+    in a batch being written stops the run, so a `multiple` ack never covers it; the consumer has a channel of
+    its own (`own_channel`), so no other consumer's delivery is ever in the run."""
+
+    def __init__(self) -> None:
+        self._channels: weakref.WeakKeyDictionary[aiormq.abc.AbstractChannel, SettledTags] = weakref.WeakKeyDictionary()
+
+    def _of(self, raw: AbstractIncomingMessage) -> tuple[aiormq.abc.AbstractChannel, SettledTags]:
+        channel = raw.channel
+        settled = self._channels.get(channel)
+        if settled is None:
+            settled = self._channels[channel] = SettledTags()
+        return channel, settled
+
+    async def ack(self, raw: AbstractIncomingMessage) -> None:
+        """Returns once the ack is written (or raises as a lone ack would, the channel closed meanwhile)."""
+        if raw.delivery_tag is None:
+            await raw.ack()
+            return
+        channel, settled = self._of(raw)
+        loop = asyncio.get_running_loop()
+        if not settled.waiting:
+            loop.call_soon(self._send, channel, settled)
+        sent = settled.waiting[raw.delivery_tag] = loop.create_future()
+        await sent
+
+    async def hand_back(self, raw: AbstractIncomingMessage) -> None:
+        """Back to the queue, for another try later."""
+        await raw.nack(requeue=True)
+        if raw.delivery_tag is not None:
+            self._of(raw)[1].settled_alone(raw.delivery_tag)
+
+    def _send(self, channel: aiormq.abc.AbstractChannel, settled: SettledTags) -> None:
+        waiting, settled.waiting = settled.waiting, {}
+        task = asyncio.create_task(_write_acks(channel, settled, settled.acks(waiting), waiting), name="dlq-acks")
+        _ACKS_IN_FLIGHT.add(task)
+        task.add_done_callback(_ACKS_IN_FLIGHT.discard)
+
+
+_ACKS_IN_FLIGHT: set[asyncio.Task[None]] = set()
+
+
+async def _write_acks(
+    channel: aiormq.abc.AbstractChannel,
+    settled: SettledTags,
+    sends: Sequence[tuple[int, bool]],
+    waiting: Mapping[int, asyncio.Future[None]],
+) -> None:
+    try:
+        async with settled.sending:
+            for tag, multiple in sends:
+                await channel.basic_ack(tag, multiple=multiple)
+    except Exception as error:  # each handler raises it, as its own ack would have
+        for sent in waiting.values():
+            if not sent.done():
+                sent.set_exception(error)
+        return
+    for sent in waiting.values():
+        if not sent.done():
+            sent.set_result(None)
+
+
 def arrived_in(headers: Mapping[str, Any] | None) -> SpanContext | None:
     """The trace a letter arrived in (its W3C `traceparent`, carried through dead-lettering), for its batch's span
     to link to; None when it names none or a malformed one."""
@@ -178,6 +294,7 @@ async def recorded_while_available(
     letter: DeadLetterMessage,
     origin: SpanContext | None,
     message: RabbitMessage,
+    acks: Acks,
 ) -> Captured | Refused | None:
     """The letter's outcome once recorded; while PostgreSQL is down it waits, unacked, for the breaker to let it
     try again. None: it was not handled (the service is stopping, or its channel closed and the broker has it
@@ -194,5 +311,5 @@ async def recorded_while_available(
         breaker.succeeded()
         return outcome
     if channel_open(message.raw_message):
-        await message.nack(requeue=True)
+        await acks.hand_back(message.raw_message)
     return None
