@@ -99,7 +99,7 @@ def search_document(error_message: ColumnElement[Any], payload: ColumnElement[An
     return message.op("||", return_type=TSVECTOR())(values)
 
 
-def search_query(words: str) -> ColumnElement[Any]:
+def search_query(words: str | ColumnElement[str]) -> ColumnElement[Any]:
     """Every word of `words`, as the parser splits them, whole (an address or a hyphenated word stays one)."""
     return func.plainto_tsquery(_constant(SEARCH_CONFIG, REGCONFIG()), words, type_=TSQUERY())
 

@@ -4,10 +4,10 @@ retry a filtered list asks for."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import col
 
 from dlq_service.queries import Filters, selected_ids
 from dlq_service.retries import BulkRetry, FilterBody
@@ -19,13 +19,9 @@ MAX_SELECTED_BY_ID = 10_000
 
 @dataclasses.dataclass(frozen=True)
 class ListFilters(Filters):
-    service: str | None = None
+    EQUAL: ClassVar[Mapping[str, Any]] = {**Filters.EQUAL, "service": DeadLetter.service}
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        found = super().conditions()
-        if self.service is not None:
-            found.append(col(DeadLetter.service) == self.service)
-        return found
+    service: str | None = None
 
 
 async def bulk_retry(

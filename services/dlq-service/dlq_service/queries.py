@@ -9,18 +9,23 @@ import base64
 import dataclasses
 import functools
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from pydantic import JsonValue
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
+    Integer,
     Label,
     Select,
+    String,
     Text,
+    Uuid,
+    bindparam,
     case,
     cast,
     exists,
@@ -236,9 +241,9 @@ def search_words(text: str | None) -> list[str]:
     return text.split()[:MAX_SEARCH_WORDS] if text else []
 
 
-def has_words(words: ColumnElement[Any] | Mapped[Any], text: str | None) -> ColumnElement[bool]:
-    """Every search word of `text` among an entry's stored words (`search_words`), whole."""
-    return words.bool_op("@@")(search_query(" ".join(search_words(text))))
+def has_words(words: ColumnElement[Any] | Mapped[Any], text: str | ColumnElement[str]) -> ColumnElement[bool]:
+    """Every word of `text` (the search's words, joined by spaces) among an entry's stored words, whole."""
+    return words.bool_op("@@")(search_query(text))
 
 
 def like_pattern(word: str) -> str:
@@ -246,8 +251,30 @@ def like_pattern(word: str) -> str:
     return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _condition(equal: Mapping[str, Any], name: str, value: Any) -> ColumnElement[bool]:
+    """The condition of the filter `name`, on `value` or (None) on a value bound when the statement runs."""
+    if name in equal:
+        return col(equal[name]) == bindparam(name, value)
+    if name in ("failed_from", "failed_to"):
+        failed_at = col(DeadLetter.last_failed_at)
+        return failed_at >= bindparam(name, value) if name == "failed_from" else failed_at < bindparam(name, value)
+    text = bindparam(name, value, type_=String())
+    if name == "words":
+        return has_words(col(DeadLetter.search_words), text)
+    return or_(col(DeadLetter.error_message).ilike(text), cast(col(DeadLetter.payload), Text).ilike(text))
+
+
 @dataclasses.dataclass(frozen=True)
 class Filters:
+    EQUAL: ClassVar[Mapping[str, Any]] = {
+        "queue": DeadLetter.queue_name,
+        "status": DeadLetter.status,
+        "reason": DeadLetter.reason,
+        "error_type": DeadLetter.error_type,
+        "fingerprint": DeadLetter.fingerprint,
+    }
+    """The filters that are an equality on a column, by name."""
+
     queue: str | None = None
     status: DeadLetterStatus | None = None
     reason: DeadLetterReason | None = None
@@ -269,26 +296,27 @@ class Filters:
         """The same list without its search."""
         return dataclasses.replace(self, text=None, substring=False)
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        """Joined with AND: equal columns, a half-open time window, and every search word, whole (one GIN lookup
-        per word) or as a substring."""
-        equal = ((DeadLetter.queue_name, self.queue), (DeadLetter.status, self.status),
-                 (DeadLetter.reason, self.reason), (DeadLetter.error_type, self.error_type),
-                 (DeadLetter.fingerprint, self.fingerprint))  # fmt: skip
-        found = [col(column) == value for column, value in equal if value is not None]
-        if self.failed_from is not None:
-            found.append(col(DeadLetter.last_failed_at) >= self.failed_from)
-        if self.failed_to is not None:
-            found.append(col(DeadLetter.last_failed_at) < self.failed_to)
+    def values(self) -> dict[str, Any]:
+        """The given filters' values by the names `bound_conditions` binds them to."""
+        given = {name: getattr(self, name) for name in self.EQUAL if getattr(self, name) is not None}
+        given |= {name: getattr(self, name) for name in ("failed_from", "failed_to") if getattr(self, name)}
         words = search_words(self.text)
         if words and not self.substring:
-            found.append(has_words(col(DeadLetter.search_words), self.text))
-        for word in words if self.substring else ():
-            pattern = like_pattern(word)
-            found.append(
-                or_(col(DeadLetter.error_message).ilike(pattern), cast(col(DeadLetter.payload), Text).ilike(pattern))
-            )
-        return found
+            given["words"] = " ".join(words)
+        for number, word in enumerate(words if self.substring else ()):
+            given[f"word_{number}"] = like_pattern(word)
+        return given
+
+    @classmethod
+    def bound_conditions(cls, names: Sequence[str]) -> list[ColumnElement[bool]]:
+        """The conditions of the filters named (`values`), their values bound when the statement runs: equal
+        columns, a half-open time window, and every search word, whole (one GIN lookup for them all) or each as a
+        substring. Joined with AND."""
+        return [_condition(cls.EQUAL, name, None) for name in names]
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """`bound_conditions` with this list's values in them."""
+        return [_condition(self.EQUAL, name, value) for name, value in self.values().items()]
 
 
 _ENTRY_FIELDS = tuple(EntryFields.model_fields)
@@ -344,17 +372,45 @@ def _after(filters: Filters, after: tuple[datetime, uuid.UUID]) -> ColumnElement
     return tuple_(_order(filters)[0].element, col(DeadLetter.id)) < tuple_(*after)
 
 
+_AFTER_AT = bindparam("after_at", type_=DateTime(timezone=True))
+_AFTER_ID = bindparam("after_id", type_=Uuid())
+_PAGE_ROWS = bindparam("page_rows", type_=Integer())
+
+
+_PAGE_STATEMENTS: dict[tuple[Any, ...], Select[Any]] = {}
+"""A page's statement per combination of filters given (which of them, how many words), built once: SQLAlchemy
+then finds its compiled form without walking the statement again for its cache key (building and walking a fresh
+statement per request cost more CPU than PostgreSQL spends running it)."""
+
+
+def _page_statement(kind: type[Filters], names: tuple[str, ...], windowed: bool, after: bool) -> Select[Any]:
+    key = (kind, names, windowed, after)
+    if key not in _PAGE_STATEMENTS:
+        order = _LATEST_FAILURE_FIRST if windowed else _NEWEST_FIRST
+        statement: Select[Any] = SUMMARY.where(*kind.bound_conditions(names)).order_by(*order).limit(_PAGE_ROWS)
+        if after:
+            statement = statement.where(tuple_(order[0].element, col(DeadLetter.id)) < tuple_(_AFTER_AT, _AFTER_ID))
+        _PAGE_STATEMENTS[key] = statement
+    return _PAGE_STATEMENTS[key]
+
+
 def page_query(filters: Filters, limit: int, cursor: str | None) -> Select[Any]:
     """Newest first: by arrival (created_at), or, within a time window, by latest failure (last_failed_at, which
     the window filters, so a page reads only its own rows from idx_dlq_last_failed, whatever the window's width).
     Keyset pages on that time and the id; one row more than the page tells whether another follows. Raises
     BadCursor for a cursor this API did not return."""
-    return _page(filters, limit, after_key(cursor))
+    statement, values = _page(filters, limit, after_key(cursor))
+    return statement.params(values)
 
 
-def _page(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Select[Any]:
-    query = SUMMARY.where(*filters.conditions()).order_by(*_order(filters)).limit(limit + 1)
-    return query if after is None else query.where(_after(filters, after))
+def _page(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> tuple[Select[Any], dict[str, Any]]:
+    """The page's statement and the values to bind to it."""
+    values = filters.values()
+    statement = _page_statement(type(filters), tuple(values), filters.windowed, after is not None)
+    values["page_rows"] = limit + 1
+    if after is not None:
+        values["after_at"], values["after_id"] = after
+    return statement, values
 
 
 def _listed(filters: Filters, after: tuple[datetime, uuid.UUID] | None) -> list[ColumnElement[bool]]:
@@ -375,7 +431,7 @@ def walk_query(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] |
     )
     hits = (
         select(walked.c.id)
-        .where(has_words(walked.c.search_words, filters.text))
+        .where(has_words(walked.c.search_words, " ".join(search_words(filters.text))))
         .order_by(walked.c.at.desc(), walked.c.id.desc())
         .limit(limit + 1)
         .subquery("hits")
@@ -403,8 +459,10 @@ async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
-async def _rows(connection: AsyncConnection, query: Select[Any]) -> list[RowMapping]:
-    return list((await connection.execute(query)).mappings().all())
+async def _rows(
+    connection: AsyncConnection, query: Select[Any], values: Mapping[str, Any] | None = None
+) -> list[RowMapping]:
+    return list((await connection.execute(query, values)).mappings().all())
 
 
 async def _any_has_words(connection: AsyncConnection, filters: Filters) -> bool:
@@ -421,7 +479,7 @@ async def _page_rows(
     of a common pair from the word index: they are looked for among the newest WORD_WALK entries first."""
     words = search_words(filters.text)
     if len(words) < 2 or filters.substring:
-        rows = await _rows(connection, _page(filters, limit, after))
+        rows = await _rows(connection, *_page(filters, limit, after))
     else:
         rows = await _walked_rows(connection, filters, limit, after)
     if (
@@ -430,7 +488,7 @@ async def _page_rows(
         and not rows
         and (after is None or not await _any_has_words(connection, filters))
     ):
-        return await _rows(connection, _page(dataclasses.replace(filters, substring=True), limit, after))
+        return await _rows(connection, *_page(dataclasses.replace(filters, substring=True), limit, after))
     return rows
 
 
@@ -441,7 +499,7 @@ async def _walked_rows(
     if len(rows) <= limit:
         end = (await connection.execute(walk_end_query(filters, after))).first()
         if end is not None:
-            rows += await _rows(connection, _page(filters, limit - len(rows), (end[0], end[1])))
+            rows += await _rows(connection, *_page(filters, limit - len(rows), (end[0], end[1])))
     return rows
 
 

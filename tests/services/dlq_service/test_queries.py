@@ -19,6 +19,7 @@ from dlq_service.queries import (
     DeadLetterGroups,
     Filters,
     ListedPage,
+    _page,
     as_json,
     like_pattern,
     page_query,
@@ -192,3 +193,11 @@ def test_the_groups_json_is_the_json_of_the_validated_model() -> None:
     fields = {"groups": [{"queue": "email", "fingerprint": None, "count": 3, "first_seen": seen, "last_seen": None,
                           "error_type": "SmtpRefused", "sample_error": "refused"}]}  # fmt: skip
     assert orjson.loads(as_json(fields)) == DeadLetterGroups.model_validate(fields).model_dump(mode="json")
+
+
+def test_pages_of_the_same_filters_share_one_statement_with_their_values_bound() -> None:
+    first, first_values = _page(Filters(queue="email", text="boom"), 50, None)
+    other, other_values = _page(Filters(queue="sms", text="bang"), 20, None)
+    assert first is other
+    assert (first_values["queue"], first_values["words"], first_values["page_rows"]) == ("email", "boom", 51)
+    assert (other_values["queue"], other_values["words"], other_values["page_rows"]) == ("sms", "bang", 21)
