@@ -1,20 +1,24 @@
 """Dead letters arriving together are recorded together: once each, in one transaction, with the failure group's
-count kept by the database's triggers as entries arrive and resolve."""
+count kept by the database's triggers as entries arrive and resolve; each batch one span and one report."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, TraceFlags
 from pydantic import SecretStr
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col
 
-from dlq_service.capture import CaptureBatcher, Captured, CaptureOutcome
+from dlq_service.capture import CAPTURE_SPAN, CaptureBatcher, Captured, CaptureOutcome
 from dlq_service.dead_letters import DeadLetterMessage, read_dead_letter
 from dlq_service.signing import RetrySigner
 from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterGroupCount, DeadLetterStatus
@@ -36,11 +40,13 @@ def queue() -> str:
     return f"test-batch-{uuid.uuid4().hex[:10]}"
 
 
-def letter(queue: str, message_id: str, error: str = "550 mailbox unavailable") -> DeadLetterMessage:
+def letter(
+    queue: str, message_id: str, error: str = "550 mailbox unavailable", correlation_id: str | None = None
+) -> DeadLetterMessage:
     headers = {h.REASON: "error", h.ORIGINAL_QUEUE: queue, h.ERROR_TYPE: "SmtpRefused", h.ERROR_MESSAGE: error,
                h.ATTEMPTS: 4, h.SERVICE: "email-worker", h.LAST_FAILURE_AT: "2026-11-30T11:59:00+00:00"}  # fmt: skip
     return read_dead_letter(
-        headers, b'{"to": "ada@example.com"}', message_id=message_id, correlation_id=message_id,
+        headers, b'{"to": "ada@example.com"}', message_id=message_id, correlation_id=correlation_id or message_id,
         message_type="send_email", content_type="application/json", now=datetime.now(UTC),
     )  # fmt: skip
 
@@ -111,3 +117,33 @@ async def test_the_group_count_follows_captures_resolutions_and_deletions(engine
     async with engine.begin() as connection:
         await connection.execute(delete(DeadLetter).where(col(DeadLetter.queue_name) == queue))
     assert await unresolved_in_groups(engine, queue) == 0
+
+
+def trace_of(number: int) -> SpanContext:
+    return SpanContext(trace_id=number, span_id=number, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+
+async def test_a_batch_is_one_span_linked_to_the_trace_of_each_letter(engine: AsyncEngine, queue: str) -> None:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    capture = CaptureBatcher(
+        engine, SIGNER, max_batch=50, attempts=3, probe_timeout_s=2, tracer=tracer_provider.get_tracer("test")
+    )  # fmt: skip
+    await asyncio.gather(*(capture.record(letter(queue, f"m-{n}"), trace_of(n + 1)) for n in range(3)))
+    batches = [span for span in exporter.get_finished_spans() if span.name == CAPTURE_SPAN]
+    assert len(batches) == 1
+    assert sorted(link.context.trace_id for link in batches[0].links) == [1, 2, 3]
+    assert (batches[0].attributes or {})["messaging.batch.message_count"] == 3
+
+
+async def test_a_committed_batch_is_reported_once_with_every_letter_and_its_outcome(
+    engine: AsyncEngine, queue: str
+) -> None:
+    reports: list[Sequence[tuple[DeadLetterMessage, Captured]]] = []
+    capture = CaptureBatcher(engine, SIGNER, max_batch=50, attempts=3, probe_timeout_s=2, recorded=reports.append)
+    await asyncio.gather(*(capture.record(letter(queue, message_id)) for message_id in ("a", "b", "a")))
+    assert len(reports) == 1
+    assert [(one.message_id, outcome.outcome) for one, outcome in reports[0]] == [
+        ("a", CaptureOutcome.new), ("b", CaptureOutcome.new), ("a", CaptureOutcome.duplicate),
+    ]  # fmt: skip

@@ -1,14 +1,11 @@
-"""What capture tells about a batch: one span linked to each letter's trace (no span per delivery from the broker's
-middleware), and one report, hence one log line, carrying each letter's entry and identifiers."""
+"""What capture tells about its letters: a batch's one log line with each letter's entry and identifiers, the trace
+each letter arrived in (which the batch's span links to), and no span per delivery from the broker's middleware."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 
 import aio_pika
 import pytest
@@ -17,31 +14,16 @@ from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, TraceFlags
-from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from dlq_service.capture import CAPTURE_SPAN, CaptureBatcher, Captured, CaptureOutcome
-from dlq_service.dead_letters import DeadLetterMessage, read_dead_letter
-from dlq_service.signing import RetrySigner
+from dlq_service.capture import Captured, CaptureOutcome
 from dlq_service.subscribers import arrived_in, received_line
 from libs.logging import log_record_fields
-from libs.messaging import headers as h
 from libs.messaging.broker import DEAD_LETTERS, EVENTS, create_broker
 from libs.messaging.consumer import keep_body_raw
 from libs.messaging.topology import DLQ_QUEUE
 from libs.telemetry import Telemetry, setup_telemetry
 from tests.services.conftest import eventually
-
-SIGNER = RetrySigner(SecretStr("test-only-retry-signing-key-0123456789abcdef"))
-Report = Sequence[tuple[DeadLetterMessage, Captured]]
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
+from tests.services.dlq_service.test_capture_batches import letter
 
 
 @pytest.fixture
@@ -51,45 +33,6 @@ def spans() -> tuple[Telemetry, InMemorySpanExporter]:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     return dataclasses.replace(setup_telemetry("test-capture"), tracer_provider=tracer_provider), exporter
-
-
-def letter(queue: str, message_id: str, correlation_id: str | None = None) -> DeadLetterMessage:
-    headers = {h.REASON: "error", h.ORIGINAL_QUEUE: queue, h.ERROR_TYPE: "SmtpRefused", h.ERROR_MESSAGE: "550",
-               h.ATTEMPTS: 4, h.SERVICE: "email-worker", h.LAST_FAILURE_AT: "2026-11-30T11:59:00+00:00"}  # fmt: skip
-    return read_dead_letter(
-        headers, b"{}", message_id=message_id, correlation_id=correlation_id or message_id,
-        message_type="send_email", content_type="application/json", now=datetime.now(UTC),
-    )  # fmt: skip
-
-
-def trace_of(number: int) -> SpanContext:
-    return SpanContext(trace_id=number, span_id=number, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-
-
-async def test_a_batch_is_one_span_linked_to_the_trace_of_each_letter(
-    engine: AsyncEngine, spans: tuple[Telemetry, InMemorySpanExporter]
-) -> None:
-    telemetry, exporter = spans
-    queue = f"test-span-{uuid.uuid4().hex[:8]}"
-    capture = CaptureBatcher(
-        engine, SIGNER, max_batch=50, attempts=3, probe_timeout_s=2, tracer=telemetry.tracer
-    )  # fmt: skip
-    await asyncio.gather(*(capture.record(letter(queue, f"m-{n}"), trace_of(n + 1)) for n in range(3)))
-    batches = [span for span in exporter.get_finished_spans() if span.name == CAPTURE_SPAN]
-    assert len(batches) == 1
-    assert sorted(link.context.trace_id for link in batches[0].links) == [1, 2, 3]
-    assert (batches[0].attributes or {})["messaging.batch.message_count"] == 3
-
-
-async def test_a_committed_batch_is_reported_once_with_every_letter_and_its_outcome(engine: AsyncEngine) -> None:
-    queue = f"test-report-{uuid.uuid4().hex[:8]}"
-    reports: list[Report] = []
-    capture = CaptureBatcher(engine, SIGNER, max_batch=50, attempts=3, probe_timeout_s=2, recorded=reports.append)
-    await asyncio.gather(*(capture.record(letter(queue, message_id)) for message_id in ("a", "b", "a")))
-    assert len(reports) == 1
-    assert [(one.message_id, outcome.outcome) for one, outcome in reports[0]] == [
-        ("a", CaptureOutcome.new), ("b", CaptureOutcome.new), ("a", CaptureOutcome.duplicate),
-    ]  # fmt: skip
 
 
 def test_the_batch_line_names_each_letters_entry_and_correlation_id_and_masks_contact_data() -> None:
