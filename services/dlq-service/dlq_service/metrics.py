@@ -26,10 +26,12 @@ UNRESOLVED_PER_QUEUE: Select[str, int] = select(
 
 class DlqSizePoller:
     """fmhl_dlq_size, re-read every interval and soon after a write: the capture and retry paths ask for a
-    refresh, and the asks that arrive while one runs make one more read, not one each."""
+    refresh, and the asks that arrive while one runs make one more read, not one each, at most one read per
+    `min_gap_s` (a busy capture commits many batches a second; a scrape comes every few seconds)."""
 
-    def __init__(self, gauge: DatabaseGauge) -> None:
+    def __init__(self, gauge: DatabaseGauge, min_gap_s: float = 1.0) -> None:
         self.gauge = gauge
+        self.min_gap_s = min_gap_s
         self._reader: asyncio.Task[None] | None = None
         self._again = False
 
@@ -40,8 +42,10 @@ class DlqSizePoller:
         self._reader = asyncio.create_task(self._read(), name="dlq-size-refresh")
 
     async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._again = False
+            started = loop.time()
             try:
                 await self.gauge.refresh()
             except Exception as error:  # the gauge keeps its last values; the periodic read tries again
@@ -49,6 +53,7 @@ class DlqSizePoller:
                 return
             if not self._again:
                 return
+            await asyncio.sleep(started + self.min_gap_s - loop.time())
 
     async def start(self) -> None:
         await self.gauge.start()
