@@ -9,7 +9,7 @@ import base64
 import dataclasses
 import functools
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -368,30 +368,65 @@ def _order(filters: Filters) -> tuple[UnaryExpression[Any], UnaryExpression[Any]
     return _LATEST_FAILURE_FIRST if filters.windowed else _NEWEST_FIRST
 
 
-def _after(filters: Filters, after: tuple[datetime, uuid.UUID]) -> ColumnElement[bool]:
-    return tuple_(_order(filters)[0].element, col(DeadLetter.id)) < tuple_(*after)
-
-
 _AFTER_AT = bindparam("after_at", type_=DateTime(timezone=True))
 _AFTER_ID = bindparam("after_id", type_=Uuid())
 _PAGE_ROWS = bindparam("page_rows", type_=Integer())
+_WORDS = bindparam("words", type_=String())
+
+Bound = tuple[Select[Any], dict[str, Any]]
+"""A statement and the values to bind to it when it runs."""
+
+_STATEMENTS: dict[tuple[Any, ...], Select[Any]] = {}
+"""Each read's statement per combination of filters given (which of them, how many words, a cursor or not),
+built once: SQLAlchemy then finds its compiled form without walking the statement again for its cache key
+(building and walking a fresh statement per request cost more CPU than PostgreSQL spends running it)."""
 
 
-_PAGE_STATEMENTS: dict[tuple[Any, ...], Select[Any]] = {}
-"""A page's statement per combination of filters given (which of them, how many words), built once: SQLAlchemy
-then finds its compiled form without walking the statement again for its cache key (building and walking a fresh
-statement per request cost more CPU than PostgreSQL spends running it)."""
+def _bound(
+    read: Callable[..., Select[Any]], filters: Filters, after: tuple[datetime, uuid.UUID] | None, **values: Any
+) -> Bound:
+    """`read`'s statement for these filters, kept, and the values to bind: the filters', the cursor's, `values`."""
+    given = filters.values()
+    key = (read, type(filters), tuple(given), filters.windowed, after is not None)
+    if key not in _STATEMENTS:
+        order = _order(filters)
+        keyset = [tuple_(order[0].element, col(DeadLetter.id)) < tuple_(_AFTER_AT, _AFTER_ID)] if after else []
+        _STATEMENTS[key] = read(order, [*type(filters).bound_conditions(tuple(given)), *keyset])
+    if after is not None:
+        given["after_at"], given["after_id"] = after
+    return _STATEMENTS[key], given | values
 
 
-def _page_statement(kind: type[Filters], names: tuple[str, ...], windowed: bool, after: bool) -> Select[Any]:
-    key = (kind, names, windowed, after)
-    if key not in _PAGE_STATEMENTS:
-        order = _LATEST_FAILURE_FIRST if windowed else _NEWEST_FIRST
-        statement: Select[Any] = SUMMARY.where(*kind.bound_conditions(names)).order_by(*order).limit(_PAGE_ROWS)
-        if after:
-            statement = statement.where(tuple_(order[0].element, col(DeadLetter.id)) < tuple_(_AFTER_AT, _AFTER_ID))
-        _PAGE_STATEMENTS[key] = statement
-    return _PAGE_STATEMENTS[key]
+def _page_read(order: tuple[UnaryExpression[Any], ...], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    return SUMMARY.where(*conditions).order_by(*order).limit(_PAGE_ROWS)
+
+
+def _walk_read(order: tuple[UnaryExpression[Any], ...], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    walked = (
+        select(col(DeadLetter.id), order[0].element.label("at"), col(DeadLetter.search_words))
+        .where(*conditions)
+        .order_by(*order)
+        .limit(WORD_WALK)
+        .subquery("walked")
+    )
+    hits = (
+        select(walked.c.id)
+        .where(has_words(walked.c.search_words, _WORDS))
+        .order_by(walked.c.at.desc(), walked.c.id.desc())
+        .limit(_PAGE_ROWS)
+        .subquery("hits")
+    )
+    return SUMMARY.join(hits, col(DeadLetter.id) == hits.c.id).order_by(*order)
+
+
+def _walk_end_read(order: tuple[UnaryExpression[Any], ...], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    return (
+        select(order[0].element.label("at"), col(DeadLetter.id))
+        .where(*conditions)
+        .order_by(*order)
+        .offset(WORD_WALK - 1)
+        .limit(1)
+    )
 
 
 def page_query(filters: Filters, limit: int, cursor: str | None) -> Select[Any]:
@@ -399,56 +434,24 @@ def page_query(filters: Filters, limit: int, cursor: str | None) -> Select[Any]:
     the window filters, so a page reads only its own rows from idx_dlq_last_failed, whatever the window's width).
     Keyset pages on that time and the id; one row more than the page tells whether another follows. Raises
     BadCursor for a cursor this API did not return."""
-    statement, values = _page(filters, limit, after_key(cursor))
+    statement, values = page_read(filters, limit, after_key(cursor))
     return statement.params(values)
 
 
-def _page(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> tuple[Select[Any], dict[str, Any]]:
-    """The page's statement and the values to bind to it."""
-    values = filters.values()
-    statement = _page_statement(type(filters), tuple(values), filters.windowed, after is not None)
-    values["page_rows"] = limit + 1
-    if after is not None:
-        values["after_at"], values["after_id"] = after
-    return statement, values
+def page_read(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Bound:
+    return _bound(_page_read, filters, after, page_rows=limit + 1)
 
 
-def _listed(filters: Filters, after: tuple[datetime, uuid.UUID] | None) -> list[ColumnElement[bool]]:
-    """The list's entries from `after` on, without the search."""
-    return [*filters.listed.conditions(), *([_after(filters, after)] if after else [])]
-
-
-def walk_query(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Select[Any]:
+def walk_read(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Bound:
     """A word search's page among the next WORD_WALK entries of the list, read in order from the list's index
     (each entry's stored words tested on the way; the search stops at the page's end)."""
-    order = _order(filters)
-    walked = (
-        select(col(DeadLetter.id), order[0].element.label("at"), col(DeadLetter.search_words))
-        .where(*_listed(filters, after))
-        .order_by(*order)
-        .limit(WORD_WALK)
-        .subquery("walked")
-    )
-    hits = (
-        select(walked.c.id)
-        .where(has_words(walked.c.search_words, " ".join(search_words(filters.text))))
-        .order_by(walked.c.at.desc(), walked.c.id.desc())
-        .limit(limit + 1)
-        .subquery("hits")
-    )
-    return SUMMARY.join(hits, col(DeadLetter.id) == hits.c.id).order_by(*order)
+    words = " ".join(search_words(filters.text))
+    return _bound(_walk_read, filters.listed, after, page_rows=limit + 1, words=words)
 
 
-def walk_end_query(filters: Filters, after: tuple[datetime, uuid.UUID] | None) -> Select[Any]:
+def walk_end_read(filters: Filters, after: tuple[datetime, uuid.UUID] | None) -> Bound:
     """The last entry WORD_WALK tests (none when the list ends sooner): the word index is asked for what follows."""
-    order = _order(filters)
-    return (
-        select(order[0].element, col(DeadLetter.id))
-        .where(*_listed(filters, after))
-        .order_by(*order)
-        .offset(WORD_WALK - 1)
-        .limit(1)
-    )
+    return _bound(_walk_end_read, filters.listed, after)
 
 
 @asynccontextmanager
@@ -479,7 +482,7 @@ async def _page_rows(
     of a common pair from the word index: they are looked for among the newest WORD_WALK entries first."""
     words = search_words(filters.text)
     if len(words) < 2 or filters.substring:
-        rows = await _rows(connection, *_page(filters, limit, after))
+        rows = await _rows(connection, *page_read(filters, limit, after))
     else:
         rows = await _walked_rows(connection, filters, limit, after)
     if (
@@ -488,18 +491,19 @@ async def _page_rows(
         and not rows
         and (after is None or not await _any_has_words(connection, filters))
     ):
-        return await _rows(connection, *_page(dataclasses.replace(filters, substring=True), limit, after))
+        return await _rows(connection, *page_read(dataclasses.replace(filters, substring=True), limit, after))
     return rows
 
 
 async def _walked_rows(
     connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
 ) -> list[RowMapping]:
-    rows = await _rows(connection, walk_query(filters, limit, after))
+    rows = await _rows(connection, *walk_read(filters, limit, after))
     if len(rows) <= limit:
-        end = (await connection.execute(walk_end_query(filters, after))).first()
+        statement, values = walk_end_read(filters, after)
+        end = (await connection.execute(statement, values)).first()
         if end is not None:
-            rows += await _rows(connection, *_page(filters, limit - len(rows), (end[0], end[1])))
+            rows += await _rows(connection, *page_read(filters, limit - len(rows), (end.at, end.id)))
     return rows
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import ClauseElement, create_mock_engine, select
+from sqlalchemy import ClauseElement, Select, create_mock_engine, select
 from sqlmodel import col
 
 from dlq_service.queries import (
@@ -19,16 +19,16 @@ from dlq_service.queries import (
     DeadLetterGroups,
     Filters,
     ListedPage,
-    _page,
     as_json,
     like_pattern,
     page_query,
+    page_read,
     search_words,
     summary,
     summary_fields,
     utc_time,
-    walk_end_query,
-    walk_query,
+    walk_end_read,
+    walk_read,
 )
 from libs.db.keyset import encode_cursor
 from libs.db.tables import DeadLetter, DeadLetterReason, DeadLetterStatus
@@ -39,6 +39,10 @@ ASYNCPG = create_mock_engine("postgresql+asyncpg://", executor=lambda *_: None).
 
 def sql(statement: ClauseElement) -> str:
     return str(statement.compile(dialect=ASYNCPG, compile_kwargs={"literal_binds": True}))
+
+
+def bound(statement: Select[Any], values: dict[str, Any]) -> Select[Any]:
+    return statement.params(values)
 
 
 def where(filters: Filters) -> list[str]:
@@ -145,11 +149,11 @@ def test_filters_join_with_and() -> None:
 
 
 def test_a_word_search_walks_the_list_in_its_order_for_at_most_word_walk_entries() -> None:
-    walk = sql(walk_query(Filters(queue="email", text="boom"), 50, None))
+    walk = sql(bound(*walk_read(Filters(queue="email", text="boom"), 50, None)))
     assert "WHERE dead_letter_queue.queue_name = 'email' ORDER BY dead_letter_queue.created_at DESC, " in walk
     assert f"LIMIT {WORD_WALK}) AS walked" in walk
     assert "WHERE walked.search_words @@ plainto_tsquery(CAST('simple' AS REGCONFIG), 'boom')" in walk
-    assert f"OFFSET {WORD_WALK - 1}" in sql(walk_end_query(Filters(queue="email", text="boom"), None))
+    assert f"OFFSET {WORD_WALK - 1}" in sql(bound(*walk_end_read(Filters(queue="email", text="boom"), None)))
 
 
 def test_a_list_without_a_time_window_is_newest_entry_first() -> None:
@@ -196,8 +200,8 @@ def test_the_groups_json_is_the_json_of_the_validated_model() -> None:
 
 
 def test_pages_of_the_same_filters_share_one_statement_with_their_values_bound() -> None:
-    first, first_values = _page(Filters(queue="email", text="boom"), 50, None)
-    other, other_values = _page(Filters(queue="sms", text="bang"), 20, None)
+    first, first_values = page_read(Filters(queue="email", text="boom"), 50, None)
+    other, other_values = page_read(Filters(queue="sms", text="bang"), 20, None)
     assert first is other
     assert (first_values["queue"], first_values["words"], first_values["page_rows"]) == ("email", "boom", 51)
     assert (other_values["queue"], other_values["words"], other_values["page_rows"]) == ("sms", "bang", 21)
