@@ -5,6 +5,7 @@ refused as retry-later, and a lead not taken into a batch in time withdrawn, nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -178,14 +179,24 @@ async def test_a_batch_the_database_cannot_take_now_refuses_every_lead_as_retry_
     assert after.created
 
 
+@contextlib.asynccontextmanager
+async def two_behind_a_lock(
+    engine: AsyncEngine, commits: GroupCommit, source: AuthenticatedSource
+) -> AsyncIterator[tuple[asyncio.Task[Submitted], asyncio.Task[Submitted]]]:
+    """While leads is locked: "ext-taken" submitted first (taken into a batch of one, which waits on the lock),
+    then "ext-second" (waiting behind that batch). The lock is released on leaving."""
+    async with engine.begin() as holder:
+        await holder.execute(LOCKED_OUT)
+        taken = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-taken"), None)))
+        second = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-second"), None)))
+        yield taken, second
+
+
 async def test_a_lead_not_taken_into_a_batch_in_time_is_withdrawn_and_never_stored(
     engine: AsyncEngine, source: AuthenticatedSource
 ) -> None:
     commits = GroupCommit(engine, max_batch=1, wait_s=0.3)
-    async with engine.begin() as holder:
-        await holder.execute(LOCKED_OUT)
-        taken = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-taken"), None)))
-        withdrawn = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-withdrawn"), None)))
+    async with two_behind_a_lock(engine, commits, source) as (taken, withdrawn):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(withdrawn, timeout=10)
         assert not taken.done()  # in the batch waiting on the lock: it waits past wait_s for its outcome
@@ -198,10 +209,7 @@ async def test_a_lead_whose_request_went_away_before_a_batch_took_it_is_not_stor
     engine: AsyncEngine, source: AuthenticatedSource
 ) -> None:
     commits = GroupCommit(engine, max_batch=1, wait_s=5)
-    async with engine.begin() as holder:
-        await holder.execute(LOCKED_OUT)
-        taken = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-taken"), None)))
-        gone = asyncio.create_task(commits.submit(submissions.values(source, lead("ext-gone"), None)))
+    async with two_behind_a_lock(engine, commits, source) as (taken, gone):
         await asyncio.sleep(0)
         gone.cancel()
     outcome = await asyncio.wait_for(taken, timeout=10)
