@@ -59,7 +59,7 @@ from libs.db.tables.dead_letters import search_query
 
 MAX_SEARCH_WORDS = 10
 PREVIEW_CHARS = 300
-WORD_WALK = 5_000
+WORD_WALK = 2_000
 """Entries of the list a search for several words tests in order before it asks the word index for the rest: a
 common pair fills its page among the newest (no index gives a word's entries newest first: fetching them all to
 sort them is what costs), a rare one's few entries come from the word index, however old."""
