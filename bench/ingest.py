@@ -3,6 +3,10 @@ connections (wrk, a new lead per request), against a constant Litestar route on 
 same run.
 
 Alone, on this checkout: python -m bench.ingest [--runs 1] [--duration 20] [--connections 64] [--port 18501]
+
+`--storage`: the ceiling under it, the lead's storage alone (no HTTP, no publishing), in this process on this
+checkout: `--connections` submitters for `--duration` seconds through the gateway's group commit, against the same
+submitters storing one statement per lead (at most the pool's 10 at once, as the gateway did before group commit).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import hashlib
 import secrets
 import shutil
 import sys
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.broker import channel, declare_topology, purge_topology
 from bench.harness import (
@@ -33,6 +40,9 @@ from bench.harness import (
 )
 from bench.report import Measurement
 from bench.runner import run_alone
+from ingest_gateway import submissions
+from ingest_gateway.accounts import AuthenticatedSource, create_lead_source
+from ingest_gateway.submissions import MAX_BATCH, GroupCommit, LeadSubmission
 
 SCRIPT = Path(__file__).with_name("ingest.lua")
 # The outbox too: events a run's relay had not published yet would be published by the next gateway started on
@@ -161,13 +171,82 @@ class Ingest:
         )
 
 
+CONTACT = {"name": "Bench Lead", "email": "lead@example.com", "phone": "+1 415 555 0100"}
+POOL_SIZE = 10
+
+
+@dataclass(frozen=True)
+class Storage:
+    duration_s: int = 10
+    connections: int = 64
+    name = "ingest_storage"
+    unit = "leads/s"
+    baseline_label = "one statement per lead, at most 10 at once"
+
+    @property
+    def figure(self) -> str:
+        return f"lead storage alone (group commit), {self.connections} submitters in one process"
+
+    async def submitted(self, store: Callable[[LeadSubmission], Awaitable[object]]) -> tuple[float, float]:
+        """Leads stored per second and the client's CPU ms per lead, `connections` submitters for `duration_s`."""
+        stored = 0
+        deadline = time.monotonic() + self.duration_s
+
+        async def submitter() -> None:
+            nonlocal stored
+            while time.monotonic() < deadline:
+                await store(LeadSubmission.model_validate({"external_id": uuid.uuid4().hex, "category": "roofing",
+                                                           "zip": "94107", "contact": CONTACT}))  # fmt: skip
+                stored += 1
+
+        cpu, started = time.process_time(), time.monotonic()
+        await asyncio.gather(*(submitter() for _ in range(self.connections)))
+        elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+        return stored / elapsed, cpu * 1000 / max(stored, 1)
+
+    async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
+        """In this process, on this checkout's code (`checkout` is not used)."""
+        load = load_average()
+        engine = create_async_engine(env.database_url, pool_size=POOL_SIZE, max_overflow=0)
+        try:
+            source_id, _ = await create_lead_source(engine, f"bench-storage-{uuid.uuid4().hex[:8]}", trusted=False)
+            source = AuthenticatedSource(id=source_id, name="bench-storage", trusted=False)
+            commits = GroupCommit(engine, max_batch=MAX_BATCH, wait_s=30)
+            at_once = asyncio.Semaphore(POOL_SIZE)
+
+            async def grouped(lead: LeadSubmission) -> object:
+                return await commits.submit(submissions.values(source, lead, None))
+
+            async def alone(lead: LeadSubmission) -> object:
+                async with at_once:
+                    return await submissions.submit(engine, source, lead, None)
+
+            alone_rate, alone_cpu_ms = await self.submitted(alone)
+            grouped_rate, grouped_cpu_ms = await self.submitted(grouped)
+        finally:
+            if env.fresh_tables:
+                await reset_tables(engine, TRUNCATE)
+            await engine.dispose()
+        return Measurement(
+            value=grouped_rate,
+            baseline=alone_rate,
+            count=int(grouped_rate * self.duration_s),
+            load=load,
+            details={"cpu_per_item_ms": grouped_cpu_ms, "baseline_cpu_per_item_ms": alone_cpu_ms},
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
     parser.add_argument("--duration", type=int, default=Ingest.duration_s, help="seconds measured")
     parser.add_argument("--connections", type=int, default=Ingest.connections)
     parser.add_argument("--port", type=int, default=Ingest.port, help="the gateway's; the baseline's is the next one")
     parser.add_argument("--workers", type=int, default=Ingest.workers, help="the gateway's HTTP_WORKERS")
+    parser.add_argument("--storage", action="store_true", help="the lead's storage alone: group commit vs per lead")
     arguments, rest = parser.parse_known_args()
+    if arguments.storage:
+        run_alone(Storage(duration_s=arguments.duration, connections=arguments.connections), rest)
+        return
     benchmark = Ingest(
         duration_s=arguments.duration,
         connections=arguments.connections,
