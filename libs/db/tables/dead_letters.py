@@ -206,7 +206,7 @@ class DeadLetter(SQLModel, table=True):
     message_type: str | None = Field(default=None, max_length=100)
     content_type: str | None = Field(default=None, max_length=100)
     # Stored, not only indexed: a page of a common word is read newest first from the list's index, testing each
-    # entry's words on the way, and computing them again per entry costs about 30 times more than reading them.
+    # entry's words on the way, and computing them again per entry costs about 80 times more than reading them.
     search_words: str | None = Field(
         default=None,
         sa_column=Column(

@@ -2,11 +2,11 @@
 
 Written from libs/db/tables/dead_letters.py (`search_words`, `search_document`) and checked with the drift test.
 Adding a stored generated column rewrites the table (and rebuilds its indexes) under an exclusive lock: capture
-waits (letters stay in the `dlq` queue, unacked) and the admin reads wait until it commits; at a million entries
-it took minutes here (docs/BENCHMARKS.md). The column is stored rather than the expression only indexed: a page
-of a common word is read newest first from the list's index, testing each entry's words on the way, and computing
-them per entry costs about 30 times more than reading them. The index is then built CONCURRENTLY, and the table
-analysed so that the planner knows each word's frequency.
+waits (letters stay in the `dlq` queue, unacked) and the admin reads wait until it commits; the whole upgrade
+took about 8 minutes for a million entries on a loaded 2-core machine (docs/BENCHMARKS.md). The column is stored
+rather than the expression only indexed: a page of a common word is read newest first from the list's index,
+testing each entry's words on the way, and computing them per entry costs about 80 times more than reading them.
+The index is then built CONCURRENTLY, and the table analysed so that the planner knows each word's frequency.
 
 Revision ID: 0011
 Revises: 0010
