@@ -1,8 +1,8 @@
 """Two queues. `dlq`: every dead letter, recorded in PostgreSQL before it is acked, letters arriving together in
-one transaction. There is no DLQ for the DLQ: while PostgreSQL is unreachable the queue's breaker pauses capture
-(held letters stay unacked and uncounted, the database is probed with backoff, one letter tries when it answers);
-one PostgreSQL keeps refusing is parked in `dlq.parking` with the error, then acked. No dead letter loops and none
-is acked without a row or a parked copy.
+one transaction, then counted, logged and acked together (one line, one `multiple` ack). There is no DLQ for the
+DLQ: while PostgreSQL is unreachable the queue's breaker pauses capture (held letters stay unacked and uncounted,
+the database is probed with backoff, one letter tries when it answers); one PostgreSQL keeps refusing is parked in
+`dlq.parking` with the error, then acked. No dead letter loops and none is acked without a row or a parked copy.
 `dlq-outcomes`: a retried message was handled, so its entry resolves itself, if the dlq-service signed that retry.
 """
 
@@ -165,9 +165,6 @@ def received_line(captured: Sequence[tuple[DeadLetterMessage, Captured]]) -> dic
     }  # fmt: skip
 
 
-_TRACE_CONTEXT = TraceContextTextMapPropagator()
-
-
 MAX_ACKED_ALONE = 10_000
 """Tags acked one by one above a delivery left unsettled that a channel remembers before it stops coalescing."""
 
@@ -276,6 +273,9 @@ async def _write_acks(
     for sent in waiting.values():
         if not sent.done():
             sent.set_result(None)
+
+
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
 def arrived_in(headers: Mapping[str, Any] | None) -> SpanContext | None:
