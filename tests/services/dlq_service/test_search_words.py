@@ -35,8 +35,8 @@ async def store(engine: AsyncEngine, queue: str, *entries: tuple[str, dict[str, 
     """Entries of (error message, payload), each a second newer than the one before; their ids, oldest first."""
     ids = [uuid.uuid4() for _ in entries]
     rows = [
-        {"id": entry_id, "queue_name": queue, "error_message": message, "payload": payload,
-         "failed_at": START, "created_at": START + timedelta(seconds=number)}
+        {"id": entry_id, "queue_name": queue, "error_message": message, "payload": payload, "failed_at": START,
+         "created_at": START + timedelta(seconds=number), "last_failed_at": START + timedelta(seconds=number)}
         for number, (entry_id, (message, payload)) in enumerate(zip(ids, entries, strict=True))
     ]  # fmt: skip
     async with engine.begin() as connection:
@@ -44,12 +44,14 @@ async def store(engine: AsyncEngine, queue: str, *entries: tuple[str, dict[str, 
     return ids
 
 
-async def found(engine: AsyncEngine, queue: str, text: str, limit: int = 50) -> list[uuid.UUID]:
+async def found(
+    engine: AsyncEngine, queue: str, text: str, limit: int = 50, failed_from: datetime | None = None
+) -> list[uuid.UUID]:
     """Every entry a search lists, newest first, page after page."""
     ids: list[uuid.UUID] = []
     cursor = None
     while True:
-        page = await list_page(engine, Filters(queue=queue, text=text), limit, cursor)
+        page = await list_page(engine, Filters(queue=queue, text=text, failed_from=failed_from), limit, cursor)
         ids += [item.id for item in page.items]
         if page.next_cursor is None:
             return ids
@@ -113,6 +115,13 @@ async def test_a_search_for_several_words_pages_through_its_matches_beyond_the_e
     needles = [number for number, (message, _) in enumerate(entries) if message != "hay"]
     assert min(needles) < older <= max(needles)
     assert await found(engine, queue, "hay needle", limit=2) == [ids[number] for number in reversed(needles)]
+
+
+async def test_a_search_within_a_time_window_pages_newest_failure_first(engine: AsyncEngine, queue: str) -> None:
+    ids = await store(engine, queue, *((f"deadlock {n} while charging", {}) for n in range(6)))
+    since = START + timedelta(seconds=2)
+    assert await found(engine, queue, "charging deadlock", limit=1, failed_from=since) == ids[:1:-1]
+    assert await found(engine, queue, "charg", limit=2, failed_from=since) == ids[:1:-1]
 
 
 async def test_a_redrive_selects_what_the_search_lists(engine: AsyncEngine, queue: str) -> None:
