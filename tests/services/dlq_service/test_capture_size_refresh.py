@@ -4,7 +4,7 @@ one waits for the poller's gap, so a busy capture does not recount after every b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -40,14 +40,17 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    async def holds() -> bool:
+        return condition()
+
+    await eventually(holds)
+
+
 async def started_reading(sizes: DlqSizePoller, gauge: CountedGauge) -> None:
     """One read begun (and waiting for `release`), then asked for again several times meanwhile."""
     sizes.refresh_soon()
-
-    async def reading() -> bool:
-        return gauge.reads == 1
-
-    await eventually(reading)
+    await until(lambda: gauge.reads == 1)
     for _ in range(5):
         sizes.refresh_soon()
 
@@ -57,11 +60,7 @@ async def test_asks_during_a_read_make_one_more_read(engine: AsyncEngine) -> Non
     sizes = DlqSizePoller(gauge, min_gap_s=0.2)
     await started_reading(sizes, gauge)
     gauge.release.set()
-
-    async def read_again() -> bool:
-        return gauge.done == 2
-
-    await eventually(read_again)
+    await until(lambda: gauge.done == 2)
     await sizes.stop()
     assert gauge.reads == 2
 
@@ -71,11 +70,7 @@ async def test_the_read_asked_for_during_a_read_waits_for_the_gap(engine: AsyncE
     sizes = DlqSizePoller(gauge, min_gap_s=3600)
     await started_reading(sizes, gauge)
     gauge.release.set()
-
-    async def first_read_done() -> bool:
-        return gauge.done >= 1
-
-    await eventually(first_read_done)
+    await until(lambda: gauge.done >= 1)
     for _ in range(20):
         await asyncio.sleep(0)  # the reader gets every chance to read again: it must be waiting for the gap
     assert gauge.reads == 1
