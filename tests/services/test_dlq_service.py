@@ -53,10 +53,11 @@ async def holds(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
 
 
 def captured_outcomes(caplog: pytest.LogCaptureFixture, message_id: str) -> list[str]:
-    """What the capture path logged for each delivery of one dead letter (new, failed_again, duplicate)."""
-    received = [record for record in caplog.records if record.getMessage() == "dead_letter.received"]
-    metadata = [getattr(record, "metadata", {}) for record in received]
-    return sorted(fields["outcome"] for fields in metadata if fields.get("message_id") == message_id)
+    """What the capture path logged for each delivery of one dead letter (new, failed_again, duplicate): one
+    `dead_letters.received` line per committed batch, listing its letters."""
+    batches = [record for record in caplog.records if record.getMessage() == "dead_letters.received"]
+    entries = [entry for record in batches for entry in getattr(record, "metadata", {}).get("entries", [])]
+    return sorted(entry["outcome"] for entry in entries if entry.get("message_id") == message_id)
 
 
 async def test_a_failure_in_each_worker_lands_as_one_row_with_its_context(pipeline: Pipeline) -> None:
