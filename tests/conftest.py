@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from libs.runtime import Service, service
 
@@ -60,6 +61,15 @@ def rabbitmq_url() -> str:
 @pytest.fixture(scope="session")
 def database_url() -> str:
     return _required("TEST_DATABASE_URL")
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test database, disposed after the test (a module that shares one for speed declares its
+    own, module-scoped)."""
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,13 @@ telemetry switched off records nothing, and spans are sampled as configured."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
 from opentelemetry.metrics import Observation
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from sqlalchemy import Select, delete, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from libs.db.tables import RateLimitHit
@@ -58,13 +56,6 @@ def test_a_gauge_reports_what_its_callback_answers_at_scrape_time() -> None:
     assert 'fmhl_job_enabled{job="cleanup"} 1.0' in telemetry.exposition().decode()
     switches["cleanup"] = False
     assert 'fmhl_job_enabled{job="cleanup"} 0.0' in telemetry.exposition().decode()
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def test_a_database_gauge_follows_its_rows_and_drops_a_label_whose_rows_are_gone(engine: AsyncEngine) -> None:

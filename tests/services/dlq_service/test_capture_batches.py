@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext, TraceFlags
 from pydantic import SecretStr
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from dlq_service.capture import CAPTURE_SPAN, CaptureBatcher, Captured, CaptureOutcome
@@ -25,13 +25,6 @@ from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterGroupCount, De
 from libs.messaging import headers as h
 
 SIGNER = RetrySigner(SecretStr("test-only-retry-signing-key-0123456789abcdef"))
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -4,10 +4,9 @@ one waits for the poller's gap, so a busy capture does not recount after every b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service.metrics import UNRESOLVED_PER_QUEUE, DlqSizePoller
 from libs.telemetry import DatabaseGauge, setup_telemetry
@@ -31,13 +30,6 @@ class CountedGauge(DatabaseGauge):
         await self.release.wait()
         await super().refresh()
         self.done += 1
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def until(condition: Callable[[], bool]) -> None:

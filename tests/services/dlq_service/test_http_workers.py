@@ -4,17 +4,15 @@ every dead letter exactly once, a redelivery landing on the other process includ
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import aio_pika
 import httpx
-import pytest
 from aio_pika.abc import FieldValue
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from libs.db.tables import DeadLetter, DeadLetterEvent
@@ -27,13 +25,6 @@ from tests.services.conftest import eventually
 PORT = 19170
 WORKERS = 2
 LETTERS = 300
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 def children(pid: int) -> list[int]:

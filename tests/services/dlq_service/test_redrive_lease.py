@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service.redrive_lease import lock_keys
 from dlq_service.retries import CLAIM_EVERY_S
@@ -65,13 +65,6 @@ def replicas(service_processes: ServiceProcesses, rabbitmq_url: str) -> list[Ser
     for replica in started:
         replica.wait_ready()
     return started
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -4,25 +4,17 @@ first, substrings when no entry of the list has the words whole, newest first an
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service.queries import WORD_WALK, Filters, list_page, selected_ids
 from libs.db.tables import DeadLetter
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

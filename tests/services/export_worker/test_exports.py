@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, inspect, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel, col
 
 from export_worker.exports import run_export
@@ -33,13 +32,6 @@ from libs.messaging.errors import BusinessRuleViolation
 
 pytestmark = pytest.mark.database
 DAY = date(2031, 3, 4)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 def at(hour: int, day: date = DAY) -> datetime:
