@@ -21,6 +21,7 @@ from libs.messaging.outage import Outages
 from libs.messaging.permissions import broker_grant
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import TOPOLOGY
+from libs.runtime.collector import tune_for_serving
 from libs.settings import ServiceSettings, Settings, load_or_exit
 from libs.telemetry import Telemetry, telemetry_for
 from libs.web import create_app, serve
@@ -98,11 +99,14 @@ class ServiceRuntime:
 def run_service(
     settings_cls: type[Settings], build: Callable[[Settings, Telemetry], tuple[Litestar, Readiness]]
 ) -> None:
-    """`__main__`: settings (or exit naming the bad variable), logging, telemetry, the app, serve until SIGTERM."""
+    """`__main__`: settings (or exit naming the bad variable), logging, telemetry, the app, serve until SIGTERM; the
+    garbage collector set for serving once the app has started (in a service process only: a test process that
+    starts apps by the hundred keeps Python's defaults)."""
     settings = load_or_exit(settings_cls)
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     telemetry = telemetry_for(settings)
     app, readiness = build(settings, telemetry)
+    app.on_startup.append(tune_for_serving)
     serve(app, settings, telemetry, readiness)
 
 

@@ -1,9 +1,8 @@
 """ingest-gateway wiring: settings -> telemetry -> runtime (database, broker, readiness) -> outbox relay -> tokens
--> API app -> the garbage collector set for serving."""
+-> API app."""
 
 from litestar import Litestar
 
-from ingest_gateway.collector import tune_for_serving
 from ingest_gateway.dependencies import build_dependencies
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.outbox import Relay
@@ -27,7 +26,7 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
     dependencies = build_dependencies(settings, runtime.engine, relay, Tokens.from_settings(settings), metrics)
     app = runtime.app(
         route_handlers=[api()],
-        on_startup=[relay.start, tune_for_serving],
+        on_startup=[relay.start],
         on_shutdown=[relay.stop],
         dependencies=dependencies,
         request_max_body_size=settings.max_body_bytes,

@@ -1,4 +1,4 @@
-"""The garbage collector once the gateway has started: startup's objects frozen, young collections less often."""
+"""The garbage collector once a service has started: startup's objects frozen, young collections less often."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest_gateway.collector import YOUNG_THRESHOLD, tune_for_serving
+from libs.runtime.collector import YOUNG_THRESHOLD, tune_for_serving
 
 
 @pytest.fixture
