@@ -93,7 +93,12 @@ class FilterBody(BaseModel):
     fingerprint: Fingerprint | None = None
     failed_from: UtcTime = None
     failed_to: UtcTime = None
-    q: Annotated[str | None, NoNul] = Field(None, max_length=200)
+    q: Annotated[str | None, NoNul] = Field(
+        None,
+        max_length=200,
+        description="Free text, selecting as the list's `q` does: entries having every word whole, or, when no entry "
+        "of the filtered list has them, the entries containing them as substrings.",
+    )
 
     def filters(self) -> Filters:
         return Filters(queue=self.queue, reason=self.reason, error_type=self.error_type, fingerprint=self.fingerprint,
