@@ -81,10 +81,10 @@ class Publisher:
         self.topology = topology
         self.timeout_s = timeout_s
         self.sender = connection_user(broker)
+        """The broker user this publisher sends as, when known; set as `user_id` where a consumer relies on it."""
         self._events: AbstractExchange | None = None
         """The events exchange as aio-pika's object, looked up on the first `send_staged` and again after a failure
         (a closed channel, a broker stopped and started again)."""
-        """The broker user this publisher sends as, when known; set as `user_id` where a consumer relies on it."""
         self.enqueued = telemetry.meter.create_counter(
             "fmhl_jobs_enqueued_total",
             unit="",
