@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, TextIO
 
 import orjson
 from opentelemetry import trace
@@ -22,6 +24,7 @@ from libs.logging.pii import mask_pii, mask_pii_in
 
 _correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 _LEVEL_NAMES = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "fatal"}
+_LEVEL_NAMES_BY_NUMBER = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error"}
 
 
 def current_correlation_id() -> str | None:
@@ -46,26 +49,63 @@ def _trace_ids() -> tuple[str | None, str | None]:
 
 
 def log_record_fields(record: logging.LogRecord, service: str) -> dict[str, Any]:
+    error = record.exc_info[1] if record.exc_info else None
+    return _fields(
+        _LEVEL_NAMES.get(record.levelname, record.levelname.lower()),
+        record.getMessage(),
+        record.created,
+        service,
+        record.name,
+        getattr(record, "correlation_id", None),
+        getattr(record, "metadata", None),
+        error,
+    )
+
+
+def _fields(
+    level: str,
+    event: str,
+    created: float,
+    service: str,
+    logger: str,
+    correlation_id: str | None,
+    metadata: Mapping[str, Any] | None,
+    error: BaseException | None,
+) -> dict[str, Any]:
     trace_id, span_id = _trace_ids()
     fields: dict[str, Any] = {
-        "level": _LEVEL_NAMES.get(record.levelname, record.levelname.lower()),
-        "event": mask_pii(record.getMessage()),
-        "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "event": mask_pii(event),
+        "timestamp": _timestamp(created),
         "service": service,
-        "correlation_id": getattr(record, "correlation_id", None) or _correlation_id.get(),
+        "correlation_id": correlation_id or _correlation_id.get(),
         "trace_id": trace_id,
         "span_id": span_id,
-        "logger": record.name,
-        "metadata": mask_pii_in(getattr(record, "metadata", None) or {}),
+        "logger": logger,
+        "metadata": mask_pii_in(metadata or {}),
     }
-    if record.exc_info and record.exc_info[1] is not None:
-        error = record.exc_info[1]
+    if error is not None:
         fields["error"] = {
             "type": type(error).__name__,
             "message": mask_pii(str(error)),
             "stack": mask_pii("".join(traceback.format_exception(error))),
         }
     return fields
+
+
+def _timestamp(created: float) -> str:
+    """ISO 8601 in UTC to the millisecond, as `datetime.isoformat` writes it."""
+    second = int(created)
+    microseconds = round((created - second) * 1_000_000)  # rounded first, as datetime.fromtimestamp does
+    if microseconds == 1_000_000:
+        second, microseconds = second + 1, 0
+    return f"{_date_and_time(second)}.{microseconds // 1000:03d}+00:00"
+
+
+@lru_cache(maxsize=2)
+def _date_and_time(second: int) -> str:
+    # Formatted once per second: lines come by the hundred per second under load.
+    return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds").removesuffix("+00:00")
 
 
 def _masked_text(value: object) -> str:
@@ -80,6 +120,43 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return orjson.dumps(log_record_fields(record, self.service), default=_masked_text).decode()
+
+
+class JsonLines(logging.StreamHandler[TextIO]):
+    """The handler `configure_logging` installs for JSON lines: it formats records as `JsonFormatter`, and writes
+    the lines our `Logger` renders itself when this handler is the only place they can go (no LogRecord, no
+    caller frame looked up, no formatter's indirection: a fifth of the cost of a line through `logging`)."""
+
+    def __init__(self, service: str, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.service = service
+        self.setFormatter(JsonFormatter(service))
+
+    def write_fields(self, fields: dict[str, Any]) -> None:
+        """As `emit` would write the record these fields came from, errors reported as `logging` reports them."""
+        try:
+            line = orjson.dumps(fields, default=_masked_text).decode()
+            with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+                self.stream.write(line + self.terminator)
+                self.flush()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": fields.get("event"), "levelname": fields.get("level")}))
+
+
+def _direct(logger: logging.Logger, level: int) -> JsonLines | None:
+    """The `JsonLines` handler a line of `logger` at `level` goes to, when it goes there alone and nothing on the
+    way filters it or sends it elsewhere; None: the line takes `logging`'s way (tests' handlers, other setups)."""
+    current = logger
+    while current.parent is not None:
+        if current.handlers or current.filters or not current.propagate:
+            return None
+        current = current.parent
+    if len(current.handlers) != 1 or current.filters:
+        return None
+    handler = current.handlers[0]
+    if type(handler) is not JsonLines or handler.filters or level < handler.level:
+        return None
+    return handler
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -101,8 +178,12 @@ class ConsoleFormatter(logging.Formatter):
 
 def configure_logging(service: str, level: str = "INFO", log_format: str = "json") -> None:
     """Route every logger (ours, uvicorn's, FastStream's) through one stdout handler."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service) if log_format == "json" else ConsoleFormatter(service))
+    handler: logging.Handler
+    if log_format == "json":
+        handler = JsonLines(service, sys.stdout)
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(ConsoleFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -126,6 +207,13 @@ class Logger:
         self, level: int, event: str, metadata: Mapping[str, Any] | None, error: BaseException | None = None
     ) -> None:
         if not self._logger.isEnabledFor(level):
+            return
+        handler = _direct(self._logger, level)
+        if handler is not None:
+            handler.write_fields(
+                _fields(_LEVEL_NAMES_BY_NUMBER[level], event, time.time(), handler.service, self._logger.name,
+                        self._correlation_id, metadata, error)
+            )  # fmt: skip
             return
         extra = {"metadata": dict(metadata or {}), "correlation_id": self._correlation_id}
         exc_info = (type(error), error, error.__traceback__) if error is not None else None
@@ -154,6 +242,7 @@ def get_logger(name: str) -> Logger:
 __all__ = [
     "ConsoleFormatter",
     "JsonFormatter",
+    "JsonLines",
     "Logger",
     "configure_logging",
     "correlation_scope",

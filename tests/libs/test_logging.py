@@ -3,9 +3,12 @@
 import io
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import orjson
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from libs.logging import (
     ConsoleFormatter,
@@ -13,6 +16,7 @@ from libs.logging import (
     Logger,
     configure_logging,
     correlation_scope,
+    log_record_fields,
     mask_pii,
     mask_pii_in,
 )
@@ -180,3 +184,73 @@ def test_identifiers_times_and_counts_stay_readable(text: str) -> None:
 def test_masking_a_json_value_keeps_its_shape_and_other_types() -> None:
     payload = {"to": "ada@example.com", "amount_cents": 1500, "ok": True, "ids": ("4155550100", None)}
     assert mask_pii_in(payload) == {"to": "a***@e***.com", "amount_cents": 1500, "ok": True, "ids": ("***00", None)}
+
+
+@contextmanager
+def configured_as_a_service() -> Iterator[None]:
+    """Logging as a service configures it: one JSON handler on stdout, lines written without a LogRecord."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("svc", "INFO", "json")
+    try:
+        yield
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def test_a_configured_service_writes_the_same_fields_with_the_span_and_correlation_it_runs_in(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tracer = TracerProvider().get_tracer("t")
+    with configured_as_a_service(), correlation_scope("cid-9"), tracer.start_as_current_span("request") as span:
+        Logger("fmhl.http").info("http.request", {"route": "/api/v1/leads", "to": "ada@example.com"})
+    [line] = [orjson.loads(text) for text in capsys.readouterr().out.splitlines()]
+    context = span.get_span_context()
+    assert line == {
+        "level": "info",
+        "event": "http.request",
+        "timestamp": line["timestamp"],
+        "service": "svc",
+        "correlation_id": "cid-9",
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "logger": "fmhl.http",
+        "metadata": {"route": "/api/v1/leads", "to": "a***@e***.com"},
+    }
+    assert datetime.fromisoformat(str(line["timestamp"])).tzinfo == UTC
+
+
+def test_a_configured_service_logs_errors_with_their_stack(capsys: pytest.CaptureFixture[str]) -> None:
+    with configured_as_a_service():
+        try:
+            raise ValueError("price must be positive")
+        except ValueError as error:
+            Logger("t").with_correlation("cid-3").error("charge_failed", error)
+    [line] = [orjson.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["level"] == "error"
+    assert line["correlation_id"] == "cid-3"
+    assert line["error"]["type"] == "ValueError"
+    assert "Traceback" in line["error"]["stack"]
+
+
+def test_a_handler_added_to_a_logger_still_receives_its_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = io.StringIO()
+    extra = logging.StreamHandler(stream)
+    extra.setFormatter(JsonFormatter("svc"))
+    logging.getLogger("t.audited").addHandler(extra)
+    try:
+        with configured_as_a_service():
+            Logger("t.audited").info("seen twice")
+    finally:
+        logging.getLogger("t.audited").removeHandler(extra)
+    assert orjson.loads(stream.getvalue())["event"] == "seen twice"
+    assert orjson.loads(capsys.readouterr().out)["event"] == "seen twice"
+
+
+def test_timestamps_are_utc_to_the_millisecond_as_isoformat_writes_them() -> None:
+    for created in (0.0, 1_764_500_000.001, 1_764_500_059.999, 1_764_500_059.9999996, 1_764_503_999.5):
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, "e", None, None)
+        record.created = created
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert log_record_fields(record, "svc")["timestamp"] == expected
