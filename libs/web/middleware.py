@@ -15,6 +15,7 @@ from libs.logging import correlation_scope, get_logger
 from libs.telemetry import HttpServerTelemetry, Telemetry
 
 CORRELATION_HEADER = "x-correlation-id"
+_CORRELATION_NAME = CORRELATION_HEADER.encode()
 _VALID_CORRELATION = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Probes and scrapes come every few seconds; a log line each would drown the requests that matter.
 _QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
@@ -38,13 +39,19 @@ class RequestContext:
     def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
         self.app = app
         self.http = HttpServerTelemetry(telemetry)
+        # The headers read here; the others are decoded by Litestar when a route asks for them.
+        self.read = frozenset(
+            name.encode("latin-1") for name in (CORRELATION_HEADER, *propagate.get_global_textmap().fields)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"] if key in self.read
+        }
         correlation_id = accept_correlation_id(headers.get(CORRELATION_HEADER))
         status = 500
         started = time.perf_counter()
@@ -53,8 +60,7 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []),
-                                      (CORRELATION_HEADER.encode(), correlation_id.encode())]  # fmt: skip
+                message["headers"] = [*message.get("headers", []), (_CORRELATION_NAME, correlation_id.encode())]
             await send(message)
 
         parent = propagate.extract(headers)

@@ -77,3 +77,22 @@ def test_an_invented_method_is_other_and_an_unmatched_request_is_named_by_method
     )
     assert "http.route" not in span.attributes
     assert 'route="unmatched"' in exposition
+
+
+def test_every_request_is_counted_in_both_series_when_no_span_records() -> None:
+    telemetry = setup_telemetry("http-test", "none")
+    http = HttpServerTelemetry(telemetry)
+    for status, elapsed_s in ((202, 0.03), (202, 0.003), (503, 0.003)):
+        request = scope("POST")
+        with http.span(request) as span:
+            assert not span.is_recording()
+            http.record(span, request, "/v1/leads", status, elapsed_s)
+    exposition = telemetry.exposition().decode()
+    telemetry.shutdown()
+
+    accepted = 'method="POST",route="/v1/leads",status="202"'
+    assert f"fmhl_http_request_duration_ms_count{{{accepted}}} 2.0" in exposition
+    assert 'fmhl_http_request_duration_ms_count{method="POST",route="/v1/leads",status="503"} 1.0' in exposition
+    counts = [line for line in exposition.splitlines() if line.startswith("http_server_request_duration_seconds_count")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counts) == 3.0
+    assert len(counts) == 2  # one series per status
