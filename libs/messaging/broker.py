@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aiormq
 from aio_pika import RobustConnection
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from faststream import BaseMiddleware, ContextRepo
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
@@ -50,6 +50,8 @@ missing first. aiormq's own 3 noticed a black-holed broker only after 3.8 heartb
 CONNECT_TIMEOUT_S = 10.0
 """One connection attempt, the AMQP handshake included: a frozen node accepts TCP and never answers."""
 RECONNECT_INTERVAL_S = 2.0
+GRACEFUL_TIMEOUT_S = 15.0
+"""On stop, how long in-flight handlers get to finish once their consumer is cancelled."""
 log = logging.getLogger(__name__)
 
 
@@ -141,7 +143,7 @@ def create_broker(
         # Prefetch bounds both unacked messages and the handler's concurrency (FastStream ties them).
         default_channel=default_channel,
         app_id=service,
-        graceful_timeout=15.0,
+        graceful_timeout=GRACEFUL_TIMEOUT_S,
         # TELEMETRY_ENABLED=false: not even a middleware calling no-op instruments on every message.
         middlewares=[BrokerTelemetry(telemetry)] if telemetry.enabled else [],
         routers=list(routers),
@@ -157,6 +159,15 @@ def create_broker(
     _USERS[broker] = unquote(urlsplit(urls[0]).username or "guest")
     _DEFAULT_CHANNELS[broker] = default_channel
     return broker
+
+
+def robust_connection(broker: RabbitBroker) -> AbstractRobustConnection:
+    """The broker's aio-pika connection, for a channel FastStream does not manage: it reconnects by itself, and
+    re-opens the robust channels opened on it, with their prefetch and consumers."""
+    connection = broker._connection  # FastStream keeps the aio-pika connection private; nothing else exposes it
+    if connection is None:
+        raise ConnectionError("broker connection is closed")
+    return connection
 
 
 def own_channel(broker: RabbitBroker) -> Channel:
@@ -233,10 +244,7 @@ async def queue_counts(broker: RabbitBroker, queue_name: str) -> tuple[int, int]
     Each reading opens a channel of its own: a reading cut short by its timeout (a broker under a memory alarm)
     cancels its RPC, aiormq then closes that channel, and on the broker's shared channel the cached queue would
     fail every later reading, leaving the service unready after the broker recovered."""
-    connection = broker._connection  # FastStream keeps the aio-pika connection private; nothing else exposes it
-    if connection is None:
-        raise ConnectionError("broker connection is closed")
-    async with connection.channel(publisher_confirms=False) as channel:
+    async with robust_connection(broker).channel(publisher_confirms=False) as channel:
         queue = await channel.declare_queue(queue_name, passive=True)
         result = queue.declaration_result
         return int(result.message_count or 0), int(result.consumer_count or 0)

@@ -13,7 +13,7 @@ from dlq_service.retries import Redriver
 from dlq_service.routes import QueuesController
 from dlq_service.settings import Settings
 from dlq_service.signing import RetrySigner
-from dlq_service.subscribers import build_router
+from dlq_service.subscribers import build_capture, build_router
 from libs.auth import Tokens
 from libs.health import Readiness
 from libs.messaging.broker import QueueDepthGauge
@@ -30,13 +30,14 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
     signer = RetrySigner(settings.dlq_retry_signing_key)
     parking = Parking(runtime.broker, runtime.publisher)
     parked = QueueDepthGauge(runtime.broker, PARKING_QUEUE, telemetry)
+    capture = build_capture(
+        runtime.broker, runtime.engine, telemetry, metrics, sizes, signer, parking, runtime.outages,
+        prefetch=settings.prefetch, nack_backoff_s=settings.nack_backoff_s, capture_attempts=settings.capture_attempts,
+        capture_batch=settings.capture_batch, probe_timeout_s=settings.health_check_timeout_s,
+    )  # fmt: skip
     runtime.broker.include_router(
-        build_router(
-            runtime.engine, runtime.publisher, telemetry, metrics, sizes, signer, parking, runtime.outages,
-            nack_backoff_s=settings.nack_backoff_s, handler_timeout_s=settings.handler_timeout_s,
-            capture_attempts=settings.capture_attempts, capture_batch=settings.capture_batch,
-            probe_timeout_s=settings.health_check_timeout_s,
-        )
+        build_router(runtime.engine, runtime.publisher, telemetry, metrics, sizes, signer,
+                     handler_timeout_s=settings.handler_timeout_s)
     )  # fmt: skip
     http = httpx.AsyncClient(timeout=settings.health_check_timeout_s)
     queue_stats = QueueStats(
@@ -50,8 +51,8 @@ def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness
     console = build_console(settings, runtime.engine, http)
     app = runtime.app(
         route_handlers=[QueuesController, console.router],
-        on_startup=[sizes.start, parked.start, redriver.resume],
-        on_shutdown=[redriver.stop, parked.stop, sizes.stop, http.aclose],
+        on_startup=[capture.start, sizes.start, parked.start, redriver.resume],
+        on_shutdown=[capture.stop, redriver.stop, parked.stop, sizes.stop, http.aclose],
         dependencies=build_dependencies(
             settings,
             runtime.engine,

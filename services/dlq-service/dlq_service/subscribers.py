@@ -1,9 +1,10 @@
-"""Two queues. `dlq`: every dead letter, recorded in PostgreSQL before it is acked, letters arriving together in
-one transaction, then counted, logged and acked together (one line, one `multiple` ack). There is no DLQ for the
-DLQ: while PostgreSQL is unreachable the queue's breaker pauses capture (held letters stay unacked and uncounted,
-the database is probed with backoff, one letter tries when it answers); one PostgreSQL keeps refusing is parked in
-`dlq.parking` with the error, then acked. No dead letter loops and none is acked without a row or a parked copy.
-`dlq-outcomes`: a retried message was handled, so its entry resolves itself, if the dlq-service signed that retry.
+"""Two queues. `dlq` (aio-pika's own consumer, `CaptureConsumer`): every dead letter, recorded in PostgreSQL
+before it is acked, letters arriving together in one transaction, then counted, logged and acked together (one
+line, one `multiple` ack). There is no DLQ for the DLQ: while PostgreSQL is unreachable the queue's breaker pauses
+capture (held letters stay unacked and uncounted, the database is probed with backoff, one letter tries when it
+answers); one PostgreSQL keeps refusing is parked in `dlq.parking` with the error, then acked. No dead letter loops
+and none is acked without a row or a parked copy. `dlq-outcomes` (through FastStream): a retried message was
+handled, so its entry resolves itself, if the dlq-service signed that retry.
 """
 
 import asyncio
@@ -15,14 +16,13 @@ from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
-from faststream.middlewares import AckPolicy
-from faststream.rabbit import RabbitQueue, RabbitRouter
-from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit import RabbitBroker, RabbitRouter
 from opentelemetry.trace import SpanContext, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service.capture import CaptureBatcher, Captured, CaptureOutcome, DatabaseUnavailable, Refused
+from dlq_service.capture_consumer import CaptureConsumer
 from dlq_service.dead_letters import DeadLetterMessage, RetryLink, read_dead_letter
 from dlq_service.metrics import DlqMetrics, DlqSizePoller
 from dlq_service.parking import Parking
@@ -31,8 +31,7 @@ from dlq_service.signing import RetrySigner
 from libs.contracts import DeadLetterRetrySucceeded
 from libs.db.tables import RetryOutcome
 from libs.logging import correlation_scope, get_logger
-from libs.messaging.broker import own_channel
-from libs.messaging.consumer import ConsumerPolicy, Delivery, keep_body_raw, subscribe
+from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
 from libs.messaging.errors import BusinessRuleViolation
 from libs.messaging.outage import Breaker, Outages, channel_open
 from libs.messaging.publisher import Publisher
@@ -43,9 +42,9 @@ from libs.telemetry import Telemetry
 log = get_logger("dlq_service")
 
 
-def build_router(
+def build_capture(
+    broker: RabbitBroker,
     engine: AsyncEngine,
-    publisher: Publisher,
     telemetry: Telemetry,
     metrics: DlqMetrics,
     sizes: DlqSizePoller,
@@ -53,13 +52,13 @@ def build_router(
     parking: Parking,
     outages: Outages,
     *,
+    prefetch: int,
     nack_backoff_s: float,
-    handler_timeout_s: float,
     capture_attempts: int,
     capture_batch: int,
     probe_timeout_s: float,
-) -> RabbitRouter:
-    router = RabbitRouter()
+) -> CaptureConsumer:
+    """The `dlq` queue's consumer (aio-pika's own, `CaptureConsumer`) with its handler, `on_dead_letter`."""
 
     def recorded(captured: Sequence[tuple[DeadLetterMessage, Captured]]) -> None:
         """A committed batch: its counts added once per label set, the DLQ size asked for once, one log line."""
@@ -86,16 +85,11 @@ def build_router(
     traced = telemetry.traces_enabled
     acks = Acks()
 
-    async def hand_back(message: RabbitMessage) -> None:
+    async def hand_back(raw: AbstractIncomingMessage) -> None:
         await asyncio.sleep(nack_backoff_s)
-        await acks.hand_back(message.raw_message)
+        await acks.hand_back(raw)
 
-    @router.subscriber(
-        RabbitQueue(DLQ_QUEUE, declare=False), channel=own_channel(publisher.broker), ack_policy=AckPolicy.MANUAL,
-        decoder=keep_body_raw, no_reply=True,
-    )  # fmt: skip
-    async def on_dead_letter(message: RabbitMessage) -> None:
-        raw = message.raw_message
+    async def on_dead_letter(raw: AbstractIncomingMessage) -> None:
         with correlation_scope(short_text(raw.correlation_id)):
             try:
                 letter = read_dead_letter(
@@ -103,7 +97,7 @@ def build_router(
                     message_type=raw.type, content_type=raw.content_type, now=datetime.now(UTC),
                 )  # fmt: skip
                 origin = arrived_in(raw.headers) if traced else None
-                recorded = await recorded_while_available(breaker, batcher, letter, origin, message, acks)
+                recorded = await recorded_while_available(breaker, batcher, letter, origin, raw, acks)
             except Exception as error:  # reading is total; should it still fail, the letter is parked, not lost
                 outcome: Captured | Refused = Refused(printable(f"{type(error).__name__}: {error}")[:2_000], 0)
                 queue = "unknown"
@@ -116,7 +110,7 @@ def build_router(
                     await parking.park(raw, outcome.error, outcome.attempts)
                 except Exception as error:
                     log.error("dead_letter.not_parked", error, {"message_id": short_text(raw.message_id)})
-                    await hand_back(message)
+                    await hand_back(raw)
                     return
                 await acks.ack(raw)
                 metrics.parked.add(1, {"queue": queue})
@@ -127,6 +121,22 @@ def build_router(
             await acks.ack(raw)
         if outcome.link_refused:
             log.warn("dead_letter.retry_link_refused", {"entry_id": str(outcome.entry_id), "queue": letter.queue})
+
+    return CaptureConsumer(broker, DLQ_QUEUE, on_dead_letter, breaker, prefetch=prefetch)
+
+
+def build_router(
+    engine: AsyncEngine,
+    publisher: Publisher,
+    telemetry: Telemetry,
+    metrics: DlqMetrics,
+    sizes: DlqSizePoller,
+    signer: RetrySigner,
+    *,
+    handler_timeout_s: float,
+) -> RabbitRouter:
+    """The queues consumed through FastStream: `dlq-outcomes`."""
+    router = RabbitRouter()
 
     async def on_dead_letter_retry_succeeded(event: DeadLetterRetrySucceeded, delivery: Delivery) -> None:
         link = RetryLink(event.entry_id, event.retry_id, event.signature)
@@ -215,7 +225,7 @@ class Acks:
     turn of the event loop (a committed batch's) are acked together, with one `multiple` ack up to the highest
     tag below which every delivery on the channel is settled, and each other one alone. A delivery still held or
     in a batch being written stops the run, so a `multiple` ack never covers it; the consumer has a channel of
-    its own (`own_channel`), so no other consumer's delivery is ever in the run."""
+    its own (`CaptureConsumer`), so no other consumer's delivery is ever in the run."""
 
     def __init__(self) -> None:
         self._channels: weakref.WeakKeyDictionary[aiormq.abc.AbstractChannel, SettledTags] = weakref.WeakKeyDictionary()
@@ -293,14 +303,14 @@ async def recorded_while_available(
     batcher: CaptureBatcher,
     letter: DeadLetterMessage,
     origin: SpanContext | None,
-    message: RabbitMessage,
+    raw: AbstractIncomingMessage,
     acks: Acks,
 ) -> Captured | Refused | None:
     """The letter's outcome once recorded; while PostgreSQL is down it waits, unacked, for the breaker to let it
     try again. None: it was not handled (the service is stopping, or its channel closed and the broker has it
     back), and is nacked here if it still can be."""
     while await breaker.admit():
-        if not channel_open(message.raw_message):
+        if not channel_open(raw):
             breaker.abandoned()
             return None
         try:
@@ -310,6 +320,6 @@ async def recorded_while_available(
             continue
         breaker.succeeded()
         return outcome
-    if channel_open(message.raw_message):
-        await acks.hand_back(message.raw_message)
+    if channel_open(raw):
+        await acks.hand_back(raw)
     return None
