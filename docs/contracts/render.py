@@ -83,12 +83,18 @@ def _receives(name: str, payload: type[Any], description: str) -> Callable[..., 
 
 def _summary(contract: type[Message]) -> str:
     doc = " ".join((contract.__doc__ or "").split())
-    return f"`{contract.message_type}` ({contract.__name__}), routing key = AMQP `type` = message type. {doc}".strip()
+    if contract.routed_as:
+        route = f"routing key `{contract.routed_as}` (routed as that message), AMQP `type` = message type"
+    else:
+        route = "routing key = AMQP `type` = message type"
+    return f"`{contract.message_type}` ({contract.__name__}), {route}. {doc}".strip()
 
 
-def _subscribe_work_queue(broker: RabbitBroker, queue: WorkQueue, messages: dict[str, type[Message]]) -> None:
-    for routing_key in queue.routing_keys:
-        contract = messages[routing_key]
+def _subscribe_work_queue(broker: RabbitBroker, queue: WorkQueue) -> None:
+    routed = [
+        (key, contract) for key in queue.routing_keys for contract in ALL_MESSAGES if contract.routing_key() == key
+    ]
+    for routing_key, contract in routed:
         description = (
             f"Consumed from quorum queue `{queue.name}` bound to `{EVENTS.name}` by `{routing_key}`; retried "
             f"after {', '.join(f'{delay / 1000:g} s' for delay in queue.retry_delays_ms)}, then dead-lettered "
@@ -97,7 +103,7 @@ def _subscribe_work_queue(broker: RabbitBroker, queue: WorkQueue, messages: dict
         broker.subscriber(
             RabbitQueue(queue.name, routing_key=routing_key, durable=True, declare=False),
             EVENTS,
-            title=f"{queue.name}:{routing_key}",
+            title=f"{queue.name}:{contract.message_type}",
             description=description,
         )(_receives(_handler_name(contract), contract, description))
 
@@ -105,7 +111,7 @@ def _subscribe_work_queue(broker: RabbitBroker, queue: WorkQueue, messages: dict
 def _publish_event(broker: RabbitBroker, contract: type[Message]) -> None:
     broker.publisher(
         exchange=EVENTS,
-        routing_key=contract.message_type,
+        routing_key=contract.routing_key(),
         schema=contract,
         persist=True,
         mandatory=True,
@@ -153,7 +159,7 @@ def contract_broker(service: str, grant: BrokerGrant) -> RabbitBroker:
                 "`fmhl-dlq-*` headers.",
             )
     for queue in grant.consumes:
-        _subscribe_work_queue(broker, queue, messages)
+        _subscribe_work_queue(broker, queue)
     for message_type in dict.fromkeys(grant.routing_keys()):
         _publish_event(broker, messages[message_type])
     if grant.consumes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # \u0000 is refused everywhere: PostgreSQL text and jsonb cannot store it.
 SafeText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
@@ -18,6 +18,13 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     message_type: ClassVar[str]
+    routed_as: ClassVar[str | None] = None
+    """The routing key, when it is not the message type: a command bundling others goes where they go, through
+    the same bindings and publish permissions, and its consumer tells it from them by its type."""
+
+    @classmethod
+    def routing_key(cls) -> str:
+        return cls.routed_as or cls.message_type
 
 
 class Contact(BaseModel):
@@ -41,11 +48,43 @@ class LeadApproved(Message):
     approved_by: SafeText
 
 
+EmailTemplate = Literal["new_lead", "low_balance", "refund_approved", "export_ready", "subscription_reactivated"]
+MAX_MAILS_PER_COMMAND = 100
+"""A lead's mails at most: a new-lead and a low-balance mail for each of up to 50 providers."""
+
+
 class SendEmail(Message):
     message_type: ClassVar[str] = "email.send"
-    template: Literal["new_lead", "low_balance", "refund_approved", "export_ready", "subscription_reactivated"]
+    template: EmailTemplate
     to: EmailAddress
     params: dict[SafeText, str | int] = Field(default_factory=dict, max_length=50)
+
+
+class Mail(BaseModel):
+    """One mail of a `SendEmails`: what a `SendEmail` says, and the job id email-worker sends it once by."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    job_id: Annotated[str, StringConstraints(max_length=200, pattern=r"^[\x21-\x7e]+$")]
+    """Printable ASCII without spaces, like the message ids it stands for (it becomes a mail header)."""
+    template: EmailTemplate
+    to: EmailAddress
+    params: dict[SafeText, str | int] = Field(default_factory=dict, max_length=50)
+
+
+class SendEmails(Message):
+    """Several mails in one command (a distributed lead's): one message, one consume and one look-up of what was
+    already sent for all of them, instead of one each. Each mail is still sent, recorded and deduplicated on its
+    own `job_id`, as a `SendEmail` is on its message id, so a job asked for in either shape is sent once."""
+
+    message_type: ClassVar[str] = "email.send_batch"
+    routed_as: ClassVar[str | None] = SendEmail.message_type
+    mails: Annotated[list[Mail], Field(min_length=1, max_length=MAX_MAILS_PER_COMMAND)]
+
+    @model_validator(mode="after")
+    def _one_mail_per_job(self) -> SendEmails:
+        if len({mail.job_id for mail in self.mails}) != len(self.mails):
+            raise ValueError("two mails share a job_id")
+        return self
 
 
 class ExportReport(Message):
@@ -74,5 +113,5 @@ class RunScheduledJob(Message):
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
-    LeadSubmitted, LeadApproved, SendEmail, ExportReport, DeadLetterRetrySucceeded, RunScheduledJob,
+    LeadSubmitted, LeadApproved, SendEmail, SendEmails, ExportReport, DeadLetterRetrySucceeded, RunScheduledJob,
 )  # fmt: skip

@@ -51,11 +51,17 @@ class Envelope:
 
     message_id: str
     message_type: str
-    """Also its routing key on the events exchange."""
+    """Also its routing key on the events exchange, unless `routing_key` names another."""
     correlation_id: str
     body: bytes
     traceparent: str | None = None
     """The W3C trace context it was made in: sent later (from an outbox), it still continues that trace."""
+    routing_key: str | None = None
+    """The contract's `routed_as` (libs.contracts.Message), when it has one."""
+
+    @property
+    def route(self) -> str:
+        return self.routing_key or self.message_type
 
     @classmethod
     def of(cls, message: Message, message_id: str | None = None, *, traced: bool = True) -> Envelope:
@@ -72,6 +78,7 @@ class Envelope:
             correlation_id=current_correlation_id() or message_id,
             body=message.model_dump_json().encode(),
             traceparent=trace.get(TRACEPARENT),
+            routing_key=message.routed_as,
         )
 
 
@@ -106,7 +113,7 @@ class Publisher:
             await self.publish_raw(
                 envelope.body,
                 exchange=EVENTS,
-                routing_key=envelope.message_type,
+                routing_key=envelope.route,
                 message_type=envelope.message_type,
                 message_id=envelope.message_id,
                 correlation_id=envelope.correlation_id,
@@ -115,7 +122,7 @@ class Publisher:
         finally:
             if trace is not None:
                 context.detach(trace)
-        self.enqueued.add(1, {"queue": self.topology.queue_for(envelope.message_type)})
+        self.enqueued.add(1, {"queue": self.topology.queue_for(envelope.route)})
 
     async def publish_raw(
         self,
@@ -169,14 +176,14 @@ class Publisher:
             app_id=self.broker.config.app_id,
         )
         try:
-            async with self._confirmed(envelope.message_type):
+            async with self._confirmed(envelope.route):
                 events = self._events or await self.broker.declare_exchange(EVENTS_LOOKUP)
-                await events.publish(message, routing_key=envelope.message_type, mandatory=True)
+                await events.publish(message, routing_key=envelope.route, mandatory=True)
         except PublishFailed:
             self._events = None
             raise
         self._events = events
-        self.enqueued.add(1, {"queue": self.topology.queue_for(envelope.message_type)})
+        self.enqueued.add(1, {"queue": self.topology.queue_for(envelope.route)})
 
     @contextlib.asynccontextmanager
     async def _confirmed(self, routing_key: str) -> AsyncIterator[None]:

@@ -1,11 +1,9 @@
 """The `distribution` queue: one router, one handler per message type.
 
-Each handler distributes the lead (whose one writing statement commits as it ends), then asks for the emails,
-all at once. A redelivered event finds the lead distributed and asks again for the same emails, which
+Each handler distributes the lead (whose one writing statement commits as it ends), then asks for its emails in
+one command. A redelivered event finds the lead distributed and asks again for the same emails, which
 email-worker sends once.
 """
-
-import asyncio
 
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from distribution_worker.distribution import Outcome, distribute
 from distribution_worker.lead_state import LeadEvent
 from distribution_worker.metrics import DistributionMetrics
-from libs.contracts import LeadApproved, LeadSubmitted, SendEmail
+from libs.contracts import LeadApproved, LeadSubmitted, Mail, SendEmails
 from libs.db import autocommitting
 from libs.logging import get_logger
 from libs.messaging.consumer import ConsumerPolicy, Delivery, subscribe
@@ -24,20 +22,18 @@ from libs.telemetry import Telemetry
 log = get_logger("distribution_worker")
 
 
-def emails(outcome: Outcome) -> list[tuple[str, SendEmail]]:
-    """The mails a distributed lead asks for, each with a message id that email-worker sends once."""
+def emails(outcome: Outcome) -> list[Mail]:
+    """The mails a distributed lead asks for, each with a job id that email-worker sends once."""
     mails = []
     for assigned in outcome.assigned:
-        mails.append((
-            f"email:new_lead:{assigned.assignment_id}",
-            SendEmail(template="new_lead", to=assigned.provider_email,
-                      params={"lead_id": str(outcome.lead_id), "price_cents": assigned.price_cents}),
+        mails.append(Mail(
+            job_id=f"email:new_lead:{assigned.assignment_id}", template="new_lead", to=assigned.provider_email,
+            params={"lead_id": str(outcome.lead_id), "price_cents": assigned.price_cents},
         ))  # fmt: skip
         if assigned.low_balance and assigned.balance_after_cents is not None:
-            mails.append((
-                f"email:low_balance:{assigned.assignment_id}",
-                SendEmail(template="low_balance", to=assigned.provider_email,
-                          params={"balance_cents": assigned.balance_after_cents}),
+            mails.append(Mail(
+                job_id=f"email:low_balance:{assigned.assignment_id}", template="low_balance",
+                to=assigned.provider_email, params={"balance_cents": assigned.balance_after_cents},
             ))  # fmt: skip
     return mails
 
@@ -54,10 +50,12 @@ def build_router(
     engine = autocommitting(engine)
 
     async def announce(outcome: Outcome) -> None:
-        # Published together, each confirmed: the confirms' round trips overlap instead of adding up.
-        await asyncio.gather(
-            *(publisher.publish(email, message_id=message_id) for message_id, email in emails(outcome))
-        )
+        # One command for all of the lead's mails: one publish and confirm here, one consume and one look-up in
+        # email-worker, instead of one of each per mail. The message id names the lead; what email-worker sends
+        # once is each mail's own job id, whichever delivery (or shape) asks for it.
+        mails = emails(outcome)
+        if mails:
+            await publisher.publish(SendEmails(mails=mails), message_id=f"emails:{outcome.lead_id}")
         log.info(
             "lead.distributed" if outcome.newly_distributed else "lead.already_handled",
             {"lead_id": str(outcome.lead_id), "status": outcome.status, "assigned": len(outcome.assigned),

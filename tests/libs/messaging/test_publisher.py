@@ -9,7 +9,7 @@ from aio_pika import DeliveryMode
 from aio_pika.abc import AbstractQueue
 from faststream.rabbit import RabbitBroker, RabbitQueue
 
-from libs.contracts import ExportReport
+from libs.contracts import ExportReport, Mail, SendEmail, SendEmails
 from libs.messaging.broker import EVENTS, create_broker, declare_topology
 from libs.messaging.headers import CORRELATION_ID
 from libs.messaging.publisher import Envelope, Publisher, PublishFailed
@@ -94,3 +94,20 @@ async def test_staged_envelopes_are_sent_again_once_a_stopped_broker_is_back(bro
     message = await queue.get(timeout=5)
     assert message is not None
     assert message.message_id == "m-3"
+
+
+async def test_a_message_routed_as_another_goes_by_that_ones_routing_key_with_its_own_type(
+    broker: RabbitBroker,
+) -> None:
+    routing_key, queue = await bound_queue(broker)
+    envelope = Envelope("m-2", "test.bundle", "c-2", b"{}", routing_key=routing_key)
+    await Publisher(broker, TOPOLOGY, setup_telemetry("test"), timeout_s=5.0).send(envelope)
+    message = await queue.get(timeout=5)
+    assert message is not None
+    assert (message.message_id, message.type, message.routing_key) == ("m-2", "test.bundle", routing_key)
+
+
+def test_an_envelope_of_a_command_of_mails_is_routed_as_a_single_mail() -> None:
+    mail = Mail(job_id="email:new_lead:1", template="new_lead", to="p@example.com")
+    envelope = Envelope.of(SendEmails(mails=[mail]))
+    assert (envelope.message_type, envelope.route) == (SendEmails.message_type, SendEmail.message_type)

@@ -203,9 +203,9 @@ async def test_a_redelivery_asks_again_for_the_low_balance_mail_its_charge_cross
     second_again = await distribute_approved(market.engine, second_lead)
     assert again.newly_distributed is False
     assert emails(again) == emails(first)
-    assert f"email:low_balance:{first.assigned[0].assignment_id}" in dict(emails(again))
-    assert dict(emails(again))[f"email:low_balance:{first.assigned[0].assignment_id}"].params == {"balance_cents": 150}
-    assert [message_id.split(":")[1] for message_id, _ in emails(second_again)] == ["new_lead"]
+    low_balance = {mail.job_id: mail for mail in emails(again)}[f"email:low_balance:{first.assigned[0].assignment_id}"]
+    assert low_balance.params == {"balance_cents": 150}
+    assert [mail.template for mail in emails(second_again)] == ["new_lead"]
 
 
 async def test_a_settlement_for_a_lead_distributed_meanwhile_writes_nothing(market: Market) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from email_worker.mailer import Unrecorded, deliver
+from email_worker.mailer import Job, Unrecorded, deliver
 from email_worker.settings import Settings
 from email_worker.smtp_sessions import SmtpSessions
 from libs.db.tables import EmailLog, EmailStatus
@@ -64,14 +64,14 @@ async def test_a_delivery_cancelled_mid_send_still_records_the_mail_and_its_rede
     unrecorded = Unrecorded()
     smtp = SmtpSessions(settings(database_url))
     job_id = f"email-test:cancelled:{uuid.uuid4()}"
-    job = {"job_id": job_id, "to": "someone@example.com", "template": "export_ready", "subject": "s", "body": "b"}
-    first = asyncio.create_task(deliver(engine, smtp, unrecorded, **job))
+    job = Job(job_id, to="someone@example.com", template="export_ready", subject="s", body="b")
+    first = asyncio.create_task(deliver(engine, smtp, unrecorded, [job]))
     await asyncio.to_thread(slow_server.receiving.wait, 10)
     first.cancel()
-    redelivery = asyncio.create_task(deliver(engine, smtp, unrecorded, **job))
+    redelivery = asyncio.create_task(deliver(engine, smtp, unrecorded, [job]))
     slow_server.release.set()
 
-    assert await asyncio.wait_for(redelivery, 20) is None
+    assert (await asyncio.wait_for(redelivery, 20)).skipped == [job_id]
     with pytest.raises(asyncio.CancelledError):
         await first
     assert slow_server.accepted == 1
