@@ -4,7 +4,6 @@ one RabbitMQ node or a cluster's nodes in turn, dead connections noticed within 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import weakref
@@ -35,7 +34,6 @@ EVENTS_LOOKUP = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable
 DEAD_LETTERS_LOOKUP = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FANOUT, durable=True, declare=False)
 _USERS: weakref.WeakKeyDictionary[RabbitBroker, str] = weakref.WeakKeyDictionary()
 _NODES: weakref.WeakKeyDictionary[RabbitBroker, NodeRotation] = weakref.WeakKeyDictionary()
-_DEFAULT_CHANNELS: weakref.WeakKeyDictionary[RabbitBroker, Channel] = weakref.WeakKeyDictionary()
 
 TRACED_BY_CONSUMER = frozenset({DEAD_LETTER_EXCHANGE})
 """Exchanges whose deliveries get no span each from the broker's telemetry middleware: their consumer traces them
@@ -157,7 +155,6 @@ def create_broker(
     nodes = _NODES[broker] = NodeRotation(urls)
     broker._connection_kwargs["connection_class"] = functools.partial(FailoverConnection, nodes=nodes)
     _USERS[broker] = unquote(urlsplit(urls[0]).username or "guest")
-    _DEFAULT_CHANNELS[broker] = default_channel
     return broker
 
 
@@ -168,13 +165,6 @@ def robust_connection(broker: RabbitBroker) -> AbstractRobustConnection:
     if connection is None:
         raise ConnectionError("broker connection is closed")
     return connection
-
-
-def own_channel(broker: RabbitBroker) -> Channel:
-    """A channel for one subscriber alone, with the settings of the broker's default one (prefetch, confirms).
-    Its delivery tags are then its consumer's alone, so one ack can settle several (`multiple`) without touching
-    another consumer's deliveries."""
-    return dataclasses.replace(_DEFAULT_CHANNELS[broker])
 
 
 async def declare_topology(broker: RabbitBroker, topology: Topology, queues: Collection[str] | None = None) -> None:
