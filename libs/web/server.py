@@ -73,6 +73,9 @@ def server_config(app: ASGIApp, settings: Listening) -> uvicorn.Config:
         timeout_graceful_shutdown=20,
         server_header=False,
         proxy_headers=False,
+        # Our middleware writes each request's line; uvicorn's own would format the client and path of every
+        # response for a logger that drops them.
+        access_log=False,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 
-from libs.web import accept_correlation_id, openapi_config
+from libs.web import SCHEMA_CSP, SCHEMA_PATH, accept_correlation_id, openapi_config, security_headers
 
 
 def test_a_sane_correlation_id_from_the_caller_is_kept() -> None:
@@ -40,3 +40,30 @@ def test_an_api_taking_keys_publishes_the_key_header_beside_the_bearer_scheme() 
     schemes = published_schemes("fmhl ingest-gateway", api_key_header="X-API-Key")
     assert set(schemes) == {"bearer", "apiKey"}
     assert schemes["apiKey"] == {"type": "apiKey", "name": "X-API-Key", "in": "header"}
+
+
+def request_to(path: str) -> Any:
+    return {"type": "http", "path": path}
+
+
+async def test_a_routes_own_security_headers_give_way_and_its_own_caching_is_kept() -> None:
+    message: Any = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"X-Content-Type-Options", b"sniff-away"), (b"cache-control", b"private, max-age=60")],
+    }
+    await security_headers(message, request_to("/api/v1/leads"))
+    assert message["headers"] == [
+        (b"cache-control", b"private, max-age=60"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+
+
+async def test_an_api_answer_without_caching_is_no_store_and_the_schema_gets_its_policy() -> None:
+    api: Any = {"type": "http.response.start", "status": 200, "headers": []}
+    await security_headers(api, request_to("/api/v1/leads"))
+    schema: Any = {"type": "http.response.start", "status": 200, "headers": []}
+    await security_headers(schema, request_to(SCHEMA_PATH))
+    assert dict(api["headers"]) == {b"x-content-type-options": b"nosniff", b"cache-control": b"no-store"}
+    assert dict(schema["headers"]) == {b"x-content-type-options": b"nosniff",
+                                       b"content-security-policy": SCHEMA_CSP.encode()}  # fmt: skip
