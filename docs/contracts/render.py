@@ -160,8 +160,12 @@ def contract_broker(service: str, grant: BrokerGrant) -> RabbitBroker:
             )
     for queue in grant.consumes:
         _subscribe_work_queue(broker, queue)
-    for message_type in dict.fromkeys(grant.routing_keys()):
-        _publish_event(broker, messages[message_type])
+    for routing_key in dict.fromkeys(grant.routing_keys()):
+        # A routing key the grant reaches through a contract it names (several may share one: `routed_as`), or
+        # through the one contract of that type.
+        named = [contract for contract in grant.publishes if contract.routing_key() == routing_key]
+        for contract in named or [messages[routing_key]]:
+            _publish_event(broker, contract)
     if grant.consumes:
         broker.publisher(
             exchange=DEAD_LETTERS,
