@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from email_worker.mailer import Job, Unrecorded, deliver
+from email_worker.mailer import Job, SmtpUnavailable, Unrecorded, deliver
 from email_worker.settings import Settings
 from email_worker.smtp_sessions import SmtpSessions
 from libs.db.tables import EmailLog, EmailStatus
@@ -78,4 +78,54 @@ async def test_a_delivery_cancelled_mid_send_still_records_the_mail_and_its_rede
     async with engine.connect() as connection:
         statuses = (await connection.scalars(select(col(EmailLog.status)).where(col(EmailLog.job_id) == job_id))).all()
     assert list(statuses) == [EmailStatus.sent]
+    await smtp.close()
+
+
+class PickyServer:
+    """Accepts every mail except to `later@`, which it asks to try again later (451)."""
+
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("later@"):
+            return "451 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        self.accepted += envelope.rcpt_tos
+        return "250 OK"
+
+
+@pytest.fixture
+def picky_server() -> Iterator[PickyServer]:
+    handler = PickyServer()
+    controller = Controller(handler, hostname="127.0.0.1", port=SMTP_PORT)
+    controller.start()
+    yield handler
+    controller.stop()
+
+
+async def test_a_failure_that_is_not_a_refusal_stops_the_command_where_it_happened(
+    picky_server: PickyServer, engine: AsyncEngine, database_url: str
+) -> None:
+    smtp = SmtpSessions(settings(database_url))
+    run = uuid.uuid4().hex[:8]
+    jobs = [
+        Job(f"email-test:{run}:{n}", to=f"{who}@example.com", template="new_lead", subject="s", body="b")
+        for n, who in enumerate(("first", "later", "third"))
+    ]
+    delivered = await deliver(engine, smtp, Unrecorded(), jobs)
+
+    assert list(delivered.sent) == [jobs[0].job_id]
+    assert isinstance(delivered.failure, SmtpUnavailable)
+    assert picky_server.accepted == ["first@example.com"]
+    async with engine.connect() as connection:
+        logged = (
+            await connection.scalars(select(col(EmailLog.job_id)).where(col(EmailLog.job_id).like(f"%{run}%")))
+        ).all()
+    assert list(logged) == [jobs[0].job_id]
     await smtp.close()
