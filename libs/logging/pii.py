@@ -9,26 +9,27 @@ whole value.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@([A-Za-z0-9\-]+)((?:\.[A-Za-z0-9\-]+)+)")
+# An email address: a local part of [A-Za-z0-9._%+-], `@`, a domain label and one or more `.label` suffixes.
+_LOCAL_PART = frozenset(string.ascii_letters + string.digits + "._%+-")
+_DOMAIN = re.compile(r"([A-Za-z0-9\-]+)((?:\.[A-Za-z0-9\-]+)+)")
 # A run of digits with the separators phone numbers are written with; never part of a longer token (a UUID, a
 # path, a number with more digits), so identifiers and counts stay readable. `_is_phone` then decides.
-_PHONE_CANDIDATE = re.compile(r"(?<![\w.+/-])\+?\(?\d[\d ().\-]{5,22}\d(?![\w/-]|\.\d)")
+# Written as: one of `+`, `(` or a digit, not preceded by [\w.+/-]; after a `+` an optional `(`, then a digit
+# (`\+?\(?\d`); then the run. Beginning with a character class lets the regex engine skip to the next `+`, `(`
+# or digit instead of trying the whole pattern at every character (a quarter less time on a typical payload).
+_PHONE_CANDIDATE = re.compile(
+    r"[+(\d](?<![\w.+/-][+(\d])(?:(?<=\+)\(?\d|(?<=\()\d|(?<=\d))[\d ().\-]{5,22}\d(?![\w/-]|\.\d)"
+)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 _DECIMAL = re.compile(r"^\d+\.\d+$")
 _SEPARATED = re.compile(r"[ ().\-]")
 
 Value = TypeVar("Value")
-
-
-def _mask_email(match: re.Match[str]) -> str:
-    local = match.group(0).split("@", 1)[0]
-    domain, suffix = match.group(1), match.group(2)
-    top_level = suffix.rsplit(".", 1)[-1]
-    return f"{local[:1]}***@{domain[:1]}***.{top_level}"
 
 
 def _is_phone(candidate: str) -> bool:
@@ -49,11 +50,33 @@ def _mask_phone(match: re.Match[str]) -> str:
     return "***" + "".join(character for character in candidate if character.isdigit())[-2:]
 
 
+def _mask_emails(text: str) -> str:
+    """Every address masked as `a***@e***.com`, found from its `@`: a local part cannot hold one, so it runs back
+    from the `@` (to where the previous address ended at the earliest), and the domain follows. (One regular
+    expression for the whole address, tried from every character, was quadratic in a run of letters and digits
+    such as an id, and most of a payload's masking time.)"""
+    parts: list[str] = []
+    done = 0
+    at = text.find("@")
+    while at != -1:
+        start = at
+        while start > done and text[start - 1] in _LOCAL_PART:
+            start -= 1
+        domain = _DOMAIN.match(text, at + 1) if start < at else None
+        if domain is None:
+            at = text.find("@", at + 1)
+            continue
+        top_level = domain.group(2).rsplit(".", 1)[-1]
+        parts += [text[done:start], f"{text[start]}***@{domain.group(1)[:1]}***.{top_level}"]
+        done = domain.end()
+        at = text.find("@", done)
+    return "".join([*parts, text[done:]]) if parts else text
+
+
 def mask_pii(text: str) -> str:
     """The text with every email address (`a***@e***.com`) and phone number (`***00`) masked."""
-    # Most texts hold no address: without an `@` the address pattern would still be tried from every character.
     if "@" in text:
-        text = _EMAIL.sub(_mask_email, text)
+        text = _mask_emails(text)
     return _PHONE_CANDIDATE.sub(_mask_phone, text)
 
 
