@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.trace import Link, NoOpTracer, Span, SpanContext, SpanKind, Tracer
-from sqlalchemy import Text, bindparam, cast, exists, func, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Select, String, Table, Text, any_, bindparam, cast, exists, func, select, text, update
+from sqlalchemy import column as sql_column
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import col
 
 from dlq_service.dead_letters import DeadLetterMessage, RetryLink
@@ -57,13 +60,50 @@ _EVENT = (
 _NEW_ENTRY = insert(DeadLetter).values(
     payload=cast(bindparam("payload", type_=Text), JSONB), headers=cast(bindparam("headers", type_=Text), JSONB)
 )
-# A batch's rows as one multi-row INSERT each (RETURNING makes SQLAlchemy send one statement, not one per row),
-# so dead_letter_queue's statement-level triggers count the batch's groups once.
+# A batch as one statement per table whatever its size, each column's values one array (`unnest`): the same SQL
+# for every batch is prepared once per connection (a multi-row VALUES list is new SQL for each batch size, and
+# was prepared again for most batches), and dead_letter_queue's statement-level triggers count the batch's groups
+# once.
 _SEEN_OF_BATCH = select(col(DeadLetterEvent.dedupe_key)).where(
-    col(DeadLetterEvent.dedupe_key).in_(bindparam("dedupe_keys", expanding=True))
+    col(DeadLetterEvent.dedupe_key) == any_(bindparam("dedupe_keys", type_=ARRAY(String)))
 )
-_NEW_ENTRIES = _NEW_ENTRY.returning(col(DeadLetter.id))
-_EVENTS = _EVENT.returning(col(DeadLetterEvent.dedupe_key))
+
+
+def _unnested(table: Table, names: Sequence[str]) -> Select[Any]:
+    """The rows of a batch given as one array per column (parameters named after the columns): jsonb as text
+    cast back, enums and bounded text as unbounded text (a cast to VARCHAR(n) would cut a value too long where
+    the column refuses it)."""
+    columns = [table.c[name] for name in names]
+    stored = [column.type.impl if isinstance(column.type, TypeDecorator) else column.type for column in columns]
+    element = [Text() if isinstance(type_, JSONB) else String() if isinstance(type_, String) else type_
+               for type_ in stored]  # fmt: skip
+    rows = func.unnest(*(bindparam(name, type_=ARRAY(type_)) for name, type_ in zip(names, element, strict=True)))
+    values = rows.table_valued(
+        *(sql_column(name, type_) for name, type_ in zip(names, element, strict=True))
+    ).render_derived("batch")
+    return select(*(cast(values.c[column.name], JSONB) if isinstance(column.type, JSONB) else values.c[column.name]
+                    for column in columns))  # fmt: skip
+
+
+_ENTRY_COLUMNS = (
+    "id", "queue_name", "job_id", "payload", "error_message", "stack_trace", "attempts", "failed_at",
+    "original_exchange", "original_routing_key", "message_id", "correlation_id", "headers", "raw_body", "reason",
+    "error_type", "fingerprint", "service", "first_failed_at", "last_failed_at", "message_type", "content_type",
+)  # fmt: skip
+_EVENT_COLUMNS = ("entry_id", "dedupe_key", "reason", "error_type", "error_message", "attempts", "failed_at")
+_NEW_ENTRIES = insert(DeadLetter).from_select(_ENTRY_COLUMNS, _unnested(DeadLetter.__table__, _ENTRY_COLUMNS))  # type: ignore[attr-defined]
+_EVENTS = (
+    insert(DeadLetterEvent)
+    .from_select(_EVENT_COLUMNS, _unnested(DeadLetterEvent.__table__, _EVENT_COLUMNS))  # type: ignore[attr-defined]
+    .on_conflict_do_nothing(index_elements=[col(DeadLetterEvent.dedupe_key)])
+    .returning(col(DeadLetterEvent.dedupe_key))
+)
+
+
+def _columns_of(rows: Sequence[Mapping[str, object]], names: Sequence[str]) -> dict[str, list[object]]:
+    return {name: [row[name] for row in rows] for name in names}
+
+
 # A bound name in an UPDATE must not be a column name of its table: SQLAlchemy would take it for a value to SET.
 IN_FLIGHT = exists().where(
     col(DeadLetterRetry.id) == bindparam("link_retry_id"),
@@ -161,24 +201,25 @@ async def capture_batch(engine: AsyncEngine, letters: Sequence[DeadLetterMessage
     """Letters that name no retry in flight, recorded in one transaction, each result in the letters' order: a
     letter seen before (or earlier in the batch) is a duplicate, every other one a new entry. Raises
     _AlreadyRecorded, everything rolled back, when a concurrent delivery recorded one of them meanwhile."""
+    keys = [letter.dedupe_key for letter in letters]
     async with engine.begin() as connection:
-        keys = [letter.dedupe_key for letter in letters]
         seen = set((await connection.scalars(_SEEN_OF_BATCH, {"dedupe_keys": keys})).all())
         results: list[Captured] = []
         new_entries: list[dict[str, object]] = []
         new_events: list[dict[str, object]] = []
-        for letter in letters:
-            if letter.dedupe_key in seen:
+        for letter, key in zip(letters, keys, strict=True):
+            if key in seen:
                 results.append(Captured(None, CaptureOutcome.duplicate))
                 continue
-            seen.add(letter.dedupe_key)
+            seen.add(key)
             entry_id = uuid.uuid4()
             new_entries.append(letter.entry_values(entry_id))
             new_events.append(letter.event_values(entry_id))
             results.append(Captured(entry_id, CaptureOutcome.new, link_refused=letter.retry_link is not None))
         if new_entries:
-            await connection.execute(_NEW_ENTRIES, new_entries)
-            if len((await connection.execute(_EVENTS, new_events)).all()) != len(new_events):
+            await connection.execute(_NEW_ENTRIES, _columns_of(new_entries, _ENTRY_COLUMNS))
+            inserted = (await connection.execute(_EVENTS, _columns_of(new_events, _EVENT_COLUMNS))).all()
+            if len(inserted) != len(new_events):
                 raise _AlreadyRecorded
         return results
 

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from dlq_service.capture import CAPTURE_SPAN, CaptureBatcher, Captured, CaptureOutcome
+from dlq_service.capture import CAPTURE_SPAN, CaptureBatcher, Captured, CaptureOutcome, capture, capture_batch
 from dlq_service.dead_letters import DeadLetterMessage, read_dead_letter
 from dlq_service.signing import RetrySigner
 from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterGroupCount, DeadLetterStatus
@@ -110,6 +110,23 @@ async def test_the_group_count_follows_captures_resolutions_and_deletions(engine
     async with engine.begin() as connection:
         await connection.execute(delete(DeadLetter).where(col(DeadLetter.queue_name) == queue))
     assert await unresolved_in_groups(engine, queue) == 0
+
+
+async def stored(engine: AsyncEngine, entry_id: uuid.UUID | None) -> dict[str, object]:
+    """An entry's columns, but those that differ for every entry (its id, when it was written)."""
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(DeadLetter.__table__).where(col(DeadLetter.id) == entry_id))).one()  # type: ignore[attr-defined]
+    return {name: value for name, value in row._mapping.items() if name not in {"id", "created_at"}}
+
+
+async def test_a_batch_stores_each_letter_as_it_is_stored_alone(engine: AsyncEngine, queue: str) -> None:
+    alone = await capture(engine, letter(queue, "m-1"), SIGNER)
+    as_alone = await stored(engine, alone.entry_id)
+    async with engine.begin() as connection:  # its event with it: the same letter is new again
+        await connection.execute(delete(DeadLetter).where(col(DeadLetter.id) == alone.entry_id))
+    batch = await capture_batch(engine, [letter(queue, "m-0"), letter(queue, "m-1")])
+    assert [outcome.outcome for outcome in batch] == [CaptureOutcome.new, CaptureOutcome.new]
+    assert await stored(engine, batch[1].entry_id) == as_alone
 
 
 def trace_of(number: int) -> SpanContext:
