@@ -221,8 +221,15 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     integers past 64 bits and decimals as text, nesting past MAX_JSON_DEPTH as a marker."""
     if depth > MAX_JSON_DEPTH:
         return f"[nested deeper than {MAX_JSON_DEPTH} levels: not stored]"
-    if isinstance(value, Mapping):
-        return {_text(key) or "": json_safe(item, depth + 1) for key, item in value.items()}
+    # Text and plain dicts first, tested by exact type: nearly every header is one (capture's hot path), and an
+    # isinstance against an ABC such as Mapping costs several times more.
+    if type(value) is str:
+        return printable(value)
+    if type(value) is dict or isinstance(value, Mapping):
+        return {
+            printable(key) if type(key) is str else _text(key) or "": json_safe(item, depth + 1)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
         return [json_safe(item, depth + 1) for item in value]
     if isinstance(value, bytes | bytearray | str):
