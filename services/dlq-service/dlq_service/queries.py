@@ -30,12 +30,14 @@ from sqlalchemy import (
     cast,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
     true,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import JSON, JSONB, aggregate_order_by
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped
@@ -43,9 +45,9 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlmodel import SQLModel, col
 
 from dlq_service.dead_letters import mask_contacts, preview
-from libs import audit
 from libs.db.keyset import BadCursor, decode_cursor, encode_cursor
 from libs.db.tables import (
+    AuditEntry,
     DeadLetter,
     DeadLetterEvent,
     DeadLetterGroupCount,
@@ -56,6 +58,7 @@ from libs.db.tables import (
     RetryOutcome,
 )
 from libs.db.tables.dead_letters import search_query
+from libs.logging import current_correlation_id
 
 MAX_SEARCH_WORDS = 10
 PREVIEW_CHARS = 300
@@ -178,9 +181,45 @@ SUMMARY = select(
     ).label("body_head"),
     func.octet_length(col(DeadLetter.raw_body)).label("body_bytes"),
 )
-_RECORD = select(*selected(DeadLetter, DeadLetterRecord, queue=DeadLetter.queue_name), col(DeadLetter.raw_body))
-_FAILURES = select(*selected(DeadLetterEvent, FailureRecord)).order_by(col(DeadLetterEvent.id))
-_RETRIES = select(*selected(DeadLetterRetry, RetryRecord)).order_by(col(DeadLetterRetry.id))
+_ENTRY_ID = bindparam("entry_id", type_=Uuid())
+
+
+def _json_list(table: type[SQLModel], model: type[SQLModel], entry: Any, order: Any) -> Any:
+    """The entry's rows of `table` as a JSON array of `model`'s fields, in `order`."""
+    fields = [part for name in model.model_fields for part in (literal(name, String()), col(getattr(table, name)))]
+    rows = func.json_agg(aggregate_order_by(func.json_build_object(*fields), col(order)))
+    return select(func.coalesce(rows, func.json_build_array(), type_=JSON())).where(col(entry) == _ENTRY_ID)
+
+
+# An entry's view is audited by the statement that reads it (one round trip, no BEGIN or COMMIT): the audit row
+# is written when, and only when, the entry is there to be shown.
+_VIEWED = (
+    insert(AuditEntry)
+    .from_select(
+        [col(AuditEntry.actor), col(AuditEntry.action), col(AuditEntry.entity_type), col(AuditEntry.entity_id),
+         col(AuditEntry.correlation_id), col(AuditEntry.details)],
+        select(
+            bindparam("actor", type_=String()), literal("dlq.entry_viewed", String()),
+            literal("dead_letter", String()), cast(_ENTRY_ID, String()), bindparam("correlation_id", type_=String()),
+            literal({}, JSONB()),
+        ).where(col(DeadLetter.id) == _ENTRY_ID),
+    )
+    .cte("viewed")
+)  # fmt: skip
+_DETAIL = (
+    select(
+        *selected(DeadLetter, DeadLetterRecord, queue=DeadLetter.queue_name),
+        col(DeadLetter.raw_body),
+        _json_list(DeadLetterEvent, FailureRecord, DeadLetterEvent.entry_id, DeadLetterEvent.id)
+        .scalar_subquery()
+        .label("failures"),
+        _json_list(DeadLetterRetry, RetryRecord, DeadLetterRetry.entry_id, DeadLetterRetry.id)
+        .scalar_subquery()
+        .label("retries"),
+    )
+    .where(col(DeadLetter.id) == _ENTRY_ID)
+    .add_cte(_VIEWED)
+)
 _NEWEST_FIRST = (col(DeadLetter.created_at).desc(), col(DeadLetter.id).desc())
 _LATEST_FAILURE_FIRST = (col(DeadLetter.last_failed_at).desc(), col(DeadLetter.id).desc())
 """A time window's order: its rows read from idx_dlq_last_failed in order, however wide the window."""
@@ -588,18 +627,12 @@ async def groups(engine: AsyncEngine) -> DeadLetterGroups:
 
 
 async def view(engine: AsyncEngine, entry_id: uuid.UUID, actor: str) -> DeadLetterDetail:
-    """Everything captured, unmasked, with every failure and retry; the viewing is audited in the same transaction."""
-    async with engine.begin() as connection:
-        row = (await connection.execute(_RECORD.where(col(DeadLetter.id) == entry_id))).mappings().first()
-        if row is None:
-            raise EntryNotFound(f"dead letter {entry_id} not found")
-        failures = await connection.execute(_FAILURES.where(col(DeadLetterEvent.entry_id) == entry_id))
-        retries = await connection.execute(_RETRIES.where(col(DeadLetterRetry.entry_id) == entry_id))
-        entry = DeadLetterDetail.model_validate(
-            {**row, "raw_body_base64": base64.b64encode(bytes(row["raw_body"])).decode(),
-             "failures": failures.mappings().all(), "retries": retries.mappings().all()}
-        )  # fmt: skip
-        await audit.record(
-            connection, actor=actor, action="dlq.entry_viewed", entity_type="dead_letter", entity_id=str(entry_id)
-        )
-    return entry
+    """Everything captured, unmasked, with every failure and retry; the viewing is audited by the same statement."""
+    values = {"entry_id": entry_id, "actor": actor, "correlation_id": current_correlation_id()}
+    async with reading(engine) as connection:
+        row = (await connection.execute(_DETAIL, values)).mappings().first()
+    if row is None:
+        raise EntryNotFound(f"dead letter {entry_id} not found")
+    return DeadLetterDetail.model_validate(
+        {**row, "raw_body_base64": base64.b64encode(bytes(row["raw_body"])).decode()}
+    )
