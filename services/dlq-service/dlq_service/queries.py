@@ -377,18 +377,32 @@ def summary(row: Mapping[str, Any]) -> DeadLetterSummary:
     return DeadLetterSummary.model_validate(summary_fields(row))
 
 
-def summary_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """`summary`'s fields, for a page validated whole (one validation instead of one per row)."""
+def summary_fields(row: Mapping[Any, Any], masked: dict[str, str] | None = None) -> dict[str, Any]:
+    """`summary`'s fields, for a page validated whole (one validation instead of one per row). `masked` holds the
+    texts of the page masked so far: a page repeats a message id as its correlation id, and error messages."""
+    masked = {} if masked is None else masked
     head = row["body_head"]
     text = row["payload_text"] or (bytes(head).decode("utf-8", "replace") if head is not None else None)
     fields = {name: row[name] for name in _ENTRY_FIELDS}
     for name in _MASKED_FIELDS:
         value = fields[name]
-        if value:
-            fields[name] = _masked_name(value) if name in _NAMES else mask_contacts(value)
+        if not value:
+            continue
+        if name in _NAMES:
+            fields[name] = _masked_name(value)
+        elif value in masked:
+            fields[name] = masked[value]
+        else:
+            fields[name] = masked[value] = mask_contacts(value)
     fields["payload_preview"] = preview(text, fetched_whole=len(text or "") <= _PREVIEW_SOURCE, length=PREVIEW_CHARS)
     fields["body_bytes"] = row["body_bytes"] or 0
     return fields
+
+
+def summaries(rows: Sequence[Mapping[Any, Any]]) -> list[dict[str, Any]]:
+    """`summary_fields` of a page's rows."""
+    masked: dict[str, str] = {}
+    return [summary_fields(row, masked) for row in rows]
 
 
 def after_key(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
@@ -584,7 +598,7 @@ async def listed_page(engine: AsyncEngine, filters: Filters, limit: int, cursor:
         last = rows[limit - 1]
         at = last["last_failed_at"] if filters.windowed else last["created_at"]
         next_cursor = encode_cursor(at or last["created_at"], last["id"])
-    return ListedPage([summary_fields(row) for row in rows[:limit]], next_cursor)
+    return ListedPage(summaries(rows[:limit]), next_cursor)
 
 
 async def list_page(engine: AsyncEngine, filters: Filters, limit: int, cursor: str | None) -> DeadLetterPage:
