@@ -10,7 +10,8 @@ finds it recorded. Should a record fail (its session killed, the database gone),
 (`Unrecorded`) and the error raised: the consumer policy holds the delivery for the outage or retries it, and the
 job, back in this process, is recorded without being sent again. The one window left where a mail goes out twice:
 the process dies (or the job's redelivery goes to another replica) after the server accepted the mail and before
-its record committed.
+its record committed. (A redelivery on another replica reads the log once for its whole command, so for a later
+mail of it that race starts at that read, not right before its own send.)
 """
 
 from __future__ import annotations
