@@ -38,7 +38,6 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import JSON, JSONB, aggregate_order_by
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql.elements import UnaryExpression
@@ -515,10 +514,16 @@ async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
-async def _rows(
-    connection: AsyncConnection, query: Select[Any], values: Mapping[str, Any] | None = None
-) -> list[RowMapping]:
-    return list((await connection.execute(query, values)).mappings().all())
+Rows = list[dict[str, Any]]
+
+
+async def _rows(connection: AsyncConnection, query: Select[Any], values: Mapping[str, Any] | None = None) -> Rows:
+    """The rows as dicts by column name, each made in one go from the row's tuple (looking its values up by name
+    through SQLAlchemy's row mappings cost more than masking them). The names as plain text: a lateral subquery's
+    columns are keyed by SQLAlchemy's own str subclass, which orjson refuses as a key."""
+    result = await connection.execute(query, values)
+    names = tuple(map(str, result.keys()))
+    return [dict(zip(names, row, strict=True)) for row in result]
 
 
 async def _any_has_words(connection: AsyncConnection, filters: Filters) -> bool:
@@ -527,7 +532,7 @@ async def _any_has_words(connection: AsyncConnection, filters: Filters) -> bool:
 
 async def _page_rows(
     connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
-) -> list[RowMapping]:
+) -> Rows:
     """Up to `limit` + 1 rows. A search is by whole words first, by substrings when no entry of the list has the
     words (on a later page: no entry at all, so a search's pages never change meaning). One word is one statement:
     PostgreSQL knows how common each word is and reads the list's index or the word index accordingly. For several
@@ -550,7 +555,7 @@ async def _page_rows(
 
 async def _walked_rows(
     connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
-) -> list[RowMapping]:
+) -> Rows:
     rows = await _rows(connection, *walk_read(filters, limit, after))
     if len(rows) <= limit:
         statement, values = walk_end_read(filters, after)
@@ -621,16 +626,10 @@ async def selected_ids(connection: AsyncConnection, filters: Filters, limit: int
     return list((await connection.scalars(query)).all())
 
 
-_GROUP_FIELDS = tuple(DeadLetterGroup.model_fields)
-"""By the model's names: a lateral subquery's columns are keyed by SQLAlchemy's own str subclass, which orjson
-refuses as a key."""
-
-
 async def group_fields(engine: AsyncEngine) -> dict[str, Any]:
     """DeadLetterGroups' fields, each group's sample error masked."""
     async with reading(engine) as connection:
-        rows = (await connection.execute(GROUPS)).mappings().all()
-    groups = [{name: row[name] for name in _GROUP_FIELDS} for row in rows]
+        groups = await _rows(connection, GROUPS)
     for group in groups:
         group["sample_error"] = mask_contacts(group["sample_error"] or "") or None
     return {"groups": groups}
