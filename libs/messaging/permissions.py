@@ -37,6 +37,7 @@ from libs.contracts import (
     Message,
     RunScheduledJob,
     SendEmail,
+    SendEmails,
 )
 from libs.messaging.broker import declare_topology
 from libs.messaging.topology import (
@@ -105,7 +106,7 @@ class BrokerGrant:
 
     def routing_keys(self, topology: Topology = TOPOLOGY) -> tuple[str, ...]:
         """What it may publish on the events exchange."""
-        keys = [message.message_type for message in self.publishes]
+        keys = [message.routing_key() for message in self.publishes]
         if self.consumes:
             keys.append(DeadLetterRetrySucceeded.message_type)
         return tuple(keys)
@@ -151,7 +152,7 @@ def queue_names(topology: Topology = TOPOLOGY) -> tuple[str, ...]:
 
 GRANTS: dict[str, BrokerGrant] = {
     "ingest-gateway": BrokerGrant(publishes=(LeadSubmitted, LeadApproved, ExportReport, SendEmail)),
-    "distribution-worker": BrokerGrant(consumes=(DISTRIBUTION,), publishes=(SendEmail,)),
+    "distribution-worker": BrokerGrant(consumes=(DISTRIBUTION,), publishes=(SendEmails,)),
     "email-worker": BrokerGrant(consumes=(EMAIL,)),
     "export-worker": BrokerGrant(consumes=(REPORT_EXPORT,), publishes=(SendEmail,)),
     "dlq-service": BrokerGrant(consumes=(DLQ_OUTCOMES,), captures_dead_letters=True, republishes=True, monitors=True),

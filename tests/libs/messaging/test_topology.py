@@ -43,6 +43,6 @@ def test_the_plan_queues_exist() -> None:
 
 def test_every_message_type_lands_in_exactly_one_work_queue() -> None:
     for message in ALL_MESSAGES:
-        owners = [queue.name for queue in TOPOLOGY.work_queues if message.message_type in queue.routing_keys]
+        owners = [queue.name for queue in TOPOLOGY.work_queues if message.routing_key() in queue.routing_keys]
         assert len(owners) == 1, (message.message_type, owners)
-        assert TOPOLOGY.queue_for(message.message_type) == owners[0]
+        assert TOPOLOGY.queue_for(message.routing_key()) == owners[0]
