@@ -5,10 +5,11 @@ Each read is asked `requests` times by `concurrency` clients sharing the work, e
 answer is in (a closed loop); the figure is its p99 (and p50) in milliseconds as the client saw it, from sending
 the request to the answer's last byte, beside the target (25 ms; free text 100 ms). The clients are wrk's
 connections (bench/dlq_admin.lua: every answer's status checked and its entries counted), not Python: an httpx
-client parsing each 40 kB page on the same two cores took about as much CPU as the service spent answering it,
-and doubled to tripled the latencies it measured. The store is seeded with COPY to `stored` entries
-first (bench/dlq_seed.py; kept between runs). With --with-capture the run also measures DLQ capture into that
-store (bench/dlq_capture.py) and writes both to docs/BENCHMARKS.md.
+client parsing each 40 kB page in one Python process competed with the service for the same two cores, and its
+p99 was two to four times wrk's against the same service at the same load. Service CPU per request is the
+dlq-service's processes' CPU time over the read's answers (and its two warm-up asks, made with httpx). The store
+is seeded with COPY to `stored` entries first (bench/dlq_seed.py; kept between runs). With --with-capture the run
+also measures DLQ capture into that store (bench/dlq_capture.py) and writes both to docs/BENCHMARKS.md.
 
     python -m bench.dlq_admin [--stored 1000000] [--requests 200] [--runs 1] [--port N] [--workers N]
                               [--with-capture] [--write]
