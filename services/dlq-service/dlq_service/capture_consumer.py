@@ -22,9 +22,9 @@ Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 class CaptureConsumer:
     """Consumes a queue with at most `prefetch` deliveries unacked, on a robust channel of its own over the
     broker's connection (its delivery tags are this consumer's alone, which `multiple` acks rely on). FastStream's
-    per-delivery path (context, middlewares, decoding) was about a fifth of capture's CPU; the other queues still
-    go through it. After a lost connection aio-pika re-opens the channel with its prefetch and re-creates the
-    consumer; the deliveries it had unacked are the broker's again.
+    per-delivery path (context, middlewares, call wrappers) was about a sixth of the service's CPU in capture's
+    profile; the service's other queue still goes through it. After a lost connection aio-pika re-opens the
+    channel with its prefetch and re-creates the consumer; the deliveries it had unacked are the broker's again.
 
     Stopping cancels the consumer first (nothing new arrives), releases the letters held for an outage (the
     breaker answers them False, so they are handed back), waits up to GRACEFUL_TIMEOUT_S for the letters being
