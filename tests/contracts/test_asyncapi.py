@@ -10,6 +10,7 @@ import pytest
 from faststream.rabbit import RabbitBroker
 from litestar import Litestar
 
+from dlq_service.capture_consumer import CaptureConsumer
 from libs.contracts import ALL_MESSAGES
 from libs.runtime import SERVICES, Service
 from tests.contracts.render import load_renderer
@@ -34,6 +35,13 @@ def started_broker(app: Litestar) -> RabbitBroker:
             if isinstance(cell.cell_contents, RabbitBroker):
                 return cell.cell_contents
     raise AssertionError("no startup hook starts a RabbitBroker")
+
+
+def directly_consumed(app: Litestar) -> set[str]:
+    """Queues a service consumes with aio-pika itself rather than through FastStream (the dlq-service's capture):
+    their consumers are started by a startup hook."""
+    owners = (getattr(hook, "__self__", None) for hook in app.on_startup)
+    return {owner.queue_name for owner in owners if isinstance(owner, CaptureConsumer)}
 
 
 def operations(document: Document, action: str) -> list[Document]:
@@ -62,8 +70,10 @@ def payloads(document: Document, action: str) -> list[Document]:
 def test_the_document_shows_exactly_the_queues_the_services_broker_consumes(
     service: Service, renderer: ModuleType, documents: dict[str, Document]
 ) -> None:
-    broker = started_broker(renderer.built_app(service))
+    app = renderer.built_app(service)
+    broker = started_broker(app)
     consumed = {subscriber.queue.name for subscriber in broker.subscribers}  # type: ignore[attr-defined]
+    consumed |= directly_consumed(app)
 
     document = documents[service.name]
     documented = {channel(document, op)["bindings"]["amqp"]["queue"]["name"] for op in operations(document, "receive")}
