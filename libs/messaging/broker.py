@@ -13,9 +13,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aiormq
 from aio_pika import RobustConnection
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
-from faststream import BaseMiddleware, ContextRepo
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue, RabbitRouter
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -35,10 +34,6 @@ DEAD_LETTERS_LOOKUP = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.FAN
 _USERS: weakref.WeakKeyDictionary[RabbitBroker, str] = weakref.WeakKeyDictionary()
 _NODES: weakref.WeakKeyDictionary[RabbitBroker, NodeRotation] = weakref.WeakKeyDictionary()
 
-TRACED_BY_CONSUMER = frozenset({DEAD_LETTER_EXCHANGE})
-"""Exchanges whose deliveries get no span each from the broker's telemetry middleware: their consumer traces them
-itself. The dlq-service's capture records letters in batches, one span per batch linked to each letter's trace
-(a span per letter was about a fifth of its CPU); only the `dlq` queue is bound to the dead-letter exchange."""
 HEARTBEAT_S = 10
 """The AMQP heartbeat asked for when RABBITMQ_URL names none (`?heartbeat=` in the URL wins)."""
 HEARTBEAT_GRACE = 1.25
@@ -98,18 +93,10 @@ class FailoverConnection(RobustConnection):
         self.kwargs["transport_factory"] = nodes
 
 
-class BrokerTelemetry(RabbitTelemetryMiddleware):
-    """FastStream's RabbitMQ telemetry (a span per publish and per delivery, W3C `traceparent` carried across),
-    except for deliveries through an exchange in TRACED_BY_CONSUMER, which pass through untouched."""
-
-    def __init__(self, telemetry: Telemetry) -> None:
-        super().__init__(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider)
-
-    def __call__(self, msg: Any | None, /, *, context: ContextRepo) -> BaseMiddleware[Any]:  # type: ignore[override]
-        # `msg`: the delivery being consumed, or None for a publish.
-        if isinstance(msg, AbstractIncomingMessage) and msg.exchange in TRACED_BY_CONSUMER:
-            return BaseMiddleware(msg, context=context)
-        return super().__call__(msg, context=context)
+def telemetry_middleware(telemetry: Telemetry) -> RabbitTelemetryMiddleware:
+    """FastStream's RabbitMQ telemetry: a span per publish and per delivery, W3C `traceparent` carried across (the
+    dlq-service's capture consumes without FastStream and traces its batches itself)."""
+    return RabbitTelemetryMiddleware(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider)
 
 
 def connection_user(broker: RabbitBroker) -> str | None:
@@ -143,7 +130,7 @@ def create_broker(
         app_id=service,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         # TELEMETRY_ENABLED=false: not even a middleware calling no-op instruments on every message.
-        middlewares=[BrokerTelemetry(telemetry)] if telemetry.enabled else [],
+        middlewares=[telemetry_middleware(telemetry)] if telemetry.enabled else [],
         routers=list(routers),
         logger=None,
         # No FastDepends: a handler is called with the decoded body alone (`keep_body_raw`: the message itself).

@@ -100,11 +100,12 @@ class DeadLetterMessage:
     """Which failure of it this is, as the headers said it (time and count as sent, not as coerced): a redelivery
     says the same, so it has the same dedupe key even when the time it names could not be stored."""
 
-    @property
+    # Cached: capture reads each several times per letter (its row, its event, the batch's look-up and line).
+    @functools.cached_property
     def fingerprint(self) -> str:
         return fingerprint(self.error_type or self.reason, self.error_message or "", self.stack_trace or "")
 
-    @property
+    @functools.cached_property
     def dedupe_key(self) -> str:
         """Same dead letter delivered again -> same key; the same message failing again later -> a new key."""
         marker = "|".join([self.identity, self.queue, self.reason, self.occurrence])
