@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
-import shutil
-import signal
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,17 +27,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import orjson
 from pydantic.fields import FieldInfo
 from sqlalchemy import func, select
 from sqlmodel import col
 
 from bench.dlq_capture import DlqCapture
 from bench.dlq_seed import QUEUES, SEED_PREFIX, groups, seed
-from bench.harness import ROOT, BenchEnv, BenchError, load_average, machine, running, start_service
+from bench.harness import ROOT, BenchEnv, load_average, machine, running, start_service
 from bench.report import header, single_table, write_section
 from bench.runner import measure_runs
 from bench.throughput import command_line, revision
+from bench.wrk import run_wrk
 from libs.auth import Principal, Tokens
 from libs.auth.tokens import AuthSettingsMixin
 from libs.db.keyset import encode_cursor
@@ -147,28 +144,12 @@ def admin_token(env: BenchEnv) -> str:
 async def measure_read(url: str, token: str, read: Read, requests: int, concurrency: int) -> Latency:
     """`requests` asks of one read by `concurrency` wrk connections at once; failed answers are counted, not
     hidden, and the entries of every answer counted (the fewest shown)."""
-    if shutil.which("wrk") is None:
-        raise BenchError("wrk is not installed: apt-get install -y wrk")
     target = str(httpx.URL(url + read.path, params=read.params))
-    process = await asyncio.create_subprocess_exec(
-        "wrk", "-t1", f"-c{concurrency}", "-d600s", "--timeout", "30s", "-s", str(SCRIPT), target,
-        env={"BENCH_TOKEN": token, "BENCH_REQUESTS": str(requests), "BENCH_MARKER": read.marker,
-             "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    result = await run_wrk(
+        ["-t1", f"-c{concurrency}", "-d600s", "--timeout", "30s", "-s", str(SCRIPT), target],
+        {"BENCH_TOKEN": token, "BENCH_REQUESTS": str(requests), "BENCH_MARKER": read.marker},
+        read.name, stop_at=b"BENCH_ENOUGH",
     )  # fmt: skip
-    assert process.stdout is not None
-    async for line in process.stdout:
-        if line.startswith(b"BENCH_ENOUGH"):
-            process.send_signal(signal.SIGINT)  # wrk then prints its figures at once
-            break
-    out, err = await process.communicate()
-    lines = [line for line in out.decode().splitlines() if line.startswith("BENCH_JSON ")]
-    if process.returncode != 0 or not lines:
-        raise BenchError(f"wrk failed ({process.returncode}): {out.decode()[-1000:]} {err.decode()[-1000:]}")
-    result = orjson.loads(lines[-1].removeprefix("BENCH_JSON "))
-    errors = {name: result[name] for name in result if name.endswith(("_errors", "timeouts")) and result[name]}
-    if errors or not result["requests"]:
-        raise BenchError(f"{read.name}: {result['requests']} requests with errors {errors}")
     return Latency(
         read, result["p50_us"] / 1000, result["p99_us"] / 1000, max(result["rows_min"], 0),
         failed=result["failed"], requests=result["requests"],

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import hashlib
 import secrets
-import shutil
 import sys
 import time
 import uuid
@@ -23,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -40,6 +38,7 @@ from bench.harness import (
 )
 from bench.report import Measurement
 from bench.runner import run_alone
+from bench.wrk import run_wrk
 from ingest_gateway import submissions
 from ingest_gateway.accounts import AuthenticatedSource, create_lead_source
 from ingest_gateway.submissions import MAX_BATCH, GroupCommit, LeadSubmission
@@ -88,22 +87,11 @@ class Ingest:
 
     async def wrk(self, url: str, api_key: str, run: str, seconds: int) -> WrkResult:
         """Every response must be a 2xx: a figure made of errors is refused."""
-        if shutil.which("wrk") is None:
-            raise BenchError("wrk is not installed: apt-get install -y wrk")
-        process = await asyncio.create_subprocess_exec(
-            "wrk", f"-t{min(2, self.connections)}", f"-c{self.connections}", f"-d{seconds}s", "--timeout", "10s",
-            "-s", str(SCRIPT), url,
-            env={"BENCH_API_KEY": api_key, "BENCH_RUN": run, "PATH": "/usr/bin:/bin"},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        result = await run_wrk(
+            [f"-t{min(2, self.connections)}", f"-c{self.connections}", f"-d{seconds}s", "--timeout", "10s",
+             "-s", str(SCRIPT), url],
+            {"BENCH_API_KEY": api_key, "BENCH_RUN": run}, f"{url} (run {run})",
         )  # fmt: skip
-        out, err = await process.communicate()
-        lines = [line for line in out.decode().splitlines() if line.startswith("BENCH_JSON ")]
-        if process.returncode != 0 or not lines:
-            raise BenchError(f"wrk failed ({process.returncode}): {out.decode()[-1000:]} {err.decode()[-1000:]}")
-        result = orjson.loads(lines[-1].removeprefix("BENCH_JSON "))
-        errors = {name: result[name] for name in result if name.endswith(("_errors", "timeouts")) and result[name]}
-        if errors or not result["requests"]:
-            raise BenchError(f"{url}: {result['requests']} requests with errors {errors} (run {run})")
         return WrkResult(
             requests=result["requests"],
             seconds=result["duration_us"] / 1e6,

@@ -24,7 +24,7 @@ from libs.logging.pii import mask_pii, mask_pii_in
 
 _correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 _LEVEL_NAMES = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "fatal"}
-_LEVEL_NAMES_BY_NUMBER = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error"}
+_LEVEL_NAMES_BY_NUMBER = {logging.getLevelNamesMapping()[name]: short for name, short in _LEVEL_NAMES.items()}
 
 
 def current_correlation_id() -> str | None:

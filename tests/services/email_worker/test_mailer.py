@@ -4,9 +4,11 @@ connection lost, the handler timed out) still finishes and is recorded, so the j
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -21,6 +23,7 @@ from email_worker.smtp_sessions import SmtpSessions
 from libs.db.tables import EmailLog, EmailStatus
 
 SMTP_PORT = 19301
+Handler = TypeVar("Handler")
 
 
 class SlowServer:
@@ -38,14 +41,22 @@ class SlowServer:
         return "250 OK"
 
 
-@pytest.fixture
-def slow_server() -> Iterator[SlowServer]:
-    handler = SlowServer()
+@contextlib.contextmanager
+def serving(handler: Handler) -> Iterator[Handler]:
+    """`handler` answering as an SMTP server on SMTP_PORT."""
     controller = Controller(handler, hostname="127.0.0.1", port=SMTP_PORT)
     controller.start()
-    yield handler
-    handler.release.set()
-    controller.stop()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def slow_server() -> Iterator[SlowServer]:
+    with serving(SlowServer()) as handler:
+        yield handler
+        handler.release.set()
 
 
 def settings(database_url: str) -> Settings:
@@ -102,11 +113,8 @@ class PickyServer:
 
 @pytest.fixture
 def picky_server() -> Iterator[PickyServer]:
-    handler = PickyServer()
-    controller = Controller(handler, hostname="127.0.0.1", port=SMTP_PORT)
-    controller.start()
-    yield handler
-    controller.stop()
+    with serving(PickyServer()) as handler:
+        yield handler
 
 
 async def test_a_failure_that_is_not_a_refusal_stops_the_command_where_it_happened(
