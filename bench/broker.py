@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
+from bench.harness import Drain
+from bench.machine_cpu import Groups, since, snapshot
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, TOPOLOGY
 
 RAW_QUEUE = "bench.raw"
@@ -76,11 +78,16 @@ async def publish_all(exchange: AbstractExchange, messages: Sequence[tuple[str, 
 
 
 async def consume_and_ack(
-    rabbitmq_url: str, messages: Sequence[aio_pika.Message], *, prefetch: int, timeout_s: float
-) -> float:
-    """Messages per second of a bare consumer acking each delivery from a quorum queue holding `messages`:
-    what the broker and the client library allow before any of our code runs. The same client (aio-pika)
-    and prefetch as the services."""
+    rabbitmq_url: str,
+    messages: Sequence[aio_pika.Message],
+    *,
+    prefetch: int,
+    timeout_s: float,
+    groups: Groups | None = None,
+) -> Drain:
+    """A bare consumer (this process) acking each delivery from a quorum queue holding `messages`: what the broker
+    and the client library allow before any of our code runs. The same client (aio-pika) and prefetch as the
+    services. With `groups`, the machine's CPU account over the timed consume."""
     async with channel(rabbitmq_url) as chan:
         queue = await chan.declare_queue(RAW_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
         await queue.purge()
@@ -96,10 +103,12 @@ async def consume_and_ack(
             if remaining == 0:
                 drained.set()
 
-        started = time.perf_counter()
+        machine = snapshot(groups) if groups else None
+        started, cpu = time.perf_counter(), time.process_time()
         tag = await queue.consume(on_message)
         await asyncio.wait_for(drained.wait(), timeout_s)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        use = since(machine, groups) if groups and machine else None
         await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
-    return len(messages) / elapsed
+    return Drain(len(messages), elapsed, cpu, use)

@@ -28,6 +28,7 @@ from bench.harness import (
     time_drain,
     wait_until,
 )
+from bench.machine_cpu import Groups, cpu_details, database_name
 from bench.report import Measurement
 from bench.runner import run_alone
 from libs.contracts import LeadApproved
@@ -36,6 +37,9 @@ from libs.messaging.topology import DISTRIBUTION, EVENTS_EXCHANGE
 
 PREFETCH = 10
 """The workers' default prefetch (WorkerSettings): the raw consumer gets the same."""
+TARGET = 0.3
+"""Issue 12's ratio for three providers each taking every lead: the machine CPU account says whether the cores allow
+it."""
 MAX_PROVIDERS_PER_LEAD = 3
 """The worker's default (its MAX_PROVIDERS_PER_LEAD), which the benchmark leaves as it is."""
 PRICE_CENTS = 100
@@ -135,7 +139,10 @@ class Distribution:
                 await publish_all(events, [("lead.approved", lead_approved(lead, approved_by)) for lead in lead_ids])
                 worker = start_service(checkout, "distribution-worker", env, self.port)
                 async with running(worker, wait_ready=False) as service:
-                    drain = await time_drain(distributed, self.leads, service, timeout_s=max(300, self.leads))
+                    groups = Groups(database_name(env.database_url), {"distribution-worker": [service.process.pid]})
+                    drain = await time_drain(
+                        distributed, self.leads, service, timeout_s=max(300, self.leads), groups=groups
+                    )
                 # Stopped gracefully: every handled delivery is acked, so a drained queue is an empty one.
                 await wait_until(
                     lambda: self._empty(chan), 10, f"{DISTRIBUTION.name} queue empty after the worker stopped"
@@ -146,7 +153,7 @@ class Distribution:
                 raise BenchError(f"{assigned} assignments for {self.leads} leads and {self.providers} providers")
             raw = await consume_and_ack(
                 env.rabbitmq_url, [lead_approved(lead, approved_by) for lead in lead_ids], prefetch=PREFETCH,
-                timeout_s=120,
+                timeout_s=120, groups=Groups(database_name(env.database_url)),
             )  # fmt: skip
         finally:
             async with channel(env.rabbitmq_url) as chan:
@@ -154,8 +161,10 @@ class Distribution:
                 await purge_topology(chan)
             await engine.dispose()
         return Measurement(
-            value=drain.rate, baseline=raw, count=drain.items, load=load,
-            details={"cpu_per_item_ms": drain.cpu_per_item_ms},
+            value=drain.rate, baseline=raw.rate, count=drain.items, load=load,
+            details={"cpu_per_item_ms": drain.cpu_per_item_ms,
+                     **cpu_details(drain.machine, drain.items, target_rate=TARGET * raw.rate),
+                     **cpu_details(raw.machine, raw.items, "baseline_")},
         )  # fmt: skip
 
     @staticmethod

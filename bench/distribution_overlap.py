@@ -51,6 +51,7 @@ from bench.harness import (
     time_drain,
     wait_until,
 )
+from bench.machine_cpu import Groups, cpu_details, database_name, own_threads, since, snapshot
 from bench.report import Benchmark, Measurement, Summary, comparison_table, header, single_table, write_section
 from bench.runner import measure_once
 from bench.throughput import command_line, revision
@@ -59,6 +60,8 @@ from libs.messaging.topology import DISTRIBUTION, EVENTS_EXCHANGE
 SECTION = "Distribution: overlap, a million assignments, telemetry"
 PREFETCH = 10
 """The worker's default prefetch, hence its handler concurrency; its pool holds as many connections (5 + 5)."""
+OVERLAP_TARGET = 0.5
+EVERY_LEAD_TARGET = 0.3
 MAX_PROVIDERS_PER_LEAD = 3
 """The worker's default MAX_PROVIDERS_PER_LEAD, which the benchmark leaves as it is."""
 EMAIL_WORKER_OFFSET = 20
@@ -337,8 +340,8 @@ async def raw_distribute(db: asyncpg.Connection, lead: uuid.UUID) -> None:
     )  # fmt: skip
 
 
-async def raw_postgresql(database_url: str, leads: Sequence[uuid.UUID], concurrency: int) -> float:
-    """Leads per second of the distribution transaction on `concurrency` connections, each lead once."""
+async def raw_postgresql(database_url: str, leads: Sequence[uuid.UUID], concurrency: int, groups: Groups) -> Drain:
+    """The distribution transaction on `concurrency` connections, each lead once, with the machine CPU account."""
     connections = [await asyncpg.connect(plain_url(database_url)) for _ in range(concurrency)]
     queue = list(reversed(leads))
 
@@ -348,9 +351,10 @@ async def raw_postgresql(database_url: str, leads: Sequence[uuid.UUID], concurre
             await raw_distribute(db, lead)
 
     try:
-        started = time.perf_counter()
+        machine, started, cpu = snapshot(groups), time.perf_counter(), time.process_time()
         await asyncio.gather(*(work(db) for db in connections))
-        return len(leads) / (time.perf_counter() - started)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return Drain(len(leads), seconds, cpu, since(machine, groups))
     finally:
         for db in connections:
             await db.close()
@@ -362,6 +366,8 @@ async def raw_postgresql(database_url: str, leads: Sequence[uuid.UUID], concurre
 class DropMail:
     def __init__(self) -> None:
         self.accepted = 0
+        self.threads: set[int] = set()
+        """This process's threads the sink runs on (its event loop's, its executor's)."""
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         self.accepted += 1
@@ -372,7 +378,10 @@ class DropMail:
 async def smtp_sink(port: int) -> AsyncIterator[DropMail]:
     handler = DropMail()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
+    before = own_threads()
+    # start() blocks this event loop until the sink serves: every thread new meanwhile is the sink's.
     controller.start()
+    handler.threads = own_threads() - before
     try:
         yield handler
     finally:
@@ -457,6 +466,11 @@ class Run:
     port: int = 18611
     """The first worker's HTTP port; further workers, email-worker and the SMTP sink take the ports after it."""
 
+    @property
+    def target(self) -> float:
+        """Issue 12's ratio to the baseline: the machine CPU account says whether the cores allow it."""
+        return EVERY_LEAD_TARGET if self.every_lead else OVERLAP_TARGET
+
     async def measure(self, checkout: Path, env: BenchEnv) -> Measurement:
         load = load_average()
         run = uuid.uuid4().hex[:8]
@@ -473,6 +487,7 @@ class Run:
             sessions_before = int(await db.fetchval(SESSIONS))
             server_before = await db.fetchrow(WAL_AND_CHECKPOINTS)
             drain, statements, mails = await self._worker_run(checkout, env, seeded)
+            groups = Groups(database_name(env.database_url))
             wal_bytes = float(await db.fetchval(WAL_SINCE, server_before["lsn"]))
             checkpoints = int((await db.fetchrow(WAL_AND_CHECKPOINTS))["checkpoints"]) - server_before["checkpoints"]
             # Stats reach pg_stat_database when a session ends or within a second: the workers' have ended.
@@ -498,14 +513,19 @@ class Run:
                     details["email_worker_cpu_per_mail_ms"] = round(1000 * mails.cpu_seconds / mails.accepted, 2)
             baseline = drain.rate
             if self.baselines:
-                raw_pg = await raw_postgresql(env.database_url, seeded.raw_leads, self.concurrency)
+                raw_pg = await raw_postgresql(env.database_url, seeded.raw_leads, self.concurrency, groups)
                 await verify(db, seeded.raw_leads, seeded.providers)
                 consume = await consume_and_ack(
                     env.rabbitmq_url, [lead_approved(lead, "bench") for lead in seeded.raw_leads],
-                    prefetch=self.concurrency, timeout_s=120,
+                    prefetch=self.concurrency, timeout_s=120, groups=groups,
                 )  # fmt: skip
-                details |= {"raw_postgresql": round(raw_pg, 1), "consume_ack": round(consume, 1)}
-                baseline = min(raw_pg, consume)
+                details |= {"raw_postgresql": round(raw_pg.rate, 1), "consume_ack": round(consume.rate, 1)}
+                details |= cpu_details(raw_pg.machine, raw_pg.items, "raw_postgresql_")
+                details |= cpu_details(consume.machine, consume.items, "consume_ack_")
+                baseline = min(raw_pg.rate, consume.rate)
+            details |= cpu_details(
+                drain.machine, drain.items, target_rate=self.target * baseline if self.baselines else None
+            )
         finally:
             await db.close()
         return Measurement(value=drain.rate, baseline=baseline, count=drain.items, load=load, details=details)
@@ -538,7 +558,13 @@ class Run:
                         for n in range(self.workers)
                     ]  # fmt: skip
                     async with running_all(workers) as replicas:
-                        drain = await time_drain(done, self.leads, replicas, timeout_s=max(300, self.leads))
+                        services = {"distribution-worker": [replica.process.pid for replica in replicas.all()]}
+                        if mailer:
+                            services["email-worker"] = [mailer.process.pid]
+                        groups = Groups(database_name(env.database_url), services, {"smtp_sink": sorted(sink.threads)})
+                        drain = await time_drain(
+                            done, self.leads, replicas, timeout_s=max(300, self.leads), groups=groups
+                        )
                         await asyncio.sleep(STATEMENTS_WRITTEN_EVERY_S + 0.5)  # the probe's last count reaches its file
                     mails = Mails(sink.accepted, mailer.cpu_seconds() - mailer_cpu if mailer else 0.0)
                 await wait_until(lambda: _empty(chan, DISTRIBUTION.name), 10, "distribution queue empty")
@@ -581,6 +607,9 @@ class Replicas(Service):
 
     def cpu_seconds(self) -> float:
         return super().cpu_seconds() + sum(other.cpu_seconds() for other in self.others)
+
+    def all(self) -> list[Service]:
+        return [self, *self.others]
 
     def check_alive(self) -> None:
         super().check_alive()

@@ -34,6 +34,7 @@ from sqlmodel import col
 from bench.dlq_capture import DlqCapture
 from bench.dlq_seed import QUEUES, SEED_PREFIX, groups, seed
 from bench.harness import ROOT, BenchEnv, load_average, machine, running, start_service
+from bench.machine_cpu import CpuUse, Groups, cpu_details, database_name, since, snapshot
 from bench.report import header, single_table, write_section
 from bench.runner import measure_runs
 from bench.throughput import command_line, revision
@@ -81,6 +82,8 @@ class Latency:
     """The machine's 1-minute load average as the read's run ended: what the latencies shared the cores with."""
     requests: int = 0
     """Answers timed (wrk stops at the number asked, give or take the ones in flight)."""
+    machine: CpuUse | None = None
+    """Where the machine's cores went while wrk asked (bench/machine_cpu.py)."""
 
 
 async def reads(env: BenchEnv) -> list[Read]:
@@ -182,26 +185,49 @@ class AdminReads:
             running(start_service(checkout, "dlq-service", env, self.port, extra=extra)) as service,
             httpx.AsyncClient(base_url=service.url(""), headers=headers, timeout=30) as client,
         ):
+            groups = Groups(database_name(env.database_url), {"dlq-service": [service.process.pid]})
             for read in chosen:
                 cpu = service.cpu_seconds()
                 for _ in range(2):  # warm the connections and the service's statement cache
                     (await client.get(read.path, params=read.params)).raise_for_status()
+                machine = snapshot(groups)
                 latency = await measure_read(service.url(""), token, read, self.requests, self.concurrency)
+                use = since(machine, groups)
                 cpu_ms = (service.cpu_seconds() - cpu) * 1000 / (latency.requests + 2)
-                latencies.append(dataclasses.replace(latency, cpu_ms=cpu_ms, load=load_average()))
+                latencies.append(dataclasses.replace(latency, cpu_ms=cpu_ms, load=load_average(), machine=use))
         return latencies, seeded_s, load
 
 
+MACHINE_COLUMNS = {
+    "machine busy": "cpu_machine_busy_ms",
+    "dlq-service": "cpu_dlq_service_ms",
+    "PostgreSQL": "cpu_postgresql_ms",
+    "wrk": "cpu_load_generator_ms",
+    "other": "cpu_other_ms",
+}
+"""The machine CPU account's columns, in ms per request: what the read's latency shared the cores with."""
+
+
+def machine_cells(latency: Latency) -> str:
+    if latency.machine is None:
+        return " - |" * (len(MACHINE_COLUMNS) + 1)
+    details = cpu_details(latency.machine, latency.requests)
+    cells = [f"{details[name]:.2f}" for name in MACHINE_COLUMNS.values()]
+    return "".join(f" {cell} |" for cell in [*cells, f"{latency.machine.idle_share:.2f}"])
+
+
 def latency_table(latencies: Sequence[Latency]) -> list[str]:
+    machine = "".join(f" {name} CPU ms/request |" for name in MACHINE_COLUMNS)
     lines = [
-        "| read | p50 ms | p99 ms | target p99 ms | service CPU ms per request | rows on the page | failed | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| read | p50 ms | p99 ms | target p99 ms | service CPU ms per request | rows on the page | failed | load |"
+        f"{machine} machine idle share |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * (len(MACHINE_COLUMNS) + 1),
     ]
     for latency in latencies:
         mark = "" if latency.p99_ms <= latency.read.target_ms else " (over)"
         lines.append(f"| {latency.read.name} | {latency.p50_ms:.1f} | {latency.p99_ms:.1f}{mark} "
                      f"| {latency.read.target_ms:g} | {latency.cpu_ms:.1f} | {latency.rows} "
-                     f"| {latency.failed} | {latency.load:.1f} |")  # fmt: skip
+                     f"| {latency.failed} | {latency.load:.1f} |{machine_cells(latency)}")  # fmt: skip
     return lines
 
 

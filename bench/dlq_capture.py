@@ -29,6 +29,7 @@ from bench.harness import (
     time_drain,
     wait_until,
 )
+from bench.machine_cpu import Groups, cpu_details, database_name
 from bench.report import Measurement
 from bench.runner import run_alone
 from libs.contracts import LeadApproved
@@ -38,6 +39,9 @@ from libs.messaging.topology import DEAD_LETTER_EXCHANGE, DLQ_QUEUE, EVENTS_EXCH
 PREFETCH = 200
 """dlq-service's default prefetch (its Settings): the raw consumer gets the same (a checkout before batched
 capture ran with 10: measure it with --prefetch 10)."""
+TARGET = 0.6
+"""Issue 12's ratio, into an empty table and into a million rows: the machine CPU account says whether the cores
+allow it."""
 TRUNCATE = "TRUNCATE dead_letter_queue, dead_letter_events, dead_letter_retries, redrive_items, redrives CASCADE"
 CAPTURED = text("SELECT count(*) FROM dead_letter_queue WHERE queue_name = :queue")
 
@@ -137,21 +141,29 @@ class DlqCapture:
                 await publish_all(dead_letters, [(queue, letter) for letter in letters])
                 service = start_service(checkout, "dlq-service", env, self.port)
                 async with running(service, wait_ready=False) as dlq_service:
-                    drain = await time_drain(captured, self.letters, dlq_service, timeout_s=max(300, self.letters / 5))
+                    groups = Groups(database_name(env.database_url), {"dlq-service": [dlq_service.process.pid]})
+                    drain = await time_drain(
+                        captured, self.letters, dlq_service, timeout_s=max(300, self.letters / 5), groups=groups
+                    )
                 await wait_until(lambda: self._empty(chan), 10, f"{DLQ_QUEUE} queue empty after dlq-service stopped")
             if (stored := await captured()) != self.letters:
                 raise BenchError(f"{stored} entries for {self.letters} dead letters")
-            raw = await consume_and_ack(env.rabbitmq_url, letters, prefetch=self.prefetch, timeout_s=120)
+            raw = await consume_and_ack(
+                env.rabbitmq_url, letters, prefetch=self.prefetch, timeout_s=120,
+                groups=Groups(database_name(env.database_url)),
+            )  # fmt: skip
         finally:
             async with channel(env.rabbitmq_url) as chan:
                 await declare_topology(chan)
                 await purge_topology(chan)
             await engine.dispose()
         return Measurement(
-            value=drain.rate, baseline=raw, count=drain.items, load=load,
+            value=drain.rate, baseline=raw.rate, count=drain.items, load=load,
             # Also in microseconds: capture's CPU per letter is a fraction of a millisecond, and the report shows
             # milliseconds to one decimal.
-            details={"cpu_per_item_ms": drain.cpu_per_item_ms, "cpu_per_item_us": drain.cpu_per_item_ms * 1000},
+            details={"cpu_per_item_ms": drain.cpu_per_item_ms, "cpu_per_item_us": drain.cpu_per_item_ms * 1000,
+                     **cpu_details(drain.machine, drain.items, target_rate=TARGET * raw.rate),
+                     **cpu_details(raw.machine, raw.items, "baseline_")},
         )  # fmt: skip
 
     @staticmethod

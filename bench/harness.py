@@ -27,6 +27,8 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bench.machine_cpu import CpuUse, Groups, since, snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_PACKAGES = {
     "ingest-gateway": "ingest_gateway",
@@ -173,6 +175,8 @@ class Drain:
     seconds: float
     cpu_seconds: float
     """CPU time (user + system) the consumer's process spent in the same window."""
+    machine: CpuUse | None = None
+    """Where the machine's cores went in the same window, when `time_drain` was given the groups to read."""
 
     @property
     def rate(self) -> float:
@@ -183,8 +187,11 @@ class Drain:
         return self.cpu_seconds * 1000 / self.items
 
 
-async def time_drain(count: Callable[[], Awaitable[int]], total: int, service: Service, timeout_s: float) -> Drain:
-    """Seconds from the last look that saw no work done to the first that saw all of it, polled every 20 ms.
+async def time_drain(
+    count: Callable[[], Awaitable[int]], total: int, service: Service, timeout_s: float, groups: Groups | None = None
+) -> Drain:
+    """Seconds from the last look that saw no work done to the first that saw all of it, polled every 20 ms;
+    with `groups`, the machine's CPU account over the same window.
 
     Called as the consumer is launched, with its work already queued: the consumer's start-up drops out of the
     figure, whose clock starts at its first commit (to within one poll), not at the process launch.
@@ -192,15 +199,23 @@ async def time_drain(count: Callable[[], Awaitable[int]], total: int, service: S
     if await count() != 0:
         raise BenchError("work was done before the clock started (left over from another run?)")
     idle_at, idle_cpu = time.perf_counter(), service.cpu_seconds()
+    idle_machine = snapshot(groups) if groups else None
     deadline = time.monotonic() + timeout_s
     while True:
         service.check_alive()
         looked_at, cpu = time.perf_counter(), service.cpu_seconds()
         done = await count()
         if done == 0:
-            idle_at, idle_cpu = looked_at, cpu
+            # Read after the count (a snapshot costs a few ms, so it is taken only while the clock has not
+            # started): a few ms after the clock's start, on a window of seconds.
+            idle_at, idle_cpu, idle_machine = looked_at, cpu, snapshot(groups) if groups else None
         elif done >= total:
-            return Drain(done, looked_at - idle_at, cpu - idle_cpu)
+            return Drain(
+                done,
+                looked_at - idle_at,
+                cpu - idle_cpu,
+                since(idle_machine, groups) if groups and idle_machine else None,
+            )
         if time.monotonic() > deadline:
             raise BenchError(f"{done} of {total} done after {timeout_s:g}s (log: {service.log})")
         await asyncio.sleep(0.02)

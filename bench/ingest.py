@@ -36,6 +36,7 @@ from bench.harness import (
     start_process,
     start_service,
 )
+from bench.machine_cpu import Groups, cpu_details, database_name, since, snapshot
 from bench.report import Measurement
 from bench.runner import run_alone
 from bench.wrk import run_wrk
@@ -44,6 +45,8 @@ from ingest_gateway.accounts import AuthenticatedSource, create_lead_source
 from ingest_gateway.submissions import MAX_BATCH, GroupCommit, LeadSubmission
 
 SCRIPT = Path(__file__).with_name("ingest.lua")
+TARGET = 0.35
+"""Issue 12's ratio to the constant route: the machine CPU account says whether the cores allow it."""
 # The outbox too: events a run's relay had not published yet would be published by the next gateway started on
 # this database (another run's, or a test's), into a topology that no longer holds their leads.
 TRUNCATE = "TRUNCATE leads, lead_sources, outbox CASCADE"
@@ -118,9 +121,10 @@ class Ingest:
             async with running(gateway_process) as gateway:
                 url = gateway.url("/api/v1/leads")
                 await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
-                cpu_before = gateway.cpu_seconds()
+                groups = Groups(database_name(env.database_url), {"ingest-gateway": [gateway.process.pid]})
+                cpu_before, machine = gateway.cpu_seconds(), snapshot(groups)
                 measured = await self.wrk(url, api_key, run, self.duration_s)
-                cpu_spent = gateway.cpu_seconds() - cpu_before
+                cpu_spent, machine_use = gateway.cpu_seconds() - cpu_before, since(machine, groups)
                 cpu_per_request_ms = cpu_spent * 1000 / measured.requests
             async with engine.connect() as connection:
                 stored = int(await connection.scalar(STORED, {"source": source}) or 0)
@@ -137,7 +141,10 @@ class Ingest:
             async with running(constant_route) as constant:
                 url = constant.url("/api/v1/leads")
                 await self.wrk(url, api_key, f"{run}-baseline-warmup", self.warmup_s)
+                groups = Groups(database_name(env.database_url), {"constant-route": [constant.process.pid]})
+                machine = snapshot(groups)
                 baseline = await self.wrk(url, api_key, f"{run}-baseline", self.duration_s)
+                baseline_use = since(machine, groups)
         finally:
             if env.fresh_tables:
                 await reset_tables(engine, TRUNCATE)
@@ -157,6 +164,8 @@ class Ingest:
                 "cpu_per_item_ms": cpu_per_request_ms,
                 # The same to the microsecond: the runner prints details to one decimal.
                 "cpu_per_item_us": cpu_per_request_ms * 1000,
+                **cpu_details(machine_use, measured.requests, target_rate=TARGET * baseline.rate),
+                **cpu_details(baseline_use, baseline.requests, "baseline_"),
             },
         )
 

@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 
 from bench.distribution import Distribution
+from bench.distribution_overlap import Overlap, Run
 from bench.dlq_capture import DlqCapture
 from bench.harness import GENERATED_SECRETS, BenchEnv
 from bench.ingest import Ingest
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.stack]
 ROOT = Path(__file__).resolve().parents[2]
+MACHINE_ACCOUNT = {"cpu_machine_busy_ms", "machine_idle_share", "cpu_other_ms", "cpu_postgresql_ms", "cpu_rabbitmq_ms",
+                   "rate_target_needs", "rate_cores_allow", "baseline_machine_idle_share"}  # fmt: skip
+"""Details every figure gives from the machine CPU account (bench/machine_cpu.py), for its window and its
+baseline's."""
 
 
 @pytest.fixture
@@ -32,7 +37,11 @@ async def test_ingest_benchmark_measures_the_gateway_and_the_constant_route(benc
     assert measurement.count > 0
     assert measurement.value > 0
     assert measurement.baseline > 0
-    assert {"p50_ms", "p99_ms", "baseline_p99_ms"} <= set(measurement.details)
+    assert {"p50_ms", "p99_ms", "baseline_p99_ms", "cpu_ingest_gateway_ms", "baseline_cpu_constant_route_ms"} <= set(
+        measurement.details
+    )
+    assert set(measurement.details) >= MACHINE_ACCOUNT
+    assert 0 <= measurement.details["machine_idle_share"] <= 1
 
 
 async def test_distribution_benchmark_times_every_lead_it_queued(bench_env: BenchEnv) -> None:
@@ -40,6 +49,17 @@ async def test_distribution_benchmark_times_every_lead_it_queued(bench_env: Benc
     assert measurement.count == 20
     assert measurement.value > 0
     assert measurement.baseline > 0
+    assert MACHINE_ACCOUNT | {"cpu_distribution_worker_ms"} <= set(measurement.details)
+
+
+async def test_distribution_with_emails_accounts_for_each_worker_and_both_baselines(bench_env: BenchEnv) -> None:
+    measurement = await Overlap(Run(leads=20, providers=5, port=19561)).measure(ROOT, bench_env)
+    assert measurement.count == 20
+    assert measurement.baseline > 0
+    expected = {"cpu_distribution_worker_ms", "cpu_email_worker_ms", "cpu_smtp_sink_ms", "rate_cores_allow",
+                "raw_postgresql_cpu_load_generator_ms", "consume_ack_machine_idle_share"}  # fmt: skip
+    assert expected <= set(measurement.details)
+    assert measurement.details["cpu_email_worker_ms"] > 0
 
 
 async def test_dlq_capture_benchmark_times_every_dead_letter_it_queued(bench_env: BenchEnv) -> None:
@@ -47,3 +67,4 @@ async def test_dlq_capture_benchmark_times_every_dead_letter_it_queued(bench_env
     assert measurement.count == 30
     assert measurement.value > 0
     assert measurement.baseline > 0
+    assert MACHINE_ACCOUNT | {"cpu_dlq_service_ms"} <= set(measurement.details)

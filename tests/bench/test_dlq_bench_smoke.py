@@ -45,3 +45,4 @@ async def test_admin_reads_benchmark_times_every_page_and_filter(bench_env: Benc
     assert all(latency.p99_ms >= latency.p50_ms > 0 for latency in latencies)
     assert next(latency for latency in latencies if latency.read.name == "free text: no match").rows == 0
     assert next(latency for latency in latencies if latency.read.name == "first page").rows > 0
+    assert all(latency.machine is not None and 0 <= latency.machine.idle_share <= 1 for latency in latencies)
