@@ -17,12 +17,12 @@ mail of it that race starts at that read, not right before its own send.)
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
 from email.header import Header
-from email.message import Message
-from email.mime.text import MIMEText
 from email.utils import make_msgid
 from typing import Any, TypeVar
 
@@ -219,29 +219,56 @@ def _refusals(refused: Sequence[tuple[Job, SmtpRefused]], jobs: int) -> SmtpRefu
     return refusals
 
 
-def compose(*, sender: str, to: str, subject: str, body: str, job_id: str) -> Message:
-    """One plain-text part. Built with the email package's compat32 API: the modern EmailMessage parses and refolds
-    every header through its registry, 4 to 5x the CPU for the same bytes here (a third of the worker's time per
-    mail); compat32 still refuses a header value that smuggles in a header of its own."""
-    message = MIMEText(body, "plain", "us-ascii" if body.isascii() else "utf-8")
-    message["From"] = sender
-    message["To"] = to
-    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
-    message["Message-ID"] = make_msgid(domain="fmhl.local")
-    message["X-Fmhl-Job"] = job_id
-    return message
+@dataclass(frozen=True)
+class Composed:
+    message_id: str
+    raw: bytes
+    """The message as sent (DATA), headers and body, CRLF line ends."""
+
+
+HEADER_FOLD_AT = 78
+"""RFC 5322's recommended line length: a longer header value is folded (RFC 2047 encoding for text outside ASCII)."""
+PLAIN_ASCII = (
+    b'Content-Type: text/plain; charset="us-ascii"\r\nMIME-Version: 1.0\r\nContent-Transfer-Encoding: 7bit\r\n'
+)
+PLAIN_UTF8 = b'Content-Type: text/plain; charset="utf-8"\r\nMIME-Version: 1.0\r\nContent-Transfer-Encoding: base64\r\n'
+
+
+def _header(name: str, value: str, *, address: bool = False) -> str:
+    """One header line; a value that holds a line break (a header of its own smuggled in) is refused. An address
+    outside ASCII is written as UTF-8 (the session asks for SMTPUTF8), as aiosmtplib's generator did."""
+    if "\r" in value or "\n" in value:
+        raise HeaderParseError(f"{name}: a header value cannot hold a line break")
+    if (address and not value.isascii()) or (value.isascii() and len(name) + 2 + len(value) <= HEADER_FOLD_AT):
+        return f"{name}: {value}\r\n"
+    folded = Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode()
+    return f"{name}: {folded.replace(chr(10), chr(13) + chr(10))}\r\n"
+
+
+def compose(*, sender: str, to: str, subject: str, body: str, job_id: str) -> Composed:
+    """One plain-text part, the bytes written directly: the email package's message object, its generator and
+    aiosmtplib's parse of the addresses back out of the headers cost about a sixth of the worker's CPU per mail,
+    for the same bytes (the headers as MIMEText writes them; a body outside ASCII in base64)."""
+    message_id = make_msgid(domain="fmhl.local")
+    headers = (_header("From", sender, address=True) + _header("To", to, address=True) + _header("Subject", subject)
+               + _header("Message-ID", message_id) + _header("X-Fmhl-Job", job_id))  # fmt: skip
+    if body.isascii():
+        raw = PLAIN_ASCII + headers.encode() + b"\r\n" + body.encode()
+    else:
+        raw = PLAIN_UTF8 + headers.encode() + b"\r\n" + base64.encodebytes(body.encode())
+    return Composed(message_id, raw)
 
 
 async def _send(engine: AsyncEngine, smtp: SmtpSessions, job: Job) -> Accepted:
     message = compose(sender=smtp.sender, to=job.to, subject=job.subject, body=job.body, job_id=job.job_id)
     try:
-        response = await smtp.send(message)
+        response = await smtp.send(job.to, message.raw)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
         failure = _classify(error)
         if isinstance(failure, SmtpRefused):
             await _log_failure(engine, job, str(failure))
         raise failure from error
-    return Accepted(message_id=str(message["Message-ID"]), response=str(response[1])[:1000])
+    return Accepted(message_id=message.message_id, response=str(response[1])[:1000])
 
 
 async def _record(engine: AsyncEngine, unrecorded: Unrecorded, accepted: Accepted, job: Job) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
-from email.message import Message
+from email.utils import parseaddr
 
 import aiosmtplib
 
@@ -38,28 +38,35 @@ class SmtpSessions:
         self._local_hostname: str | None = None
         self._closed = False
         self._quitting: set[asyncio.Task[None]] = set()
+        # The address alone, as aiosmtplib's send_message took it from the From header, once rather than per mail.
+        self._envelope_sender = parseaddr(settings.smtp_from)[1] or settings.smtp_from
 
     @property
     def sender(self) -> str:
         return self.settings.smtp_from
 
-    async def send(self, message: Message) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
-        """Sends on an idle session or a new one; raises aiosmtplib's errors (or OSError, TimeoutError) as
-        `aiosmtplib.send` does."""
+    async def send(self, to: str, message: bytes) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+        """Sends `message` (its headers and body as written, DATA) to the address `to`, from `smtp_from`'s address,
+        on an idle session or a new one; raises aiosmtplib's errors (or OSError, TimeoutError) as `aiosmtplib.send`
+        does."""
         session = self._reusable()
         if session is not None:
             try:
-                return await self._send_on(session, message)
+                return await self._send_on(session, to, message)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 # The server ended the idle session (its own idle timeout, a restart) before this mail; a new
                 # session takes it. Were the cut to fall after the server accepted the mail, this sends it again,
                 # as retrying the job would: the at-least-once window the module's caller documents.
                 pass
-        return await self._send_on(await self._open(), message)
+        return await self._send_on(await self._open(), to, message)
 
-    async def _send_on(self, session: _Session, message: Message) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+    async def _send_on(
+        self, session: _Session, to: str, message: bytes
+    ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         try:
-            response = await session.client.send_message(message)
+            # A server without SMTPUTF8 refuses a non-ASCII address (5xx): a refusal, as it will never take it.
+            options = [] if to.isascii() and self._envelope_sender.isascii() else ["SMTPUTF8"]
+            response = await session.client.sendmail(self._envelope_sender, [to], message, mail_options=options)
         except BaseException:
             session.client.close()
             raise

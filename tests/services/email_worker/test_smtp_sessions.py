@@ -7,13 +7,13 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
-from email.message import EmailMessage
 
 import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from email_worker.mailer import compose
 from email_worker.settings import Settings
 from email_worker.smtp_sessions import MAILS_PER_SESSION, SmtpSessions
 
@@ -83,19 +83,15 @@ def sessions(port: int, *, idle_s: float = 30.0) -> SmtpSessions:
     )
 
 
-def mail(to: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = "fmhl-ops <no-reply@fmhl.local>"
-    message["To"] = to
-    message["Subject"] = "test"
-    message.set_content("body")
-    return message
+def mail(to: str) -> tuple[str, bytes]:
+    """The recipient and the message as `SmtpSessions.send` takes them."""
+    return to, compose(sender="fmhl-ops <no-reply@fmhl.local>", to=to, subject="test", body="body", job_id=to).raw
 
 
 async def test_mails_sent_one_after_another_share_one_connection(server: CountingServer, port: int) -> None:
     smtp = sessions(port)
     for n in range(5):
-        await smtp.send(mail(f"user{n}@example.com"))
+        await smtp.send(*mail(f"user{n}@example.com"))
     await smtp.close()
 
     assert server.accepted == [f"user{n}@example.com" for n in range(5)]
@@ -106,8 +102,8 @@ async def test_concurrent_mails_each_get_a_session_and_later_mails_reuse_them(
     server: CountingServer, port: int
 ) -> None:
     smtp = sessions(port)
-    await asyncio.gather(*(smtp.send(mail(f"first{n}@example.com")) for n in range(3)))
-    await asyncio.gather(*(smtp.send(mail(f"second{n}@example.com")) for n in range(3)))
+    await asyncio.gather(*(smtp.send(*mail(f"first{n}@example.com")) for n in range(3)))
+    await asyncio.gather(*(smtp.send(*mail(f"second{n}@example.com")) for n in range(3)))
     await smtp.close()
 
     assert len(server.accepted) == 6
@@ -116,10 +112,10 @@ async def test_concurrent_mails_each_get_a_session_and_later_mails_reuse_them(
 
 async def test_a_session_whose_mail_was_refused_is_not_reused(server: CountingServer, port: int) -> None:
     smtp = sessions(port)
-    await smtp.send(mail("before@example.com"))
+    await smtp.send(*mail("before@example.com"))
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
-        await smtp.send(mail(REFUSED))
-    await smtp.send(mail("after@example.com"))
+        await smtp.send(*mail(REFUSED))
+    await smtp.send(*mail("after@example.com"))
     await smtp.close()
 
     assert server.accepted == ["before@example.com", "after@example.com"]
@@ -130,9 +126,9 @@ async def test_a_session_idle_longer_than_smtp_idle_s_is_closed_and_the_next_mai
     server: CountingServer, port: int
 ) -> None:
     smtp = sessions(port, idle_s=0.2)
-    await smtp.send(mail("before@example.com"))
+    await smtp.send(*mail("before@example.com"))
     await asyncio.sleep(0.5)  # the idle limit itself is what is tested: the session must be gone after it
-    await smtp.send(mail("after@example.com"))
+    await smtp.send(*mail("after@example.com"))
     await smtp.close()
 
     assert server.accepted == ["before@example.com", "after@example.com"]
@@ -142,7 +138,7 @@ async def test_a_session_idle_longer_than_smtp_idle_s_is_closed_and_the_next_mai
 async def test_with_smtp_idle_s_zero_every_mail_has_its_own_connection(server: CountingServer, port: int) -> None:
     smtp = sessions(port, idle_s=0)
     for n in range(3):
-        await smtp.send(mail(f"user{n}@example.com"))
+        await smtp.send(*mail(f"user{n}@example.com"))
     await smtp.close()
 
     assert server.connections == 3
@@ -151,7 +147,7 @@ async def test_with_smtp_idle_s_zero_every_mail_has_its_own_connection(server: C
 async def test_a_session_ends_after_mails_per_session_mails(server: CountingServer, port: int) -> None:
     smtp = sessions(port)
     for n in range(MAILS_PER_SESSION + 1):
-        await smtp.send(mail(f"user{n}@example.com"))
+        await smtp.send(*mail(f"user{n}@example.com"))
     await smtp.close()
 
     assert len(server.accepted) == MAILS_PER_SESSION + 1
@@ -163,13 +159,13 @@ async def test_a_mail_after_the_server_restarted_goes_out_on_a_new_connection_wi
     first = CountingServer()
     controller = Controller(first, hostname="127.0.0.1", port=port)
     controller.start()
-    await smtp.send(mail("before@example.com"))
+    await smtp.send(*mail("before@example.com"))
     controller.stop()  # the idle session's connection is cut by the server
     second = CountingServer()
     controller = Controller(second, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        await smtp.send(mail("after@example.com"))
+        await smtp.send(*mail("after@example.com"))
         await smtp.close()
     finally:
         controller.stop()
