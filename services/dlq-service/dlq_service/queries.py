@@ -450,7 +450,13 @@ def _bound(
 
 
 def _page_read(order: tuple[UnaryExpression[Any], ...], conditions: list[ColumnElement[bool]]) -> Select[Any]:
-    return SUMMARY.where(*conditions).order_by(*order).limit(_PAGE_ROWS)
+    """The page's ids first, then their rows. Asked for whole rows, PostgreSQL weighed the heap fetches: for a
+    common value (a failure group of 40% of the entries, status failed) it walked idx_dlq_list, whose order is
+    the heap's, expecting a match every few entries, and filtered the 135,000 newest entries of other groups to
+    find 51 (481 ms). Asked for ids, the filter's own index answers alone, in the page's order (an index-only
+    scan, 0.1 ms), and the 51 rows are fetched by id."""
+    page = select(col(DeadLetter.id)).where(*conditions).order_by(*order).limit(_PAGE_ROWS).subquery("page")
+    return SUMMARY.join(page, col(DeadLetter.id) == page.c.id).order_by(*order)
 
 
 def _walk_read(order: tuple[UnaryExpression[Any], ...], conditions: list[ColumnElement[bool]]) -> Select[Any]:

@@ -158,7 +158,17 @@ def test_a_word_search_walks_the_list_in_its_order_for_at_most_word_walk_entries
 
 def test_a_list_without_a_time_window_is_newest_entry_first() -> None:
     query = sql(page_query(Filters(queue="email"), 50, None))
-    assert query.endswith("ORDER BY dead_letter_queue.created_at DESC, dead_letter_queue.id DESC \n LIMIT 51")
+    assert query.endswith("ORDER BY dead_letter_queue.created_at DESC, dead_letter_queue.id DESC")
+
+
+def test_a_page_takes_its_ids_from_the_filters_index_then_the_rows_by_id() -> None:
+    query = sql(page_query(Filters(queue="email"), 50, None))
+    assert (
+        "JOIN (SELECT dead_letter_queue.id AS id \nFROM dead_letter_queue \n"
+        "WHERE dead_letter_queue.queue_name = 'email' "
+        "ORDER BY dead_letter_queue.created_at DESC, dead_letter_queue.id DESC \n LIMIT 51) AS page "
+        "ON dead_letter_queue.id = page.id"
+    ) in query
 
 
 def test_a_time_window_lists_the_newest_failure_first_and_pages_on_it() -> None:
