@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
 from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -94,7 +95,14 @@ def setup_telemetry(
     meter_provider: MeterProvider = NoOpMeterProvider()
     if metrics:
         reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)
-        meter_provider = SdkMeterProvider(resource=resource, metric_readers=[reader], views=[MESSAGING_DURATIONS])
+        # No exemplars: the Prometheus exposition has no place for them, yet the SDK's default filter would look at
+        # the current span on every measurement to decide whether to keep one.
+        meter_provider = SdkMeterProvider(
+            resource=resource,
+            metric_readers=[reader],
+            views=[MESSAGING_DURATIONS],
+            exemplar_filter=AlwaysOffExemplarFilter(),
+        )
     tracer_provider: TracerProvider = NoOpTracerProvider()
     if traces:
         sdk_tracer_provider = SdkTracerProvider(resource=resource, sampler=sampler(traces_exporter, sample_ratio))

@@ -29,7 +29,9 @@ def build_dependencies(
     settings: Settings, engine: AsyncEngine, relay: Relay, tokens: Tokens, metrics: GatewayMetrics
 ) -> dict[str, Provide]:
     # A lead waits to be taken into a batch as long as a checkout waits for a pooled connection (libs.db).
-    commits = GroupCommit(engine, max_batch=MAX_BATCH, wait_s=settings.health_check_timeout_s * 2)
+    commits = GroupCommit(
+        engine, max_batch=MAX_BATCH, wait_s=settings.health_check_timeout_s * 2, stored=metrics.leads_submitted
+    )
     intake = Intake(commits, SourceKeys(engine, settings.api_key_cache_ttl_s), relay, metrics)
 
     # The intake comes in as the source's own dependency: Litestar resolves the dependencies of one level in a

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from opentelemetry.metrics import Counter
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import LargeBinary, String, Text, Uuid, and_, bindparam, cast, column, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -58,12 +59,15 @@ class GroupCommit:
 
     A lead not yet taken into a batch after `wait_s` is withdrawn with TimeoutError (the same 503 as a pool
     checkout that timed out); one taken waits for its batch, whose statement is bounded by the pool and the
-    database's own timeouts. A request that goes away before its lead is taken is not written."""
+    database's own timeouts. A request that goes away before its lead is taken is not written.
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int, wait_s: float) -> None:
+    `stored`: the counter of new leads, added to once per batch (once per lead, it was 4% of a request's CPU)."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int, wait_s: float, stored: Counter | None = None) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.stored = stored
         self._waiting: deque[_Waiting] = deque()
         self._writer: asyncio.Task[None] | None = None
 
@@ -107,6 +111,8 @@ class GroupCommit:
                 if not isinstance(error, Exception):
                     raise
                 continue
+            if self.stored is not None:  # before any request is answered
+                self.stored.add(sum(isinstance(outcome, Submitted) and outcome.created for outcome in outcomes))
             for waiting, outcome in zip(batch, outcomes, strict=True):
                 if waiting.outcome.done():
                     continue

@@ -21,6 +21,7 @@ from ingest_gateway.submissions import GroupCommit, LeadSubmission, Submitted
 from libs.contracts import Contact
 from libs.db.tables import Lead, LeadStatus
 from libs.db.tables.outbox import OutboxMessage
+from libs.telemetry import counter, setup_telemetry
 from libs.web.app import retry_later
 
 LOCKED_OUT = text("LOCK TABLE leads IN SHARE MODE")
@@ -214,3 +215,13 @@ async def test_a_lead_whose_request_went_away_before_a_batch_took_it_is_not_stor
         gone.cancel()
     outcome = await asyncio.wait_for(taken, timeout=10)
     assert await stored(engine, source) == {"ext-taken": outcome.lead_id}
+
+
+async def test_new_leads_are_counted_and_repeats_are_not(engine: AsyncEngine, source: AuthenticatedSource) -> None:
+    telemetry = setup_telemetry("group-commit-test")
+    stored_leads = counter(telemetry.meter, "fmhl_leads_submitted_total", "Leads stored.")
+    commits = GroupCommit(engine, max_batch=100, wait_s=5, stored=stored_leads)
+    first = lead()
+    await submit_together(commits, source, [first, lead()])
+    await submit_together(commits, source, [first, lead(), lead(), first])
+    assert "fmhl_leads_submitted_total 4.0" in telemetry.exposition().decode()
