@@ -32,7 +32,8 @@ class Process:
     title: str
     """A PostgreSQL process's command line, NULs as spaces (a backend's names its user and database); else empty."""
     cpu_s: float
-    """User + system time of the process and all its threads (not of its waited-for children)."""
+    """User + system time of the process, all its threads and (but for PostgreSQL) its children ended and waited
+    for."""
 
 
 def _processes() -> dict[tuple[int, int], Process]:
@@ -48,9 +49,13 @@ def _processes() -> dict[tuple[int, int], Process]:
             title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode() if program == "postgres" else ""
         except (FileNotFoundError, ProcessLookupError):
             continue
-        # Fields after the name, from 0: 1 ppid, 11 utime, 12 stime, 19 starttime (proc(5) numbers them 4, 14, 15, 22).
+        # Fields after the name, from 0: 1 ppid, 11-14 utime, stime, cutime, cstime, 19 starttime (proc(5): 4,
+        # 14-17, 22). The children's times are those of children ended and waited for (wrk ended before the window
+        # closed), counted with their parent rather than lost; not the postmaster's, whose ended children are every
+        # database's sessions.
         key = (int(entry.name), int(rest[19]))
-        found[key] = Process(int(rest[1]), program, title, (int(rest[11]) + int(rest[12])) * TICK_S)
+        ended_children = 0 if program == "postgres" else int(rest[13]) + int(rest[14])
+        found[key] = Process(int(rest[1]), program, title, (int(rest[11]) + int(rest[12]) + ended_children) * TICK_S)
     return found
 
 
@@ -192,7 +197,8 @@ class CpuUse:
 
 def since(start: Snapshot, groups: Groups) -> CpuUse:
     """What the cores did from `start` to now. A process started within the window counts all its CPU; one that
-    ended within it counts nothing (its time stays in other)."""
+    ended within it counts in its parent's group once the parent has waited for it (wrk in this process's), else
+    nothing (its time stays in other: a PostgreSQL session closed within the window)."""
     end = snapshot(groups)
     spent = dict.fromkeys(groups.names(), 0.0)
     for key, (name, cpu_s) in end.cpu_s.items():

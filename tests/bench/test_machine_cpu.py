@@ -10,6 +10,7 @@ import time
 import asyncpg
 
 from bench.machine_cpu import (
+    BENCH,
     CORES,
     OTHER,
     POSTGRESQL,
@@ -24,6 +25,7 @@ from bench.machine_cpu import (
 from tests.conftest import wait_for
 
 BURN = "while True: pass"
+BURN_FOR_A_WHILE = "import time\nwhile time.process_time() < 0.25: pass"
 
 
 def test_a_backend_title_names_its_database_and_a_shared_process_none() -> None:
@@ -56,6 +58,13 @@ def test_a_services_cpu_is_counted_in_its_group_and_the_groups_add_up_to_at_most
     details = use.details(items=10)
     assert details["cpu_burner_ms"] == 1000 * use.groups["burner"] / 10
     assert details["machine_idle_share"] == round(use.idle_share, 3)
+
+
+def test_a_child_that_ended_within_the_window_counts_with_this_process() -> None:
+    groups = Groups("no-such-database")
+    start = snapshot(groups)
+    subprocess.run([sys.executable, "-c", BURN_FOR_A_WHILE], check=True)
+    assert since(start, groups).groups[BENCH] >= 0.2
 
 
 async def test_the_benchmarks_database_backends_count_as_postgresql(database_url: str) -> None:
