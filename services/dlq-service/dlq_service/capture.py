@@ -3,8 +3,9 @@
 Idempotent: each dead letter has a dedupe key; a redelivered one finds its event row and changes nothing. A
 message that says it is a retry of an entry updates that entry only when it carries the dlq-service's signature
 for a retry of it still in flight; otherwise it is a new entry of its own. Letters arriving together are
-recorded together (`CaptureBatcher`: one transaction, one multi-row INSERT per table); one the batch cannot take
-is recorded alone. This is the hot path, so its statements are built once, here, and executed with parameters.
+recorded together (`CaptureBatcher`: one statement inserting into both tables, its own transaction); one the
+batch cannot take is recorded alone. This is the hot path, so its statements are built once, here, and executed
+with parameters.
 """
 
 from __future__ import annotations
@@ -12,13 +13,27 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.trace import Link, NoOpTracer, Span, SpanContext, SpanKind, Tracer
-from sqlalchemy import Select, String, Table, Text, any_, bindparam, cast, exists, func, select, text, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Insert,
+    String,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import column as sql_column
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -27,6 +42,7 @@ from sqlmodel import col
 
 from dlq_service.dead_letters import DeadLetterMessage, RetryLink
 from dlq_service.signing import RetrySigner
+from libs.db import autocommitting
 from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterRetry, DeadLetterStatus, RetryOutcome
 from libs.logging import get_logger
 from libs.messaging.topology import DLQ_QUEUE
@@ -60,48 +76,74 @@ _EVENT = (
 _NEW_ENTRY = insert(DeadLetter).values(
     payload=cast(bindparam("payload", type_=Text), JSONB), headers=cast(bindparam("headers", type_=Text), JSONB)
 )
-# A batch as one statement per table whatever its size, each column's values one array (`unnest`): the same SQL
-# for every batch is prepared once per connection (a multi-row VALUES list is new SQL for each batch size, and
-# was prepared again for most batches), and dead_letter_queue's statement-level triggers count the batch's groups
-# once.
-_SEEN_OF_BATCH = select(col(DeadLetterEvent.dedupe_key)).where(
-    col(DeadLetterEvent.dedupe_key) == any_(bindparam("dedupe_keys", type_=ARRAY(String)))
-)
-
-
-def _unnested(table: Table, names: Sequence[str]) -> Select[Any]:
-    """The rows of a batch given as one array per column (parameters named after the columns): jsonb as text
-    cast back, enums and bounded text as unbounded text (a cast to VARCHAR(n) would cut a value too long where
-    the column refuses it)."""
-    columns = [table.c[name] for name in names]
-    stored = [column.type.impl if isinstance(column.type, TypeDecorator) else column.type for column in columns]
-    element = [Text() if isinstance(type_, JSONB) else String() if isinstance(type_, String) else type_
-               for type_ in stored]  # fmt: skip
-    rows = func.unnest(*(bindparam(name, type_=ARRAY(type_)) for name, type_ in zip(names, element, strict=True)))
-    values = rows.table_valued(
-        *(sql_column(name, type_) for name, type_ in zip(names, element, strict=True))
-    ).render_derived("batch")
-    return select(*(cast(values.c[column.name], JSONB) if isinstance(column.type, JSONB) else values.c[column.name]
-                    for column in columns))  # fmt: skip
-
-
-_ENTRY_COLUMNS = (
-    "id", "queue_name", "job_id", "payload", "error_message", "stack_trace", "attempts", "failed_at",
-    "original_exchange", "original_routing_key", "message_id", "correlation_id", "headers", "raw_body", "reason",
-    "error_type", "fingerprint", "service", "first_failed_at", "last_failed_at", "message_type", "content_type",
+# A batch as one statement whatever its size, in autocommit: one round trip, no BEGIN and COMMIT. Each column's
+# values are one array (`unnest`), so the same SQL serves every batch size and is prepared once per connection (a
+# multi-row VALUES list is new SQL for each size). The events go in first, ON CONFLICT DO NOTHING, and an entry is
+# inserted only for an event that went in: a letter recorded before (or by a replica meanwhile: the conflict waits
+# for its commit) adds nothing, and the statement says which entries it inserted. Foreign keys are checked at the
+# statement's end, once both tables hold their rows; dead_letter_queue's statement-level triggers count the
+# batch's groups once.
+_BATCH_COLUMNS = (
+    "id", "queue_name", "job_id", "payload", "error_message", "stack_trace", "attempts", "original_exchange",
+    "original_routing_key", "message_id", "correlation_id", "headers", "raw_body", "reason", "error_type",
+    "fingerprint", "service", "first_failed_at", "last_failed_at", "message_type", "content_type",
 )  # fmt: skip
-_EVENT_COLUMNS = ("entry_id", "dedupe_key", "reason", "error_type", "error_message", "attempts", "failed_at")
-_NEW_ENTRIES = insert(DeadLetter).from_select(_ENTRY_COLUMNS, _unnested(DeadLetter.__table__, _ENTRY_COLUMNS))  # type: ignore[attr-defined]
-_EVENTS = (
-    insert(DeadLetterEvent)
-    .from_select(_EVENT_COLUMNS, _unnested(DeadLetterEvent.__table__, _EVENT_COLUMNS))  # type: ignore[attr-defined]
-    .on_conflict_do_nothing(index_elements=[col(DeadLetterEvent.dedupe_key)])
-    .returning(col(DeadLetterEvent.dedupe_key))
-)
+"""A new entry's columns the letter gives (its `failed_at` is its `last_failed_at`); each is a parameter, one array
+of the batch's values, named after it (`batch_<column>`)."""
 
 
-def _columns_of(rows: Sequence[Mapping[str, object]], names: Sequence[str]) -> dict[str, list[object]]:
-    return {name: [row[name] for row in rows] for name in names}
+def _array_of(column: ColumnElement[Any]) -> ARRAY[Any]:
+    """The array type a column's values are sent as: jsonb as text (cast back), enums and bounded text as
+    unbounded text (a cast to VARCHAR(n) would cut a value too long where the column refuses it)."""
+    stored = column.type.impl if isinstance(column.type, TypeDecorator) else column.type
+    return ARRAY(Text() if isinstance(stored, JSONB) else String() if isinstance(stored, String) else stored)
+
+
+def _batch_rows() -> CTE:
+    """The batch's rows, one array parameter per column plus the letters' dedupe keys."""
+    table: Table = DeadLetter.__table__  # type: ignore[attr-defined]
+    arrays = {name: _array_of(table.c[name]) for name in _BATCH_COLUMNS}
+    arrays["dedupe_key"] = ARRAY(String())
+    rows = func.unnest(*(bindparam(f"batch_{name}", type_=type_) for name, type_ in arrays.items()))
+    values = rows.table_valued(*(sql_column(name, type_.item_type) for name, type_ in arrays.items()))
+    values = values.render_derived("letters")
+    return select(values).cte("batch")
+
+
+def _record_batch() -> Insert:
+    batch = _batch_rows()
+    events = (
+        insert(DeadLetterEvent)
+        .from_select(
+            ["entry_id", "dedupe_key", "reason", "error_type", "error_message", "attempts", "failed_at"],
+            select(
+                batch.c.id,
+                batch.c.dedupe_key,
+                batch.c.reason,
+                batch.c.error_type,
+                batch.c.error_message,
+                batch.c.attempts,
+                batch.c.last_failed_at,
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=[col(DeadLetterEvent.dedupe_key)])
+        .returning(col(DeadLetterEvent.entry_id))
+        .cte("recorded")
+    )
+    table: Table = DeadLetter.__table__  # type: ignore[attr-defined]
+    values = [
+        cast(batch.c[name], JSONB) if isinstance(table.c[name].type, JSONB) else batch.c[name]
+        for name in _BATCH_COLUMNS
+    ]
+    entries = select(*values, batch.c.last_failed_at).where(batch.c.id.in_(select(events.c.entry_id)))
+    return (
+        insert(DeadLetter)
+        .from_select([*_BATCH_COLUMNS, "failed_at"], entries, include_defaults=False)
+        .returning(col(DeadLetter.id))
+    )
+
+
+_RECORD_BATCH = _record_batch()
 
 
 # A bound name in an UPDATE must not be a column name of its table: SQLAlchemy would take it for a value to SET.
@@ -198,30 +240,27 @@ async def capture(engine: AsyncEngine, letter: DeadLetterMessage, signer: RetryS
 
 
 async def capture_batch(engine: AsyncEngine, letters: Sequence[DeadLetterMessage]) -> list[Captured]:
-    """Letters that name no retry in flight, recorded in one transaction, each result in the letters' order: a
-    letter seen before (or earlier in the batch) is a duplicate, every other one a new entry. Raises
-    _AlreadyRecorded, everything rolled back, when a concurrent delivery recorded one of them meanwhile."""
-    keys = [letter.dedupe_key for letter in letters]
+    """Letters that name no retry in flight, recorded in one statement (one transaction: on an autocommitting
+    `engine`, without a BEGIN and COMMIT round trip around it), each result in the letters' order: a letter seen
+    before (earlier in the batch, in the table, or recorded by a replica meanwhile) is a duplicate, every other
+    one a new entry."""
+    first: dict[str, int] = {}
+    for position, letter in enumerate(letters):
+        first.setdefault(letter.dedupe_key, position)
+    entry_ids = {position: uuid.uuid4() for position in first.values()}
+    rows = [letters[position].entry_values(entry_id) for position, entry_id in entry_ids.items()]
+    params = {f"batch_{name}": [row[name] for row in rows] for name in _BATCH_COLUMNS}
+    params["batch_dedupe_key"] = list(first)
     async with engine.begin() as connection:
-        seen = set((await connection.scalars(_SEEN_OF_BATCH, {"dedupe_keys": keys})).all())
-        results: list[Captured] = []
-        new_entries: list[dict[str, object]] = []
-        new_events: list[dict[str, object]] = []
-        for letter, key in zip(letters, keys, strict=True):
-            if key in seen:
-                results.append(Captured(None, CaptureOutcome.duplicate))
-                continue
-            seen.add(key)
-            entry_id = uuid.uuid4()
-            new_entries.append(letter.entry_values(entry_id))
-            new_events.append(letter.event_values(entry_id))
+        inserted = set((await connection.scalars(_RECORD_BATCH, params)).all())
+    results: list[Captured] = []
+    for position, letter in enumerate(letters):
+        entry_id = entry_ids.get(position)
+        if entry_id is not None and entry_id in inserted:
             results.append(Captured(entry_id, CaptureOutcome.new, link_refused=letter.retry_link is not None))
-        if new_entries:
-            await connection.execute(_NEW_ENTRIES, _columns_of(new_entries, _ENTRY_COLUMNS))
-            inserted = (await connection.execute(_EVENTS, _columns_of(new_events, _EVENT_COLUMNS))).all()
-            if len(inserted) != len(new_events):
-                raise _AlreadyRecorded
-        return results
+        else:
+            results.append(Captured(None, CaptureOutcome.duplicate))
+    return results
 
 
 async def database_reachable(engine: AsyncEngine, timeout_s: float) -> bool:
@@ -299,6 +338,8 @@ class CaptureBatcher:
         recorded: Recorded | None = None,
     ) -> None:
         self.engine = engine
+        self.autocommit = autocommitting(engine)
+        """Where a batch is written: its one statement is its transaction."""
         self.signer = signer
         self.max_batch = max_batch
         self.attempts = attempts
@@ -370,9 +411,7 @@ class CaptureBatcher:
 
     async def _write(self, letters: Sequence[DeadLetterMessage]) -> list[Captured | Refused]:
         try:
-            return list(await capture_batch(self.engine, letters))
-        except _AlreadyRecorded:
-            pass  # a replica recorded one of them meanwhile: alone, each finds out which
+            return list(await capture_batch(self.autocommit, letters))
         except Exception as failure:  # the probe tells an outage from a batch PostgreSQL refuses
             if not await database_reachable(self.engine, self.probe_timeout_s):
                 raise DatabaseUnavailable(_describe(failure)) from failure

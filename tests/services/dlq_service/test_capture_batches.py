@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 from pydantic import SecretStr
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
@@ -88,6 +88,38 @@ async def test_a_dead_letter_recorded_before_is_a_duplicate_in_a_later_batch(eng
     await batcher(engine).record(letter(queue, "m-1"))
     outcomes = await asyncio.gather(*(batcher(engine).record(letter(queue, name)) for name in ("m-1", "m-2")))
     assert [outcome.outcome for outcome in outcomes] == [CaptureOutcome.duplicate, CaptureOutcome.new]  # type: ignore[union-attr]
+    assert await entries(engine, queue) == 2
+
+
+async def waiting_for_a_lock(engine: AsyncEngine) -> bool:
+    async with engine.connect() as connection:
+        waiting = await connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
+
+
+async def test_a_dead_letter_a_replica_records_meanwhile_is_a_duplicate_and_the_rest_of_the_batch_new(
+    engine: AsyncEngine, queue: str
+) -> None:
+    first = letter(queue, "m-1")
+    async with engine.begin() as replica:  # has written m-1, not committed yet
+        entry_id = uuid.uuid4()
+        await replica.execute(insert(DeadLetter).values(id=entry_id, queue_name=queue, failed_at=first.last_failed_at))
+        await replica.execute(
+            insert(DeadLetterEvent).values(
+                entry_id=entry_id, dedupe_key=first.dedupe_key, reason=first.reason, failed_at=first.last_failed_at
+            )
+        )
+        recording = asyncio.create_task(capture_batch(engine, [letter(queue, "m-1"), letter(queue, "m-2")]))
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await waiting_for_a_lock(engine):  # the batch waits for the replica's m-1 to commit or not
+            assert asyncio.get_running_loop().time() < deadline, "the batch never waited for the replica's row"
+            await asyncio.sleep(0.02)
+    outcomes = await recording
+    assert [outcome.outcome for outcome in outcomes] == [CaptureOutcome.duplicate, CaptureOutcome.new]
     assert await entries(engine, queue) == 2
 
 
