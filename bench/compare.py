@@ -70,8 +70,10 @@ async def main(argv: Sequence[str]) -> None:
         "divides the after ratio by the before ratio, so load that slows a whole run cancels out; 1.000 means "
         "unchanged, below 0.950 means more than 5% slower. Spread is (max - min) / median of a side's runs. "
         "Service CPU per item is the measured process's own CPU time per request, lead or dead letter: far "
-        "steadier than throughput when both sides see a similar load, though it rises with load too, and it "
-        "leaves out PostgreSQL's and RabbitMQ's share of the work.",
+        "steadier than throughput when both sides see a similar load, though it rises with load too. The details "
+        "give the machine CPU account of each side's window (bench/machine_cpu.py): each group's CPU ms per item "
+        "(the services, PostgreSQL, RabbitMQ, the load generator, other), the machine's idle share, and the rate "
+        "the target needs beside the rate the two cores allow at that CPU per item.",
         "",
         *comparison_table(measured, summaries["before"], summaries["after"]),
         *([f"Runs lost (both sides dropped): {'; '.join(lost)}.", ""] if lost else []),

@@ -2,7 +2,9 @@
 whose subscriptions overlap (or a few providers each taking every lead), with the email path running, against
 min(raw consume+ack, raw PostgreSQL running the same distribution transaction at the same concurrency) in the
 same run; the same after 1,000,000 assignments exist (seeded with COPY) against an empty database; telemetry on
-against off. Each figure also gives the worker's statements per lead and the deadlocks of the run.
+against off. Each figure also gives the worker's statements per lead, the deadlocks of the run and the machine CPU
+account of the drain and of each baseline (bench/machine_cpu.py: distribution-worker, email-worker, the SMTP sink,
+PostgreSQL, RabbitMQ, this process, other; idle share; the rate the target needs beside the rate the cores allow).
 
     python -m bench.distribution_overlap [--only overlap,every_lead,million,telemetry,replicas] [--runs 1]
         [--leads 2000] [--checkout DIR] [--before DIR --before-revision 0006] [--write]
