@@ -450,11 +450,17 @@ def _bound(
 
 
 def _page_read(order: tuple[UnaryExpression[Any], ...], conditions: list[ColumnElement[bool]]) -> Select[Any]:
-    """The page's ids first, then their rows. Asked for whole rows, PostgreSQL weighed the heap fetches: for a
-    common value (a failure group of 40% of the entries, status failed) it walked idx_dlq_list, whose order is
-    the heap's, expecting a match every few entries, and filtered the 135,000 newest entries of other groups to
-    find 51 (481 ms). Asked for ids, the filter's own index answers alone, in the page's order (an index-only
-    scan, 0.1 ms), and the 51 rows are fetched by id."""
+    return SUMMARY.where(*conditions).order_by(*order).limit(_PAGE_ROWS)
+
+
+def _page_by_ids_read(order: tuple[UnaryExpression[Any], ...], conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    """A page filtered by equality: its ids first, then their rows. Asked for whole rows, PostgreSQL weighed the
+    heap fetches: for a common value (a failure group of 40% of the entries, a queue) it walked idx_dlq_list, whose
+    order is the heap's, expecting a match every few entries, and filtered the 135,000 newest entries of other
+    groups to find 51 (481 ms). Asked for ids, the filter's own index answers alone, in the page's order (an
+    index-only scan), and the rows are fetched by id (0.7 ms in all, against 0.2 ms for the rows read straight
+    from the filter's index when PostgreSQL picks it: a list without an equality filter, whose index is the only
+    one that fits, reads its rows directly)."""
     page = select(col(DeadLetter.id)).where(*conditions).order_by(*order).limit(_PAGE_ROWS).subquery("page")
     return SUMMARY.join(page, col(DeadLetter.id) == page.c.id).order_by(*order)
 
@@ -497,7 +503,8 @@ def page_query(filters: Filters, limit: int, cursor: str | None) -> Select[Any]:
 
 
 def page_read(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Bound:
-    return _bound(_page_read, filters, after, page_rows=limit + 1)
+    equal = any(getattr(filters, name) is not None for name in filters.EQUAL)
+    return _bound(_page_by_ids_read if equal else _page_read, filters, after, page_rows=limit + 1)
 
 
 def walk_read(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None) -> Bound:

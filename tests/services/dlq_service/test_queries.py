@@ -161,7 +161,13 @@ def test_a_list_without_a_time_window_is_newest_entry_first() -> None:
     assert query.endswith("ORDER BY dead_letter_queue.created_at DESC, dead_letter_queue.id DESC")
 
 
-def test_a_page_takes_its_ids_from_the_filters_index_then_the_rows_by_id() -> None:
+def test_a_list_without_an_equality_filter_reads_its_rows_directly() -> None:
+    query = sql(page_query(Filters(failed_from=datetime(2026, 11, 1, tzinfo=UTC)), 50, None))
+    assert "JOIN" not in query
+    assert query.endswith("ORDER BY dead_letter_queue.last_failed_at DESC, dead_letter_queue.id DESC \n LIMIT 51")
+
+
+def test_a_page_filtered_by_equality_takes_its_ids_from_the_filters_index_then_the_rows_by_id() -> None:
     query = sql(page_query(Filters(queue="email"), 50, None))
     assert (
         "JOIN (SELECT dead_letter_queue.id AS id \nFROM dead_letter_queue \n"
