@@ -6,6 +6,7 @@ import uuid
 from http import HTTPStatus
 from typing import Annotated
 
+import orjson
 from litestar import Controller, MediaType, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
@@ -37,9 +38,10 @@ class LeadAccepted(BaseModel):
 
 
 def accepted(lead_id: uuid.UUID, status: LeadStatus) -> ASGIResponse:
-    """A lead submission's 202, its body encoded here: Litestar's response pipeline for a returned model (a Response,
-    its rendering through the model's encoder hook, then an ASGIResponse) took 4% of the request's CPU."""
-    body = LeadAccepted(lead_id=lead_id, status=status).model_dump_json().encode()
+    """A lead submission's 202 with LeadAccepted's body, encoded here: Litestar's response pipeline for a returned
+    model (a Response, its rendering through the model's encoder hook, then an ASGIResponse) took 4% of the request's
+    CPU, and building and dumping the pydantic model 1.7%."""
+    body = orjson.dumps({"lead_id": lead_id, "status": status})
     return ASGIResponse(body=body, status_code=HTTP_202_ACCEPTED, media_type=MediaType.JSON)
 
 
