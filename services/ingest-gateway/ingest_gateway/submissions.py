@@ -254,7 +254,11 @@ _EARLIER = select(*_LEAD).where(
 def values(source: AuthenticatedSource, lead: LeadSubmission, idempotency_key: str | None) -> dict[str, Any]:
     """A submission as the statements' values, with a new lead id and its lead.submitted."""
     lead_id = uuid.uuid4()
-    event = LeadSubmitted(lead_id=lead_id, external_id=lead.external_id, category=lead.category, zip=lead.zip)
+    # Not validated again: the submission's fields were, as the same types (SafeText, ZipCode) with the columns'
+    # lengths on top (1% of the request's CPU).
+    event = LeadSubmitted.model_construct(
+        lead_id=lead_id, external_id=lead.external_id, category=lead.category, zip=lead.zip
+    )
     return {
         "lead_id": lead_id,
         "source_id": source.id,
