@@ -183,6 +183,8 @@ def raw_bytes(text: str) -> bytes:
 
 def printable(text: str) -> str:
     """Text safe to publish, log and store: invalid bytes as `\\xff`, NUL as `\\x00`."""
+    if text.isascii():  # nearly every text, told without a copy (ASCII holds no escaped byte)
+        return text if "\x00" not in text else text.replace("\x00", "\\x00")
     if is_clean(text) and "\x00" not in text:
         return text
     return raw_bytes(text).decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
