@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import decimal
 import struct
 
 import pytest
-from pamqp import commands, decode, encode, header
+from pamqp import commands, common, decode, encode, header
 
 from libs.messaging.wire import (
     UNDECODABLE_PROPERTIES,
@@ -112,3 +113,30 @@ def test_a_short_text_fits_an_amqp_short_string_even_after_escaping() -> None:
     assert short is not None
     assert len(short.encode()) <= 255
     assert short.startswith("\\xff")
+
+
+def test_every_kind_of_header_value_reads_back_as_it_was_sent() -> None:
+    sent: common.FieldTable = {
+        "text": "a stack trace\nwith lines é€",
+        "empty": "",
+        "small": 7,
+        "int32": -(2**31),
+        "int64": 2**40,
+        "flag": True,
+        "ratio": 0.25,
+        "price": decimal.Decimal("12.50"),
+        "at": datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC),
+        "raw": bytearray(b"\x00\xff"),
+        "nothing": None,
+        "x-death": [{"queue": "leads", "count": 2, "routing-keys": ["lead.approved"]}],
+        "nested": {"deeper": {"deepest": "yes"}},
+    }
+    properties = received(commands.Basic.Properties(message_id="m-1", delivery_mode=2, headers=sent))
+    assert (properties.message_id, properties.delivery_mode, properties.headers) == ("m-1", 2, sent)
+
+
+def test_a_long_string_header_that_is_not_utf8_keeps_its_bytes() -> None:
+    properties = received(
+        commands.Basic.Properties(headers={"why": "PLACEHOLDER-1"}), (b"PLACEHOLDER-1", b"bad-\xff-bytes12")
+    )
+    assert properties.headers == {"why": b"bad-\xff-bytes12"}
