@@ -15,7 +15,8 @@ from pathlib import Path
 
 import aio_pika
 from aio_pika.abc import AbstractChannel
-from sqlalchemy import text
+from sqlalchemy import bindparam, func, select, text
+from sqlmodel import col
 
 from bench.broker import channel, consume_and_ack, declare_topology, depth, publish_all, purge_topology
 from bench.dlq_seed import seed
@@ -33,6 +34,7 @@ from bench.machine_cpu import Groups, cpu_details, database_name
 from bench.report import Measurement
 from bench.runner import run_alone
 from libs.contracts import LeadApproved
+from libs.db.tables import DeadLetterGroupCount
 from libs.messaging import headers as h
 from libs.messaging.topology import DEAD_LETTER_EXCHANGE, DLQ_QUEUE, EVENTS_EXCHANGE
 
@@ -44,6 +46,14 @@ TARGET = 0.6
 allow it."""
 TRUNCATE = "TRUNCATE dead_letter_queue, dead_letter_events, dead_letter_retries, redrive_items, redrives CASCADE"
 CAPTURED = text("SELECT count(*) FROM dead_letter_queue WHERE queue_name = :queue")
+"""What the run captured, exactly: checked once, after the service stopped."""
+CAPTURED_SO_FAR = select(func.coalesce(func.sum(col(DeadLetterGroupCount.unresolved)), 0)).where(
+    col(DeadLetterGroupCount.queue_name) == bindparam("queue")
+)
+"""What the run captured, as the clock polls it every 20 ms: the unresolved count of the run's own queue's groups,
+kept by dead_letter_queue's triggers in each batch's own statement (every captured letter is unresolved). Counting
+the entries instead read every entry of the run again on each poll (an index scan with a heap fetch per entry:
+27 ms at 20,000), about 0.4 ms of PostgreSQL's CPU per letter taken from the service it measures."""
 
 STACK = """Traceback (most recent call last):
   File "/app/libs/messaging/consumer.py", line 112, in handle
@@ -129,6 +139,10 @@ class DlqCapture:
             async with engine.connect() as connection:
                 return int(await connection.scalar(CAPTURED, {"queue": queue}) or 0)
 
+        async def captured_so_far() -> int:
+            async with engine.connect() as connection:
+                return int(await connection.scalar(CAPTURED_SO_FAR, {"queue": queue}) or 0)
+
         try:
             if self.stored:
                 await seed(engine, self.stored)
@@ -143,7 +157,7 @@ class DlqCapture:
                 async with running(service, wait_ready=False) as dlq_service:
                     groups = Groups(database_name(env.database_url), {"dlq-service": [dlq_service.process.pid]})
                     drain = await time_drain(
-                        captured, self.letters, dlq_service, timeout_s=max(300, self.letters / 5), groups=groups
+                        captured_so_far, self.letters, dlq_service, timeout_s=max(300, self.letters / 5), groups=groups
                     )
                 await wait_until(lambda: self._empty(chan), 10, f"{DLQ_QUEUE} queue empty after dlq-service stopped")
             if (stored := await captured()) != self.letters:
