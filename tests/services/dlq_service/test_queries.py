@@ -15,7 +15,7 @@ from dlq_service.queries import (
     GROUPS,
     SUMMARY,
     UNRESOLVED,
-    WORD_WALK,
+    WORD_WINDOWS,
     DeadLetterGroups,
     Filters,
     ListedPage,
@@ -27,8 +27,8 @@ from dlq_service.queries import (
     summary,
     summary_fields,
     utc_time,
-    walk_end_read,
-    walk_read,
+    window_read,
+    word_windows,
 )
 from libs.db.keyset import encode_cursor
 from libs.db.tables import DeadLetter, DeadLetterReason, DeadLetterStatus
@@ -148,12 +148,36 @@ def test_filters_join_with_and() -> None:
     )
 
 
-def test_a_word_search_walks_the_list_in_its_order_for_at_most_word_walk_entries() -> None:
-    walk = sql(bound(*walk_read(Filters(queue="email", text="boom"), 50, None)))
-    assert "WHERE dead_letter_queue.queue_name = 'email' ORDER BY dead_letter_queue.created_at DESC, " in walk
-    assert f"LIMIT {WORD_WALK}) AS walked" in walk
-    assert "WHERE walked.search_words @@ plainto_tsquery(CAST('simple' AS REGCONFIG), 'boom')" in walk
-    assert f"OFFSET {WORD_WALK - 1}" in sql(bound(*walk_end_read(Filters(queue="email", text="boom"), None)))
+def test_the_windows_of_a_search_for_several_words_follow_one_another_back_from_its_start() -> None:
+    start = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    bounds = [start - reach for reach in WORD_WINDOWS]
+    assert list(word_windows(start, None)) == list(zip([*bounds, None], [None, *bounds], strict=True))
+
+
+def test_the_windows_end_with_the_one_that_reaches_the_lists_own_lower_bound() -> None:
+    start = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    floor = start - timedelta(days=3)
+    assert list(word_windows(start, floor)) == [
+        (start - WORD_WINDOWS[0], None),
+        (start - WORD_WINDOWS[1], start - WORD_WINDOWS[0]),
+        (None, start - WORD_WINDOWS[1]),
+    ]
+
+
+def test_a_window_starting_before_the_earliest_time_takes_everything_older() -> None:
+    start = datetime(1, 1, 1, 12, tzinfo=UTC)
+    assert list(word_windows(start, None)) == [(start - WORD_WINDOWS[0], None), (None, start - WORD_WINDOWS[0])]
+
+
+def test_a_windows_times_are_written_into_its_statement_on_the_lists_order() -> None:
+    since, before = datetime(2026, 11, 29, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UTC)
+    statement, values = window_read(Filters(text="provider deadlock"), 50, None, since, before)
+    compiled = str(bound(statement, values).compile(dialect=ASYNCPG, compile_kwargs={"render_postcompile": True}))
+    assert "dead_letter_queue.created_at >= '2026-11-29 00:00:00+00:00'" in compiled
+    assert "dead_letter_queue.created_at < '2026-11-30 00:00:00+00:00'" in compiled
+    assert values["words"] == "provider deadlock"
+    windowed = sql(bound(*window_read(Filters(text="a b", failed_from=since), 50, None, since, None)))
+    assert "dead_letter_queue.last_failed_at >= '2026-11-29 00:00:00+00:00'" in windowed
 
 
 def test_a_list_without_a_time_window_is_newest_entry_first() -> None:

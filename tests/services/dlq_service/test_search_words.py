@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 
-from dlq_service.queries import WORD_WALK, Filters, list_page, selected_ids
+from dlq_service.queries import WORD_WINDOWS, Filters, has_words, list_page, selected_ids
 from libs.db.tables import DeadLetter
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -95,18 +96,56 @@ async def test_a_substring_search_keeps_its_meaning_on_later_pages(engine: Async
     assert await found(engine, queue, "navail", limit=2) == ids[::-1]
 
 
-async def test_a_search_for_several_words_pages_through_its_matches_beyond_the_entries_it_walks(
+async def store_aged(engine: AsyncEngine, queue: str, *entries: tuple[str, timedelta]) -> None:
+    """Entries of (error message, age): each created that long before now."""
+    now = datetime.now(UTC)
+    rows = [
+        {"queue_name": queue, "error_message": message, "failed_at": now - age, "created_at": now - age,
+         "last_failed_at": now - age}
+        for message, age in entries
+    ]  # fmt: skip
+    async with engine.begin() as connection:
+        await connection.execute(insert(DeadLetter), rows)
+
+
+async def listed(engine: AsyncEngine, queue: str, text: str) -> list[uuid.UUID]:
+    """The entries of `queue` having every word of `text`, in the list's order, asked in one plain statement."""
+    async with engine.connect() as connection:
+        query = (
+            select(col(DeadLetter.id))
+            .where(col(DeadLetter.queue_name) == queue, has_words(col(DeadLetter.search_words), text))
+            .order_by(col(DeadLetter.created_at).desc(), col(DeadLetter.id).desc())
+        )
+        return list((await connection.scalars(query)).all())
+
+
+async def test_a_search_for_several_words_lists_what_one_plain_statement_lists_across_its_windows(
     engine: AsyncEngine, queue: str
 ) -> None:
-    # Matches among the newest WORD_WALK entries come from walking them; the older ones from the word index.
-    older = 1_500
-    entries: list[tuple[str, dict[str, Any]]] = [
-        ("needle in the hay" if number % 397 == 0 else "hay", {}) for number in range(older + WORD_WALK)
+    # Matches in every window, some sharing a time, among entries that have one of the words only, pages of 3
+    # straddling the windows' bounds.
+    ages = [timedelta(minutes=5), *WORD_WINDOWS, WORD_WINDOWS[-1] * 3]
+    entries = [
+        (message, age + timedelta(seconds=offset))
+        for age in ages
+        for offset, message in enumerate(["needle in the hay", "hay", "needle", "hay needle", "needle hay"])
     ]
-    ids = await store(engine, queue, *entries)
-    needles = [number for number, (message, _) in enumerate(entries) if message != "hay"]
-    assert min(needles) < older <= max(needles)
-    assert await found(engine, queue, "hay needle", limit=2) == [ids[number] for number in reversed(needles)]
+    await store_aged(engine, queue, *entries, ("hay needle", ages[1]), ("needle hay", ages[1]), ("hay", ages[1]))
+    expected = await listed(engine, queue, "hay needle")
+    assert len(expected) == 3 * len(ages) + 2
+    assert await found(engine, queue, "hay needle", limit=3) == expected
+    assert await found(engine, queue, "needle hay", limit=50) == expected
+
+
+async def test_a_later_page_of_a_search_for_several_words_starts_after_its_cursors_entry(
+    engine: AsyncEngine, queue: str
+) -> None:
+    await store_aged(engine, queue, *((f"needle {n} hay", timedelta(days=40, minutes=n)) for n in range(4)))
+    expected = await listed(engine, queue, "needle hay")
+    first = await list_page(engine, Filters(queue=queue, text="needle hay"), 1, None)
+    assert [item.id for item in first.items] == expected[:1]
+    second = await list_page(engine, Filters(queue=queue, text="needle hay"), 2, first.next_cursor)
+    assert [item.id for item in second.items] == expected[1:3]
 
 
 async def test_a_search_within_a_time_window_pages_newest_failure_first(engine: AsyncEngine, queue: str) -> None:
