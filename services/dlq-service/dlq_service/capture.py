@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -185,6 +187,17 @@ _FAILED_AGAIN = (
 _PROBE = text("SELECT 1")
 
 
+def new_entry_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): milliseconds since the epoch, then 74 random bits. A new entry (and its event, indexed
+    by entry) lands on the right edge of the primary key and of the events' entry index instead of on a random
+    page of a table of millions: at a million entries a batch of 200 random ids read and dirtied about 400 index
+    pages more, each written back and logged whole in WAL after a checkpoint."""
+    milliseconds = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = (random_bits >> 62) & 0xFFF, random_bits & ((1 << 62) - 1)
+    return uuid.UUID(int=milliseconds << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
+
+
 class _AlreadyRecorded(Exception):
     """Raised inside the transaction so that everything it wrote is rolled back."""
 
@@ -230,7 +243,7 @@ async def capture(engine: AsyncEngine, letter: DeadLetterMessage, signer: RetryS
                 return Captured(None, CaptureOutcome.duplicate)
             if link is not None and await _failed_again(connection, link, letter):
                 return Captured(link.entry_id, CaptureOutcome.failed_again)
-            entry_id = uuid.uuid4()
+            entry_id = new_entry_id()
             await connection.execute(_NEW_ENTRY, letter.entry_values(entry_id))
             await _event(connection, entry_id, letter)
             return Captured(entry_id, CaptureOutcome.new, link_refused=refused)
@@ -247,7 +260,7 @@ async def capture_batch(engine: AsyncEngine, letters: Sequence[DeadLetterMessage
     first: dict[str, int] = {}
     for position, letter in enumerate(letters):
         first.setdefault(letter.dedupe_key, position)
-    entry_ids = {position: uuid.uuid4() for position in first.values()}
+    entry_ids = {position: new_entry_id() for position in first.values()}
     rows = [letters[position].entry_values(entry_id) for position, entry_id in entry_ids.items()]
     params = {f"batch_{name}": [row[name] for row in rows] for name in _BATCH_COLUMNS}
     params["batch_dedupe_key"] = list(first)
