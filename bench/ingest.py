@@ -1,8 +1,13 @@
-"""Ingest throughput: POST /api/v1/leads on one ingest-gateway process (or HTTP_WORKERS forked ones) at 64
-connections (wrk, a new lead per request), against a constant Litestar route on the same server settings in the
-same run.
+"""Ingest throughput: POST /api/v1/leads on the ingest-gateway at 64 connections (wrk, a new lead per request),
+against a constant Litestar route on the same server settings in the same run: the same number of server processes
+(`--workers`, the gateway's HTTP_WORKERS; one by default, the figure issue 12 set its target on).
 
 Alone, on this checkout: python -m bench.ingest [--runs 1] [--duration 20] [--connections 64] [--port 18501]
+[--workers N]
+
+Each run has its own RabbitMQ vhost (made through the management API, deleted with everything in it at the end),
+and the gateway is stopped only once its relay has published every lead.submitted the run staged: nothing of a run
+is left for a later gateway or test to publish or consume.
 
 `--storage`: the ceiling under it, the lead's storage alone (no HTTP, no publishing), in this process on this
 checkout: `--connections` submitters for `--duration` seconds through the gateway's group commit, against the same
@@ -18,14 +23,17 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
+import httpx
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bench.broker import channel, declare_topology, purge_topology
+from bench.broker import channel, declare_topology
 from bench.harness import (
     ROOT,
     BenchEnv,
@@ -35,6 +43,7 @@ from bench.harness import (
     running,
     start_process,
     start_service,
+    wait_until,
 )
 from bench.machine_cpu import Groups, cpu_details, database_name, since, snapshot
 from bench.report import Measurement
@@ -52,6 +61,43 @@ TARGET = 0.35
 TRUNCATE = "TRUNCATE leads, lead_sources, outbox CASCADE"
 NEW_SOURCE = text("INSERT INTO lead_sources (name, api_key_hash) VALUES (:name, :hash) RETURNING id")
 STORED = text("SELECT count(*) FROM leads WHERE source_id = :source")
+# The run's lead.submitted rows still staged (an outbox row names its lead in its message id, lead.submitted:<id>).
+_RUNS_STAGED = (
+    "FROM outbox WHERE message_type = 'lead.submitted' AND CAST(substr(message_id, 16) AS uuid) IN "
+    "(SELECT id FROM leads WHERE source_id = :source)"
+)
+STAGED = text(f"SELECT count(*) {_RUNS_STAGED}")
+UNSTAGED = text(f"DELETE {_RUNS_STAGED}")
+DRAIN_S = 60
+"""How long the relay gets to publish what the run staged once the load stops."""
+
+
+@asynccontextmanager
+async def own_vhost(env: BenchEnv, run: str) -> AsyncIterator[BenchEnv]:
+    """`env` on a vhost of the run's own (`<env's vhost>-bench-ingest-<run>`, the broker user given every
+    permission on it), made and deleted with everything in it through the management API: a run's events never
+    reach the test suite's or another run's queues."""
+    broker, management = urlsplit(env.rabbitmq_url), urlsplit(env.settings["RABBITMQ_MANAGEMENT_URL"])
+    vhost = quote(f"{unquote(broker.path.lstrip('/')) or 'default'}-bench-ingest-{run}", safe="")
+    user = quote(unquote(broker.username or "guest"), safe="")
+    async with httpx.AsyncClient(
+        base_url=f"{management.scheme}://{management.hostname}:{management.port or 15672}",
+        auth=(unquote(management.username or "guest"), unquote(management.password or "guest")),
+        timeout=30,
+    ) as api:
+        (await api.put(f"/api/vhosts/{vhost}")).raise_for_status()
+        try:
+            permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+            (await api.put(f"/api/permissions/{vhost}/{user}", json=permissions)).raise_for_status()
+            url = broker._replace(path=f"/{vhost}").geturl()
+            yield replace(env, rabbitmq_url=url, settings={**env.settings, "RABBITMQ_URL": url})
+        finally:
+            (await api.delete(f"/api/vhosts/{vhost}")).raise_for_status()
+
+
+async def staged_count(engine: AsyncEngine, source: object) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(STAGED, {"source": source}) or 0)
 
 
 @dataclass(frozen=True)
@@ -77,7 +123,9 @@ class Ingest:
     connections: int = 64
     warmup_s: int = 3
     workers: int = 1
-    """The gateway's HTTP_WORKERS: one, as the baseline's one process (the same server settings)."""
+    """The gateway's HTTP_WORKERS, and the baseline's processes (the same server settings). Each process is one
+    event loop on at most one core: with one, both sides are bound by their process's CPU per request whatever
+    the other core does; with one per core (the gateway's own default), by the machine's."""
     port: int = 18501
     baseline_port: int = 18502
     name = "ingest"
@@ -107,32 +155,37 @@ class Ingest:
         run = uuid.uuid4().hex[:8]
         api_key = "fmhl_bench_" + secrets.token_urlsafe(24)
         engine = env.engine()
+        source = None
         try:
             if env.fresh_tables:
                 await reset_tables(engine, TRUNCATE)
-            async with channel(env.rabbitmq_url) as chan:
-                await declare_topology(chan)
-                await purge_topology(chan)
             async with engine.begin() as connection:
                 source = await connection.scalar(NEW_SOURCE, {"name": f"bench-{run}", "hash": api_key_hash(api_key)})
-            gateway_process = start_service(
-                checkout, "ingest-gateway", env, self.port, extra={"HTTP_WORKERS": str(self.workers)}
-            )
-            async with running(gateway_process) as gateway:
-                url = gateway.url("/api/v1/leads")
-                await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
-                groups = Groups(database_name(env.database_url), {"ingest-gateway": [gateway.process.pid]})
-                cpu_before, machine = gateway.cpu_seconds(), snapshot(groups)
-                measured = await self.wrk(url, api_key, run, self.duration_s)
-                cpu_spent, machine_use = gateway.cpu_seconds() - cpu_before, since(machine, groups)
-                cpu_per_request_ms = cpu_spent * 1000 / measured.requests
+            async with own_vhost(env, run) as run_env:
+                async with channel(run_env.rabbitmq_url) as chan:
+                    await declare_topology(chan)
+                workers = {"HTTP_WORKERS": str(self.workers)}
+                gateway_process = start_service(checkout, "ingest-gateway", run_env, self.port, extra=workers)
+                async with running(gateway_process) as gateway:
+                    url = gateway.url("/api/v1/leads")
+                    await self.wrk(url, api_key, f"{run}-warmup", self.warmup_s)
+                    groups = Groups(database_name(env.database_url), {"ingest-gateway": [gateway.process.pid]})
+                    cpu_before, machine = gateway.cpu_seconds(), snapshot(groups)
+                    measured = await self.wrk(url, api_key, run, self.duration_s)
+                    cpu_spent, machine_use = gateway.cpu_seconds() - cpu_before, since(machine, groups)
+                    cpu_per_request_ms = cpu_spent * 1000 / measured.requests
+
+                    async def relayed() -> bool:
+                        return await staged_count(engine, source) == 0
+
+                    await wait_until(relayed, DRAIN_S, "the relay to publish the run's lead.submitted", service=gateway)
             async with engine.connect() as connection:
                 stored = int(await connection.scalar(STORED, {"source": source}) or 0)
             if stored < measured.requests:
                 raise BenchError(f"{measured.requests} leads accepted but {stored} stored")
             constant_route = start_process(
                 "constant-route",
-                [sys.executable, "-m", "bench.constant_app", str(self.baseline_port)],
+                [sys.executable, "-m", "bench.constant_app", str(self.baseline_port), str(self.workers)],
                 cwd=ROOT,
                 environ=env.service_environ(ROOT, self.baseline_port),
                 port=self.baseline_port,
@@ -148,9 +201,9 @@ class Ingest:
         finally:
             if env.fresh_tables:
                 await reset_tables(engine, TRUNCATE)
-            async with channel(env.rabbitmq_url) as chan:
-                await declare_topology(chan)
-                await purge_topology(chan)
+            elif source is not None:  # a run that failed midway: no later gateway on this database publishes them
+                async with engine.begin() as connection:
+                    await connection.execute(UNSTAGED, {"source": source})
             await engine.dispose()
         return Measurement(
             value=measured.rate,
@@ -164,6 +217,9 @@ class Ingest:
                 "cpu_per_item_ms": cpu_per_request_ms,
                 # The same to the microsecond: the runner prints details to one decimal.
                 "cpu_per_item_us": cpu_per_request_ms * 1000,
+                # What the gateway's processes allow at this CPU per request, each a whole core to itself: its
+                # event loops are where requests wait once this is the measured rate.
+                "rate_gateway_processes_allow": self.workers * 1000 / cpu_per_request_ms,
                 **cpu_details(machine_use, measured.requests, target_rate=TARGET * baseline.rate),
                 **cpu_details(baseline_use, baseline.requests, "baseline_"),
             },
@@ -240,7 +296,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=Ingest.duration_s, help="seconds measured")
     parser.add_argument("--connections", type=int, default=Ingest.connections)
     parser.add_argument("--port", type=int, default=Ingest.port, help="the gateway's; the baseline's is the next one")
-    parser.add_argument("--workers", type=int, default=Ingest.workers, help="the gateway's HTTP_WORKERS")
+    parser.add_argument(
+        "--workers", type=int, default=Ingest.workers, help="the gateway's HTTP_WORKERS and the baseline's"
+    )
     parser.add_argument("--storage", action="store_true", help="the lead's storage alone: group commit vs per lead")
     arguments, rest = parser.parse_known_args()
     if arguments.storage:
