@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 
 from libs.telemetry import HttpServerTelemetry, setup_telemetry
+from libs.telemetry.http import MAX_SERIES
 from tests.libs.telemetry.otlp_receiver import ReceivedSpan, otlp_receiver
 from tests.libs.telemetry.test_messaging_buckets import bucket_counts
 
@@ -96,3 +97,59 @@ def test_every_request_is_counted_in_both_series_when_no_span_records() -> None:
     counts = [line for line in exposition.splitlines() if line.startswith("http_server_request_duration_seconds_count")]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counts) == 3.0
     assert len(counts) == 2  # one series per status
+
+
+def test_two_apps_of_one_process_count_into_the_same_series() -> None:
+    telemetry = setup_telemetry("http-test", "none")
+    for http in (HttpServerTelemetry(telemetry), HttpServerTelemetry(telemetry)):
+        request = scope("POST")
+        with http.span(request) as span:
+            http.record(span, request, "/v1/leads", 202, 0.003)
+    exposition = telemetry.exposition().decode()
+    telemetry.shutdown()
+
+    assert 'fmhl_http_request_duration_ms_count{method="POST",route="/v1/leads",status="202"} 2.0' in exposition
+
+
+def test_invented_methods_are_one_other_series_in_the_conventions_and_their_own_in_the_plans() -> None:
+    telemetry = setup_telemetry("http-test", "none")
+    http = HttpServerTelemetry(telemetry)
+    for method in ("BREW", "WHEN"):
+        request = scope(method)
+        with http.span(request) as span:
+            http.record(span, request, None, 405, 0.001)
+    exposition = telemetry.exposition().decode()
+    telemetry.shutdown()
+
+    assert 'fmhl_http_request_duration_ms_count{method="BREW",route="unmatched",status="405"} 1.0' in exposition
+    assert 'fmhl_http_request_duration_ms_count{method="WHEN",route="unmatched",status="405"} 1.0' in exposition
+    [other] = [
+        line for line in exposition.splitlines() if line.startswith("http_server_request_duration_seconds_count")
+    ]
+    assert 'http_request_method="_OTHER"' in other
+    assert other.endswith(" 2.0")
+
+
+def test_label_sets_past_the_limit_are_counted_in_one_overflow_series() -> None:
+    telemetry = setup_telemetry("http-test", "none")
+    http = HttpServerTelemetry(telemetry)
+    for n in range(MAX_SERIES - 1 + 5):
+        request = scope("GET")
+        http.record(INVALID_SPAN, request, f"/v1/route-{n}", 200, 0.001)
+    exposition = telemetry.exposition().decode()
+    telemetry.shutdown()
+
+    counts = [line for line in exposition.splitlines() if line.startswith("fmhl_http_request_duration_ms_count")]
+    assert len(counts) == MAX_SERIES
+    [overflow] = [line for line in counts if 'otel_metric_overflow="true"' in line]
+    assert overflow.endswith(" 5.0")
+
+
+def test_a_process_with_metrics_off_exposes_no_request_durations() -> None:
+    telemetry = setup_telemetry("http-test", "none", metrics=False)
+    http = HttpServerTelemetry(telemetry)
+    request = scope("POST")
+    with http.span(request) as span:
+        http.record(span, request, "/v1/leads", 202, 0.003)
+
+    assert "duration" not in telemetry.exposition().decode()
