@@ -216,16 +216,21 @@ class DeadLetter(SQLModel, table=True):
 
 
 class DeadLetterGroupCount(SQLModel, table=True):
-    """Unresolved entries per failure group (queue and fingerprint; '' for an entry without one), kept by
-    statement-level triggers on dead_letter_queue (migration 0009): every writer, whichever service, keeps it
-    right, and a batch of captures touches each of its groups once. A group whose entries all resolved stays,
-    at 0, so a queue's gauge reads 0 rather than vanishing."""
+    """Unresolved entries per failure group (queue and fingerprint; '' for an entry without one), with their
+    earliest and latest failure and the latest one's error, kept by statement-level triggers on dead_letter_queue
+    (migrations 0009 and 0012): every writer, whichever service, keeps it right, and a batch of captures touches
+    each of its groups once. A group whose entries all resolved stays, at 0 and without times, so a queue's gauge
+    reads 0 rather than vanishing. The group of entries without a fingerprint has no times."""
 
     __tablename__ = "dead_letter_groups"
 
     queue_name: str = Field(max_length=100, primary_key=True)
     fingerprint: str = Field(max_length=64, primary_key=True)
     unresolved: int = Field(default=0, sa_type=Integer, sa_column_kwargs={"server_default": text("0")})
+    first_seen: datetime | None = timestamp()
+    last_seen: datetime | None = timestamp()
+    error_type: str | None = Field(default=None, max_length=200)
+    sample_error: str | None = Field(default=None, sa_type=Text)
 
 
 class DeadLetterEvent(SQLModel, table=True):
