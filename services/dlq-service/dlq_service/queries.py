@@ -344,46 +344,48 @@ _MASKED_FIELDS = tuple(
     name for name, field in EntryFields.model_fields.items() if field.annotation in (str, str | None)
 )
 """The entry's free texts, masked in a list: the rest are ids, numbers, times and enums (no contact data)."""
-_NAMES = frozenset({"queue", "error_type", "fingerprint", "service"})
-"""Texts a few values repeat through every page: masked once per value."""
+_MASKED_AT = tuple(_ENTRY_FIELDS.index(name) for name in _MASKED_FIELDS)
+_ID, _CREATED_AT, _LAST_FAILED_AT = (_ENTRY_FIELDS.index(name) for name in ("id", "created_at", "last_failed_at"))
+_PAYLOAD_TEXT, _BODY_HEAD, _BODY_BYTES = range(len(_ENTRY_FIELDS), len(_ENTRY_FIELDS) + 3)
+SummaryRow = Sequence[Any]
+"""A row of SUMMARY as it comes: EntryFields' values in order, then the payload's text, the body's first bytes (when
+the payload is not JSON) and the body's size."""
+SUMMARIES_KEPT = 4096
+"""List rows a process keeps shown (the row as read, its fields as listed): a page asked again, or an entry on
+several pages of filters, is not masked again while its row is unchanged. About 3 kB each."""
+TEXTS_KEPT = 4096
+"""Masked texts a process keeps: queue names, error types and messages, message ids repeat through many rows."""
 
 
-@functools.lru_cache(maxsize=4096)
-def _masked_name(text: str) -> str:
+@functools.lru_cache(maxsize=TEXTS_KEPT)
+def _masked(text: str) -> str:
     return mask_contacts(text)
 
 
-def summary(row: Mapping[str, Any]) -> DeadLetterSummary:
+def summary(row: SummaryRow) -> DeadLetterSummary:
     """A list row: texts masked, the payload (or the body, when it is not JSON) as a masked, bounded preview."""
     return DeadLetterSummary.model_validate(summary_fields(row))
 
 
-def summary_fields(row: Mapping[Any, Any], masked: dict[str, str] | None = None) -> dict[str, Any]:
-    """`summary`'s fields, for a page validated whole (one validation instead of one per row). `masked` holds the
-    texts of the page masked so far: a page repeats a message id as its correlation id, and error messages."""
-    masked = {} if masked is None else masked
-    head = row["body_head"]
-    text = row["payload_text"] or (bytes(head).decode("utf-8", "replace") if head is not None else None)
-    fields = {name: row[name] for name in _ENTRY_FIELDS}
-    for name in _MASKED_FIELDS:
-        value = fields[name]
-        if not value:
-            continue
-        if name in _NAMES:
-            fields[name] = _masked_name(value)
-        elif value in masked:
-            fields[name] = masked[value]
-        else:
-            fields[name] = masked[value] = mask_contacts(value)
+@functools.lru_cache(maxsize=SUMMARIES_KEPT)
+def summary_fields(row: SummaryRow) -> dict[str, Any]:
+    """`summary`'s fields, for a page validated or written whole (one validation instead of one per row): a pure
+    function of the row, kept for the rows read again (masking was the largest part of a page's own CPU time).
+    The dict is shared by every page that shows the row: read only."""
+    fields = dict(zip(_ENTRY_FIELDS, row, strict=False))
+    for name, at in zip(_MASKED_FIELDS, _MASKED_AT, strict=True):
+        if value := row[at]:
+            fields[name] = _masked(value)
+    head = row[_BODY_HEAD]
+    text = row[_PAYLOAD_TEXT] or (bytes(head).decode("utf-8", "replace") if head is not None else None)
     fields["payload_preview"] = preview(text, fetched_whole=len(text or "") <= _PREVIEW_SOURCE, length=PREVIEW_CHARS)
-    fields["body_bytes"] = row["body_bytes"] or 0
+    fields["body_bytes"] = row[_BODY_BYTES] or 0
     return fields
 
 
-def summaries(rows: Sequence[Mapping[Any, Any]]) -> list[dict[str, Any]]:
+def summaries(rows: Sequence[SummaryRow]) -> list[dict[str, Any]]:
     """`summary_fields` of a page's rows."""
-    masked: dict[str, str] = {}
-    return [summary_fields(row, masked) for row in rows]
+    return [summary_fields(row) for row in rows]
 
 
 def after_key(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
@@ -524,13 +526,20 @@ async def _rows(connection: AsyncConnection, query: Select[Any], values: Mapping
     return [dict(zip(names, row, strict=True)) for row in result]
 
 
+async def _summary_rows(
+    connection: AsyncConnection, query: Select[Any], values: Mapping[str, Any] | None = None
+) -> list[SummaryRow]:
+    """A page's rows as they come (SUMMARY's columns, in order): made into fields only when not kept already."""
+    return list(await connection.execute(query, values))
+
+
 async def _any_has_words(connection: AsyncConnection, filters: Filters) -> bool:
     return bool(await connection.scalar(select(exists().where(*filters.conditions()))))
 
 
 async def _page_rows(
     connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
-) -> Rows:
+) -> list[SummaryRow]:
     """Up to `limit` + 1 rows. A search is by whole words first, by substrings when no entry of the list has the
     words (on a later page: no entry at all, so a search's pages never change meaning). One word is one statement:
     PostgreSQL knows how common each word is and reads the list's index or the word index accordingly. For several
@@ -539,7 +548,7 @@ async def _page_rows(
     for window by window (WORD_WINDOWS), newest first."""
     words = search_words(filters.text)
     if len(words) < 2 or filters.substring:
-        rows = await _rows(connection, *page_read(filters, limit, after))
+        rows = await _summary_rows(connection, *page_read(filters, limit, after))
     else:
         rows = await _windowed_rows(connection, filters, limit, after)
     if (
@@ -548,19 +557,19 @@ async def _page_rows(
         and not rows
         and (after is None or not await _any_has_words(connection, filters))
     ):
-        return await _rows(connection, *page_read(dataclasses.replace(filters, substring=True), limit, after))
+        return await _summary_rows(connection, *page_read(dataclasses.replace(filters, substring=True), limit, after))
     return rows
 
 
 async def _windowed_rows(
     connection: AsyncConnection, filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | None
-) -> Rows:
+) -> list[SummaryRow]:
     """The page window after window (WORD_WINDOWS), each asked for what the page still lacks: the windows follow
     one another in the list's order, so their rows, joined, are the list's rows."""
     start = after[0] if after else (filters.failed_to if filters.windowed and filters.failed_to else datetime.now(UTC))
-    rows: Rows = []
+    rows: list[SummaryRow] = []
     for since, before in word_windows(start, filters.failed_from if filters.windowed else None):
-        rows += await _rows(connection, *window_read(filters, limit - len(rows), after, since, before))
+        rows += await _summary_rows(connection, *window_read(filters, limit - len(rows), after, since, before))
         if len(rows) > limit:
             break
     return rows
@@ -602,8 +611,8 @@ async def listed_page(engine: AsyncEngine, filters: Filters, limit: int, cursor:
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        at = last["last_failed_at"] if filters.windowed else last["created_at"]
-        next_cursor = encode_cursor(at or last["created_at"], last["id"])
+        at = last[_LAST_FAILED_AT] if filters.windowed else last[_CREATED_AT]
+        next_cursor = encode_cursor(at or last[_CREATED_AT], last[_ID])
     return ListedPage(summaries(rows[:limit]), next_cursor)
 
 
