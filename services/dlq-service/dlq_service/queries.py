@@ -641,7 +641,7 @@ async def group_fields(engine: AsyncEngine) -> dict[str, Any]:
     async with reading(engine) as connection:
         groups = await _rows(connection, GROUPS)
     for group in groups:
-        group["sample_error"] = mask_contacts(group["sample_error"] or "") or None
+        group["sample_error"] = _masked(group["sample_error"] or "") or None
     return {"groups": groups}
 
 
