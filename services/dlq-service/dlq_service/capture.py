@@ -260,10 +260,13 @@ async def capture_batch(engine: AsyncEngine, letters: Sequence[DeadLetterMessage
     first: dict[str, int] = {}
     for position, letter in enumerate(letters):
         first.setdefault(letter.dedupe_key, position)
-    entry_ids = {position: new_entry_id() for position in first.values()}
+    # In dedupe-key order: two statements inserting the same keys at once (replicas, each with a batch)
+    # meet them in the same order, so one waits for the other's commit instead of both deadlocking.
+    keys = sorted(first)
+    entry_ids = {first[key]: new_entry_id() for key in keys}
     rows = [letters[position].entry_values(entry_id) for position, entry_id in entry_ids.items()]
     params = {f"batch_{name}": [row[name] for row in rows] for name in _BATCH_COLUMNS}
-    params["batch_dedupe_key"] = list(first)
+    params["batch_dedupe_key"] = keys
     async with engine.begin() as connection:
         inserted = set((await connection.scalars(_RECORD_BATCH, params)).all())
     results: list[Captured] = []
@@ -317,6 +320,10 @@ async def record(
     return Refused(_describe(error), attempts)
 
 
+GATHER_IDLE_TURNS = 2
+"""Turns of the event loop without a new letter after which a batch is written: a delivery read from the socket
+reaches the batch a turn or two later (its handler is a task of its own)."""
+
 Recorded = Callable[[Sequence[tuple[DeadLetterMessage, Captured]]], None]
 """Told once per committed batch (a retry that failed again: a batch of one) what it recorded, before the letters
 are acked, inside the batch's span: where the counters, the DLQ size and the batch's log line are kept."""
@@ -332,9 +339,11 @@ class _Waiting:
 class CaptureBatcher:
     """Records the letters of concurrent deliveries together: a letter waits only for the batch being written
     when it arrived, then goes with every letter that arrived meanwhile (group commit: no timer, so a lone
-    letter is written at once and a busy queue fills its batches). A batch PostgreSQL refuses is split: each of
-    its letters is recorded alone by `record`, with its own attempts and parking. An outage fails the whole
-    batch with DatabaseUnavailable, logged once per batch, not once per letter.
+    letter is written at once and a busy queue fills its batches). Before a batch is taken, the letters already
+    on their way join it: the writer yields to the event loop while letters keep arriving, up to a full batch
+    (`_gathered`). A batch PostgreSQL refuses is split: each of its letters is recorded alone by `record`, with
+    its own attempts and parking. An outage fails the whole batch with DatabaseUnavailable, logged once per
+    batch, not once per letter.
 
     Each batch is one span (`dlq capture`), linked to the trace each letter came with (`origin`), in place of a
     span per letter."""
@@ -383,9 +392,20 @@ class CaptureBatcher:
             self._writer = asyncio.create_task(self._write_pending(), name="dlq-capture-batches")
         return await result
 
+    async def _gathered(self) -> None:
+        """Yields to the event loop until GATHER_IDLE_TURNS turns in a row bring no new letter or a batch is full:
+        the deliveries the broker sent as the last batch's acks freed its prefetch join the next batch (without
+        it, batches at a million entries averaged 40-55 letters). No timer: a lone letter waits two turns."""
+        idle, seen = 0, len(self._pending)
+        while idle < GATHER_IDLE_TURNS and len(self._pending) < self.max_batch:
+            await asyncio.sleep(0)
+            idle, seen = (idle + 1, seen) if len(self._pending) == seen else (0, len(self._pending))
+
     async def _write_pending(self) -> None:
-        await asyncio.sleep(0)  # deliveries already received get to join the first batch
-        while self._pending:
+        while True:
+            await self._gathered()
+            if not self._pending:
+                return
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             letters = [waiting.letter for waiting in batch]
             try:

@@ -18,8 +18,9 @@ class Settings(HttpWorkersSettingsMixin, LoginSettingsMixin, AuthSettingsMixin, 
         " it) before it is parked in dlq.parking.",
     )  # fmt: skip
     prefetch: int = Field(
-        200, ge=1, le=1000, description="Unacked dead letters at once, hence how many one capture batch can hold."
-    )
+        400, ge=1, le=1000, description="Unacked dead letters at once: two capture batches, so that the next one"
+        " fills while one is being written.",
+    )  # fmt: skip
     capture_batch: int = Field(
         200, ge=1, le=1000, description="Most dead letters recorded in one transaction (those arriving together)."
     )
