@@ -227,12 +227,6 @@ _LATEST_FAILURE_FIRST = (col(DeadLetter.last_failed_at).desc(), col(DeadLetter.i
 # Written into the SQL, not bound: PostgreSQL uses a partial index (WHERE status <> 'resolved') only for a
 # condition it can prove from the statement's text.
 UNRESOLVED = col(DeadLetter.status) != literal(DeadLetterStatus.resolved.value, literal_execute=True)
-OF_GROUP = (
-    col(DeadLetter.queue_name) == col(DeadLetterGroupCount.queue_name),
-    # '' is the group of entries without a fingerprint (capture always gives one): counted, times unknown.
-    col(DeadLetter.fingerprint) == func.nullif(col(DeadLetterGroupCount.fingerprint), ""),
-    UNRESOLVED,
-)
 # The count, times and latest error of each group are kept by triggers (dead_letter_groups, migration 0012): the
 # read is a scan of the groups, however many entries they hold (two index probes per group were 7 ms for 246).
 GROUPS = (

@@ -10,7 +10,6 @@ from sqlalchemy import Select, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
 
-from dlq_service.queries import OF_GROUP
 from dlq_service.queue_stats import BrokerNumbers, QueueStats
 from libs.db.tables import DeadLetter, DeadLetterGroupCount
 from libs.messaging.topology import DLQ_QUEUE, TOPOLOGY
@@ -40,15 +39,13 @@ class StoredCounts(SQLModel):
     oldest_s: float | None
 
 
-# Unresolved entries from the counts kept per failure group; the oldest from each group's first failure (one
-# probe of idx_dlq_group_first per group); the last hour's failures from idx_dlq_last_failed: no statement reads
-# every entry of a queue.
-_OLDEST_OF_GROUP = select(func.min(col(DeadLetter.first_failed_at))).where(*OF_GROUP).scalar_subquery()
+# Unresolved entries and the oldest of them from what the triggers keep per failure group (one row per group);
+# the last hour's failures from idx_dlq_last_failed: no statement reads every entry of a queue.
 _KEPT: Select[str, int, float] = (
     select(
         col(DeadLetterGroupCount.queue_name).label("queue_name"),
         func.sum(col(DeadLetterGroupCount.unresolved)).label("dlq_size"),
-        extract("epoch", func.now() - func.min(_OLDEST_OF_GROUP)).label("oldest_s"),
+        extract("epoch", func.now() - func.min(col(DeadLetterGroupCount.first_seen))).label("oldest_s"),
     )
     .where(col(DeadLetterGroupCount.unresolved) > 0)
     .group_by(col(DeadLetterGroupCount.queue_name))
