@@ -54,8 +54,8 @@ def test_every_declared_service_is_live_ready_and_exposes_metrics(stack: list[Se
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")
         # With HTTP_WORKERS > 1 the probes above may have been served by a sibling, whose counts reach the
-        # merged answer with its next dump (each second).
-        wait_for(exposes(service, "fmhl_http_request_duration_ms_bucket"), 10, f"request durations on {service.name}")
+        # merged answer with its next dump (every DUMP_INTERVAL_S, 5 s).
+        wait_for(exposes(service, "fmhl_http_request_duration_ms_bucket"), 20, f"request durations on {service.name}")
 
 
 def test_each_consumer_reports_the_depth_of_its_own_queue(stack: list[ServiceProcess]) -> None:
