@@ -5,8 +5,12 @@ figures are taken)."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.distribution import Distribution
 from bench.distribution_overlap import Overlap, Run
@@ -20,6 +24,15 @@ MACHINE_ACCOUNT = {"cpu_machine_busy_ms", "machine_idle_share", "cpu_other_ms", 
                    "rate_target_needs", "rate_cores_allow", "baseline_machine_idle_share"}  # fmt: skip
 """Details every figure gives from the machine CPU account (bench/machine_cpu.py), for its window and its
 baseline's."""
+
+
+# The bench's lead.submitted rows still staged: its sources are named bench-<run>; an outbox row names its lead in its
+# message id, lead.submitted:<id>.
+BENCH_RUNS_STAGED = text(
+    "SELECT count(*) FROM outbox WHERE message_type = 'lead.submitted' AND CAST(substr(message_id, 16) AS uuid) IN "
+    "(SELECT leads.id FROM leads JOIN lead_sources ON lead_sources.id = leads.source_id "
+    "WHERE lead_sources.name LIKE 'bench-%')"
+)
 
 
 @pytest.fixture
@@ -42,6 +55,24 @@ async def test_ingest_benchmark_measures_the_gateway_and_the_constant_route(benc
     )
     assert set(measurement.details) >= MACHINE_ACCOUNT
     assert 0 <= measurement.details["machine_idle_share"] <= 1
+
+
+async def test_ingest_benchmark_leaves_no_vhost_and_no_staged_event_behind(bench_env: BenchEnv) -> None:
+    """A run's events go to a vhost of its own, deleted once the relay has published them: nothing of it reaches
+    the suite's queues, and no staged row is left for the next gateway on this database to publish."""
+    await Ingest(duration_s=1, connections=4, warmup_s=1, port=18554, baseline_port=18555).measure(ROOT, bench_env)
+    management = urlsplit(bench_env.settings["RABBITMQ_MANAGEMENT_URL"])
+    auth = (unquote(management.username or ""), unquote(management.password or ""))
+    async with httpx.AsyncClient(base_url=f"http://{management.hostname}:{management.port}", auth=auth) as api:
+        vhosts = (await api.get("/api/vhosts")).json()
+    assert not [vhost["name"] for vhost in vhosts if "-bench-ingest-" in vhost["name"]]
+    engine = create_async_engine(bench_env.database_url)
+    try:
+        async with engine.connect() as connection:
+            staged = await connection.scalar(BENCH_RUNS_STAGED)
+    finally:
+        await engine.dispose()
+    assert staged == 0
 
 
 async def test_distribution_benchmark_times_every_lead_it_queued(bench_env: BenchEnv) -> None:
