@@ -17,8 +17,6 @@ stopped at any moment. In that statement, in this order:
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -43,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col
 
 from distribution_worker.assignment import Choice
+from libs.db.ids import time_ordered_uuid
 from libs.db.tables import (
     Assignment,
     Lead,
@@ -198,16 +197,6 @@ SETTLE = (
     .outerjoin(_CHARGED, true())
     .add_cte(RECORDED, TOUCHED, SET_STATUS, PAUSE_UNPAID)
 )
-
-
-def time_ordered_uuid() -> uuid.UUID:
-    """A UUIDv7 (RFC 9562): milliseconds since the epoch, then 74 random bits. New assignments (and their ledger
-    charges, indexed by assignment) land on the right edge of their indexes instead of on a random page of a
-    table of millions: fewer pages touched and written, and fewer full-page images in WAL, per lead."""
-    milliseconds = time.time_ns() // 1_000_000
-    random_bits = int.from_bytes(os.urandom(10), "big")
-    rand_a, rand_b = (random_bits >> 62) & 0xFFF, random_bits & ((1 << 62) - 1)
-    return uuid.UUID(int=milliseconds << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import os
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -45,6 +43,7 @@ from sqlmodel import col
 from dlq_service.dead_letters import DeadLetterMessage, RetryLink
 from dlq_service.signing import RetrySigner
 from libs.db import autocommitting
+from libs.db.ids import time_ordered_uuid
 from libs.db.tables import DeadLetter, DeadLetterEvent, DeadLetterRetry, DeadLetterStatus, RetryOutcome
 from libs.logging import get_logger
 from libs.messaging.topology import DLQ_QUEUE
@@ -187,17 +186,6 @@ _FAILED_AGAIN = (
 _PROBE = text("SELECT 1")
 
 
-def new_entry_id() -> uuid.UUID:
-    """A UUIDv7 (RFC 9562): milliseconds since the epoch, then 74 random bits. A new entry (and its event, indexed
-    by entry) lands on the right edge of the primary key and of the events' entry index instead of on a random
-    page of a table of millions: at a million entries a batch of 200 random ids read and dirtied about 400 index
-    pages more, each written back and logged whole in WAL after a checkpoint."""
-    milliseconds = time.time_ns() // 1_000_000
-    random_bits = int.from_bytes(os.urandom(10), "big")
-    rand_a, rand_b = (random_bits >> 62) & 0xFFF, random_bits & ((1 << 62) - 1)
-    return uuid.UUID(int=milliseconds << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
-
-
 class _AlreadyRecorded(Exception):
     """Raised inside the transaction so that everything it wrote is rolled back."""
 
@@ -243,7 +231,7 @@ async def capture(engine: AsyncEngine, letter: DeadLetterMessage, signer: RetryS
                 return Captured(None, CaptureOutcome.duplicate)
             if link is not None and await _failed_again(connection, link, letter):
                 return Captured(link.entry_id, CaptureOutcome.failed_again)
-            entry_id = new_entry_id()
+            entry_id = time_ordered_uuid()
             await connection.execute(_NEW_ENTRY, letter.entry_values(entry_id))
             await _event(connection, entry_id, letter)
             return Captured(entry_id, CaptureOutcome.new, link_refused=refused)
@@ -263,7 +251,7 @@ async def capture_batch(engine: AsyncEngine, letters: Sequence[DeadLetterMessage
     # In dedupe-key order: two statements inserting the same keys at once (replicas, each with a batch)
     # meet them in the same order, so one waits for the other's commit instead of both deadlocking.
     keys = sorted(first)
-    entry_ids = {first[key]: new_entry_id() for key in keys}
+    entry_ids = {first[key]: time_ordered_uuid() for key in keys}
     rows = [letters[position].entry_values(entry_id) for position, entry_id in entry_ids.items()]
     params = {f"batch_{name}": [row[name] for row in rows] for name in _BATCH_COLUMNS}
     params["batch_dedupe_key"] = keys
