@@ -12,10 +12,19 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
-from dlq_service.queries import WORD_WINDOWS, Filters, has_words, list_page, selected_ids
+from dlq_service import queries
+from dlq_service.queries import WORD_WALK, WORD_WINDOWS, Filters, has_words, list_page, selected_ids
 from libs.db.tables import DeadLetter
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=[WORD_WALK, 4, 1], ids=["walked whole", "walk of 4 then windows", "walk of 1 then windows"])
+def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many entries a search for several words walks before its windows: all of a test's (the walk finds
+    everything), or a few (the windows go on from where the walk stopped, across pages)."""
+    monkeypatch.setattr(queries, "WORD_WALK", request.param)
+    return int(request.param)
 
 
 @pytest.fixture
@@ -119,6 +128,7 @@ async def listed(engine: AsyncEngine, queue: str, text: str) -> list[uuid.UUID]:
         return list((await connection.scalars(query)).all())
 
 
+@pytest.mark.usefixtures("walk")
 async def test_a_search_for_several_words_lists_what_one_plain_statement_lists_across_its_windows(
     engine: AsyncEngine, queue: str
 ) -> None:
@@ -137,6 +147,7 @@ async def test_a_search_for_several_words_lists_what_one_plain_statement_lists_a
     assert await found(engine, queue, "needle hay", limit=50) == expected
 
 
+@pytest.mark.usefixtures("walk")
 async def test_a_later_page_of_a_search_for_several_words_starts_after_its_cursors_entry(
     engine: AsyncEngine, queue: str
 ) -> None:
@@ -148,6 +159,7 @@ async def test_a_later_page_of_a_search_for_several_words_starts_after_its_curso
     assert [item.id for item in second.items] == expected[1:3]
 
 
+@pytest.mark.usefixtures("walk")
 async def test_a_search_within_a_time_window_pages_newest_failure_first(engine: AsyncEngine, queue: str) -> None:
     ids = await store(engine, queue, *((f"deadlock {n} while charging", {}) for n in range(6)))
     since = START + timedelta(seconds=2)
