@@ -49,10 +49,13 @@ class JobsController(Controller):
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
     ) -> RunRequested:
-        """Queues a run now; 409 while a run of the job is queued or running."""
+        """Queues a run now; 409 while a run of the job is queued or running (one queued or started longer ago than
+        the handler timeout no longer counts)."""
         _known(settings, name)
         try:
-            return await request_run(engine, publisher, name, clock.now(), principal.subject)
+            return await request_run(
+                engine, publisher, name, clock.now(), principal.subject, timeout_s=settings.handler_timeout_s
+            )
         except JobBusy as error:
             raise ClientException(status_code=HTTP_409_CONFLICT, detail=str(error)) from None
 

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, exists, func, select, update
+from sqlalchemy import DateTime, Interval, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel, col
@@ -42,7 +42,25 @@ CLAIM = (
     .returning(col(ScheduledJobRun.id))
 )
 
-BUSY = select(exists().where(_THIS_JOB, col(ScheduledJobRun.status).in_([RunStatus.queued, RunStatus.running])))
+# A run queued or started longer ago than the handler timeout does not count: its request was lost (a queue purged, a
+# replica gone between claiming and publishing on a broker since rebuilt) or it has failed, and `start` keeps a new
+# run from overlapping one still going either way. Counted, such a run answered 409 to every "run now" forever.
+BUSY = select(
+    exists().where(
+        _THIS_JOB,
+        or_(
+            and_(
+                col(ScheduledJobRun.status) == RunStatus.queued,
+                col(ScheduledJobRun.slot)
+                > bindparam("now", type_=DateTime(timezone=True)) - bindparam("timeout", type_=Interval),
+            ),
+            and_(
+                col(ScheduledJobRun.status) == RunStatus.running,
+                col(ScheduledJobRun.started_at) > func.now() - bindparam("timeout", type_=Interval),
+            ),
+        ),
+    )
+)
 
 LOCK_RUN = select(col(ScheduledJobRun.job), col(ScheduledJobRun.status)).where(_THIS_RUN).with_for_update()
 
@@ -105,10 +123,13 @@ async def claim(
     return run_id
 
 
-async def request_run(engine: AsyncEngine, publisher: Publisher, job: str, now: datetime, actor: str) -> RunRequested:
-    """A manual run at `now`, audited; JobBusy while a run of the job is queued or running."""
+async def request_run(
+    engine: AsyncEngine, publisher: Publisher, job: str, now: datetime, actor: str, *, timeout_s: float
+) -> RunRequested:
+    """A manual run at `now`, audited; JobBusy while a run of the job is queued or running, within the handler
+    timeout (`timeout_s`)."""
     async with engine.connect() as connection:
-        busy = await connection.scalar(BUSY, {"job": job})
+        busy = await connection.scalar(BUSY, {"job": job, "now": now, "timeout": timedelta(seconds=timeout_s)})
     if busy:
         raise JobBusy(f"{job} is already queued or running")
     run_id = await claim(engine, publisher, job, now, trigger=RunTrigger.manual, requested_by=actor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar import Litestar
@@ -92,6 +93,57 @@ async def test_run_now_runs_the_job_and_a_second_request_while_it_runs_is_409(
         async with pipeline.engine.begin() as connection:
             await connection.execute(update(ScheduledJobRun).where(*running).values(status=RunStatus.failed))
     assert (await scheduler.post(f"{JOBS}/no-such-job/run", headers=admin)).status_code == 404
+
+
+async def test_a_run_left_queued_or_running_past_the_handler_timeout_does_not_block_run_now(
+    scheduler: AsyncTestClient[Litestar], pipeline: Pipeline
+) -> None:
+    # A run whose request never reached a consumer (a queue purged, a replica gone on a broker since rebuilt) stays
+    # queued; one whose worker died stays running. Past the handler timeout neither answers 409 any more; a run
+    # queued within it still does.
+    admin = await pipeline.admin_headers()
+    timeout = timedelta(seconds=settings_for(Settings, pipeline.service_env).handler_timeout_s)
+    job = "balance-reconciliation"
+    now = datetime.now(UTC)
+    planted = [
+        {"slot": now - timeout - timedelta(minutes=1), "status": RunStatus.queued},
+        {"slot": now - timeout - timedelta(minutes=2), "status": RunStatus.running,
+         "started_at": now - timeout - timedelta(minutes=2)},
+    ]  # fmt: skip
+    async with pipeline.engine.begin() as connection:
+        ids = [
+            await connection.scalar(
+                insert(ScheduledJobRun)
+                .values(job=job, trigger=RunTrigger.schedule, **row)
+                .returning(col(ScheduledJobRun.id))
+            )
+            for row in planted
+        ]
+    try:
+        stale = await scheduler.post(f"{JOBS}/{job}/run", headers=admin)
+        assert stale.status_code == 202, stale.text
+        run_id = uuid.UUID(stale.json()["run_id"])
+
+        async def finished() -> bool:
+            return await run_status(pipeline, run_id) in (RunStatus.succeeded, RunStatus.failed)
+
+        await eventually(finished)
+        async with pipeline.engine.begin() as connection:
+            ids.append(
+                await connection.scalar(
+                    insert(ScheduledJobRun)
+                    .values(
+                        job=job, trigger=RunTrigger.schedule, slot=now - timedelta(seconds=10), status=RunStatus.queued
+                    )
+                    .returning(col(ScheduledJobRun.id))
+                )
+            )
+        assert (await scheduler.post(f"{JOBS}/{job}/run", headers=admin)).status_code == 409
+    finally:
+        async with pipeline.engine.begin() as connection:
+            await connection.execute(
+                update(ScheduledJobRun).where(col(ScheduledJobRun.id).in_(ids)).values(status=RunStatus.failed)
+            )
 
 
 async def test_pause_is_stored_and_audited_then_resume(
