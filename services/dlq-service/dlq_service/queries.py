@@ -427,6 +427,16 @@ def _window_condition(at: ColumnElement[datetime], name: str) -> ColumnElement[b
     return at >= bound if name == "window_from" else at < bound
 
 
+def _after_cursor(order: tuple[UnaryExpression[Any], ...]) -> list[ColumnElement[bool]]:
+    """The keyset condition: entries past the cursor's (time, id) in the list's order, bound when it runs."""
+    return [tuple_(order[0].element, col(DeadLetter.id)) < tuple_(_AFTER_AT, _AFTER_ID)]
+
+
+def _bind_cursor(given: dict[str, Any], after: tuple[datetime, uuid.UUID] | None) -> None:
+    if after is not None:
+        given["after_at"], given["after_id"] = after
+
+
 def _bound(
     read: Callable[..., Select[Any]],
     filters: Filters,
@@ -440,11 +450,10 @@ def _bound(
     key = (read, type(filters), tuple(given), filters.windowed, after is not None, window)
     if key not in _STATEMENTS:
         order = _order(filters)
-        keyset = [tuple_(order[0].element, col(DeadLetter.id)) < tuple_(_AFTER_AT, _AFTER_ID)] if after else []
+        keyset = _after_cursor(order) if after else []
         bounds = [_window_condition(order[0].element, name) for name in window]
         _STATEMENTS[key] = read(order, [*type(filters).bound_conditions(tuple(given)), *keyset, *bounds])
-    if after is not None:
-        given["after_at"], given["after_id"] = after
+    _bind_cursor(given, after)
     return _STATEMENTS[key], given | values
 
 
@@ -501,7 +510,7 @@ def walk_read(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | 
     if key not in _STATEMENTS:
         order = _order(filters)
         listed = [name for name in given if name != "words"]
-        keyset = [tuple_(order[0].element, col(DeadLetter.id)) < tuple_(_AFTER_AT, _AFTER_ID)] if after else []
+        keyset = _after_cursor(order) if after else []
         at = order[0].element
         recent = (
             select(col(DeadLetter.id), at.label("at"), col(DeadLetter.search_words))
@@ -518,8 +527,7 @@ def walk_read(filters: Filters, limit: int, after: tuple[datetime, uuid.UUID] | 
             .subquery("page")
         )
         _STATEMENTS[key] = SUMMARY.join(page, col(DeadLetter.id) == page.c.id).order_by(*order)
-    if after is not None:
-        given["after_at"], given["after_id"] = after
+    _bind_cursor(given, after)
     return _STATEMENTS[key], given | {"page_rows": limit + 1, "walk_rows": WORD_WALK}
 
 
@@ -530,7 +538,7 @@ def walk_end_read(filters: Filters, after: tuple[datetime, uuid.UUID] | None) ->
     key = ("walk end", type(filters), tuple(given), filters.windowed, after is not None)
     if key not in _STATEMENTS:
         order = _order(filters)
-        keyset = [tuple_(order[0].element, col(DeadLetter.id)) < tuple_(_AFTER_AT, _AFTER_ID)] if after else []
+        keyset = _after_cursor(order) if after else []
         _STATEMENTS[key] = (
             select(order[0].element, col(DeadLetter.id))
             .where(*type(filters).bound_conditions(tuple(given)), *keyset)
@@ -538,8 +546,7 @@ def walk_end_read(filters: Filters, after: tuple[datetime, uuid.UUID] | None) ->
             .offset(_WALK_ROWS - 1)
             .limit(1)
         )
-    if after is not None:
-        given["after_at"], given["after_id"] = after
+    _bind_cursor(given, after)
     return _STATEMENTS[key], given | {"walk_rows": WORD_WALK}
 
 

@@ -42,6 +42,12 @@ CLAIM = (
     .returning(col(ScheduledJobRun.id))
 )
 
+# A run started longer ago than the handler timeout has failed, whatever its row still says.
+_RUNNING_WITHIN_TIMEOUT = and_(
+    col(ScheduledJobRun.status) == RunStatus.running,
+    col(ScheduledJobRun.started_at) > func.now() - bindparam("timeout", type_=Interval),
+)
+
 # A run queued or started longer ago than the handler timeout does not count: its request was lost (a queue purged, a
 # replica gone between claiming and publishing on a broker since rebuilt) or it has failed, and `start` keeps a new
 # run from overlapping one still going either way. Counted, such a run answered 409 to every "run now" forever.
@@ -54,24 +60,15 @@ BUSY = select(
                 col(ScheduledJobRun.slot)
                 > bindparam("now", type_=DateTime(timezone=True)) - bindparam("timeout", type_=Interval),
             ),
-            and_(
-                col(ScheduledJobRun.status) == RunStatus.running,
-                col(ScheduledJobRun.started_at) > func.now() - bindparam("timeout", type_=Interval),
-            ),
+            _RUNNING_WITHIN_TIMEOUT,
         ),
     )
 )
 
 LOCK_RUN = select(col(ScheduledJobRun.job), col(ScheduledJobRun.status)).where(_THIS_RUN).with_for_update()
 
-# A run started longer ago than the handler timeout has failed, whatever its row still says.
 STILL_RUNNING = select(
-    exists().where(
-        _THIS_JOB,
-        col(ScheduledJobRun.id) != bindparam("run_id"),
-        col(ScheduledJobRun.status) == RunStatus.running,
-        col(ScheduledJobRun.started_at) > func.now() - bindparam("timeout", type_=Interval),
-    )
+    exists().where(_THIS_JOB, col(ScheduledJobRun.id) != bindparam("run_id"), _RUNNING_WITHIN_TIMEOUT)
 )
 
 MARK_RUNNING = (
