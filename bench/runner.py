@@ -18,7 +18,7 @@ async def measure_once(benchmark: Benchmark, checkout: Path, env: BenchEnv, labe
     print(
         f"[bench] {benchmark.name} on {label}: {measurement.value:,.1f} {benchmark.unit}, baseline "
         f"{measurement.baseline:,.1f}, ratio {measurement.ratio:.3f}, load {measurement.load:.1f} "
-        f"{dict((k, round(v, 1)) for k, v in measurement.details.items())}",
+        f"{dict((k, round(v, 3)) for k, v in measurement.details.items())}",
         flush=True,
     )
     return measurement

@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.runtime import SERVICES, Service
+from tests.deploy.postgres_settings import POSTGRES_CONF, SERVER_SETTINGS, conf_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -222,3 +225,23 @@ def test_the_image_and_the_tools_find_every_declared_package() -> None:
     assert set(first_party) == {"libs", *FMHL_SERVICES.values()}
     mypy_path = set(pyproject["tool"]["mypy"]["mypy_path"].split(":"))
     assert mypy_path == {"$MYPY_CONFIG_FILE_DIR", *(f"$MYPY_CONFIG_FILE_DIR/{s.folder}" for s in SERVICES)}
+
+
+def test_every_deployment_runs_postgresql_with_the_declared_server_settings() -> None:
+    declared = conf_settings(POSTGRES_CONF.read_text())
+    assert set(declared) == set(SERVER_SETTINGS)
+    command = COMPOSE["services"]["postgres"]["command"]
+    assert command[0] == "postgres"
+    assert command[1::2] == ["-c"] * (len(command) // 2)
+    assert dict(flag.split("=", 1) for flag in command[2::2]) == declared
+    cluster = yaml.safe_load((ROOT / "deploy" / "k8s" / "overlays" / "production" / "postgres.yaml").read_text())
+    parameters = cluster["spec"]["postgresql"]["parameters"]
+    assert {name: parameters[name] for name in declared} == declared
+
+
+async def test_the_local_postgresql_runs_with_the_declared_server_settings(engine: AsyncEngine) -> None:
+    """stack.sh put deploy/postgres/fmhl.conf in the cluster it started (and restarted it to take it)."""
+    declared = conf_settings(POSTGRES_CONF.read_text())
+    async with engine.connect() as connection:
+        running = {name: await connection.scalar(text(f"SHOW {name}")) for name in declared}
+    assert running == declared

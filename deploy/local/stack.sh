@@ -207,11 +207,24 @@ start_rabbitmq() {
 postgres_running() { pg_isready -q -h 127.0.0.1 -p 5432; }
 psql_admin() { runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAt "$@"; }
 
+# deploy/postgres/fmhl.conf, the server settings every deployment shares, goes in the cluster's conf.d (Debian's
+# postgresql.conf includes it). A running cluster restarts to take a changed file: shared_buffers is read at start.
+configure_postgres() {
+  local conf="/etc/postgresql/$1/main/conf.d/fmhl.conf"
+  cmp -s "$ROOT/deploy/postgres/fmhl.conf" "$conf" && return 1
+  # `command`: this script has an install() of its own.
+  command install -m 644 "$ROOT/deploy/postgres/fmhl.conf" "$conf"
+}
+
 start_postgres() {
+  local version; version="$(pg_lsclusters -h | awk 'NR==1 {print $1}')"
+  [ -n "$version" ] || die "no PostgreSQL cluster found (pg_lsclusters is empty)"
+  if configure_postgres "$version" && postgres_running; then
+    say "restarting PostgreSQL with deploy/postgres/fmhl.conf"
+    pg_ctlcluster "$version" main restart
+  fi
   if ! postgres_running; then
     say "starting PostgreSQL"
-    local version; version="$(pg_lsclusters -h | awk 'NR==1 {print $1}')"
-    [ -n "$version" ] || die "no PostgreSQL cluster found (pg_lsclusters is empty)"
     pg_ctlcluster "$version" main start
     echo "$version" > "$RUN/started-postgres"
   fi

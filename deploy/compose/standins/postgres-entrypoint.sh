@@ -1,6 +1,7 @@
 #!/bin/sh
 # What the postgres image's entrypoint does on first start: initdb with POSTGRES_USER and POSTGRES_PASSWORD,
-# create POSTGRES_DB, accept password logins from the network; then run the server as postgres.
+# create POSTGRES_DB, accept password logins from the network; then run the server as postgres, with the command's
+# settings.
 set -eu
 if [ "$(id -u)" = 0 ]; then
   mkdir -p "$PGDATA" /var/run/postgresql
@@ -20,4 +21,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*'
+# As the image's entrypoint: a command starting with `postgres` runs the server with the rest as its arguments.
+if [ "${1:-}" = postgres ]; then shift; fi
+exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
