@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.runtime import SERVICES, Service
-from tests.deploy.postgres_settings import POSTGRES_CONF, SERVER_SETTINGS, conf_settings
+from tests.deploy.postgres_settings import SERVER_SETTINGS, declared_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -228,7 +228,7 @@ def test_the_image_and_the_tools_find_every_declared_package() -> None:
 
 
 def test_every_deployment_runs_postgresql_with_the_declared_server_settings() -> None:
-    declared = conf_settings(POSTGRES_CONF.read_text())
+    declared = declared_settings()
     assert set(declared) == set(SERVER_SETTINGS)
     command = COMPOSE["services"]["postgres"]["command"]
     assert command[0] == "postgres"
@@ -241,7 +241,7 @@ def test_every_deployment_runs_postgresql_with_the_declared_server_settings() ->
 
 async def test_the_local_postgresql_runs_with_the_declared_server_settings(engine: AsyncEngine) -> None:
     """stack.sh put deploy/postgres/fmhl.conf in the cluster it started (and restarted it to take it)."""
-    declared = conf_settings(POSTGRES_CONF.read_text())
+    declared = declared_settings()
     async with engine.connect() as connection:
         running = {name: await connection.scalar(text(f"SHOW {name}")) for name in declared}
     assert running == declared

@@ -10,9 +10,10 @@ SERVER_SETTINGS = ("shared_buffers", "max_wal_size", "checkpoint_timeout", "wal_
 """What deploy/postgres/fmhl.conf sets; each deployment applies it its own way."""
 
 
-def conf_settings(text: str) -> dict[str, str]:
+def declared_settings() -> dict[str, str]:
+    """The settings deploy/postgres/fmhl.conf sets, by name, as PostgreSQL's SHOW spells them."""
     settings = {}
-    for line in text.splitlines():
+    for line in POSTGRES_CONF.read_text().splitlines():
         name, equals, value = line.split("#", 1)[0].partition("=")
         if equals:
             settings[name.strip()] = value.strip().strip("'")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from libs.messaging.topology import TOPOLOGY
-from tests.deploy.postgres_settings import POSTGRES_CONF, conf_settings
+from tests.deploy.postgres_settings import declared_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TEST = ROOT / "deploy" / "compose" / "run_test.sh"
@@ -183,7 +183,7 @@ def test_each_service_connects_as_its_own_broker_user_and_database_role(stack: S
 
 def test_postgresql_runs_with_the_declared_server_settings(stack: Stack) -> None:
     """docker-compose.yml's command gives the server deploy/postgres/fmhl.conf's settings."""
-    declared = conf_settings(POSTGRES_CONF.read_text())
+    declared = declared_settings()
     show = ("exec", "-T", "postgres", "psql", "-U", "fmhl", "-d", "fmhl", "-tAc")
     running = {name: stack.compose(*show, f"SHOW {name}").strip() for name in declared}
     assert running == declared
