@@ -220,6 +220,20 @@ def test_each_container_sets_only_its_settings_and_every_required_one(overlay: s
         assert required <= set(env) | set(config), name
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_shared_settings_override_no_default_a_service_tunes_for_itself(overlay: str) -> None:
+    # A value in fmhl-config reaches every pod: for a setting whose default differs between the services that read
+    # it (PREFETCH: a worker's 10, the dlq-service's two capture batches of 200), it would silently replace one.
+    config = of_kind(overlay, "ConfigMap")["fmhl-config"]["data"]
+    for variable in config:
+        defaults = {
+            name: fields[variable.lower()].default
+            for name in SERVICES
+            if variable.lower() in (fields := settings_of(name).model_fields)
+        }
+        assert len(set(map(repr, defaults.values()))) <= 1, (variable, defaults)
+
+
 def test_metrics_are_served_on_an_internal_port_and_the_ingress_routes_only_the_apis() -> None:
     for name, deployment in of_kind("production", "Deployment").items():
         [container] = pod(deployment)["containers"]

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import httpx
@@ -17,7 +18,8 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from dlq_service.queue_stats import STATS_PENDING, QueueStats
+from dlq_service.queue_stats import STATS_PENDING, QueueStats, vhost_of
+from dlq_service.settings import Settings as DlqSettings
 from libs.contracts import ExportReport, SendEmail
 from libs.messaging import headers as h
 from libs.messaging.broker import DEAD_LETTERS, EVENTS
@@ -471,6 +473,29 @@ async def test_resolving_marks_who_and_when_and_every_action_is_audited(pipeline
             text("SELECT action FROM audit_log WHERE entity_id = :id ORDER BY id"), {"id": entry_id}
         )).scalars().all()  # fmt: skip
     assert actions == ["dlq.entry_viewed", "dlq.entry_resolved", "dlq.entry_viewed"]
+
+
+async def test_retry_outcomes_are_taken_a_few_at_a_time_while_capture_takes_two_batches(pipeline: Pipeline) -> None:
+    # Each outcome handler holds a database connection: the broker's count of what each consumer may hold unacked is
+    # what bounds them, so a large redrive's successes cannot take the pool from capture and the admin API.
+    env = pipeline.service_env
+    defaults = {name: field.default for name, field in DlqSettings.model_fields.items()}
+    management = httpx.URL(env["RABBITMQ_MANAGEMENT_URL"])
+    vhost = quote(vhost_of(env["RABBITMQ_URL"]), safe="")
+    prefetch: dict[str, set[int]] = {}
+
+    async def both_consuming() -> bool:
+        async with httpx.AsyncClient(auth=(management.username, management.password)) as client:
+            url = management.copy_with(username=None, password=None).join(f"/api/consumers/{vhost}")
+            consumers = (await client.get(url)).json()
+        prefetch.clear()
+        for consumer in consumers:
+            prefetch.setdefault(consumer["queue"]["name"], set()).add(consumer["prefetch_count"])
+        return {"dlq", "dlq-outcomes"} <= prefetch.keys()
+
+    await eventually(both_consuming)
+    assert prefetch["dlq-outcomes"] == {defaults["outcomes_prefetch"]} == {5}
+    assert prefetch["dlq"] == {defaults["prefetch"]} == {400}
 
 
 async def test_queues_overview_names_every_queue_and_is_rate_limited(pipeline: Pipeline) -> None:

@@ -24,7 +24,8 @@ from libs.web import openapi_config
 
 
 def build(settings: Settings, telemetry: Telemetry) -> tuple[Litestar, Readiness]:
-    runtime = ServiceRuntime.create(settings, telemetry, consumes=DLQ_QUEUE, prefetch=settings.prefetch)
+    # The broker's own channel carries only dlq-outcomes; the `dlq` queue's capture has a channel of its own.
+    runtime = ServiceRuntime.create(settings, telemetry, consumes=DLQ_QUEUE, prefetch=settings.outcomes_prefetch)
     metrics = DlqMetrics.create(telemetry)
     sizes = dlq_size_gauge(telemetry, runtime.engine, settings.dlq_size_poll_s)
     signer = RetrySigner(settings.dlq_retry_signing_key)

@@ -21,6 +21,11 @@ class Settings(HttpWorkersSettingsMixin, LoginSettingsMixin, AuthSettingsMixin, 
         400, ge=1, le=1000, description="Unacked dead letters at once: two capture batches, so that the next one"
         " fills while one is being written.",
     )  # fmt: skip
+    outcomes_prefetch: int = Field(
+        5, ge=1, le=100, description="Retry outcomes (dlq-outcomes) handled at once, each holding a database"
+        " connection while it resolves its entry: a large redrive's successes must not take every connection of"
+        " the pool (DB_POOL_SIZE, and as many again in overflow) from capture and the admin API.",
+    )  # fmt: skip
     capture_batch: int = Field(
         200, ge=1, le=1000, description="Most dead letters recorded in one transaction (those arriving together)."
     )
