@@ -130,6 +130,14 @@ class DeadLetter(SQLModel, table=True):
                 ("service", "service"),
             )
         ),
+        # Each run of 16 blocks' earliest and latest arrival (entries are appended as they arrive): a search for
+        # several words ANDs its words' posting lists with a time window's blocks, whatever the window holds.
+        Index(
+            "idx_dlq_created_brin",
+            "created_at",
+            postgresql_using="brin",
+            postgresql_with={"pages_per_range": 16, "autosummarize": "on"},
+        ),
         # A time window is read from its newest failure backwards.
         Index("idx_dlq_last_failed", text("last_failed_at DESC"), text("id DESC")),
         # Free text as substrings, when no entry has the words: every word an ILIKE '%word%' on the error message or the

@@ -79,6 +79,17 @@ async def test_dead_letter_queue_has_the_plan_indexes(connection: asyncpg.Connec
     assert "(resolved, failed_at DESC)" in indexes["idx_dlq_resolved"]
 
 
+async def test_dead_letter_arrival_times_are_kept_per_run_of_blocks_for_the_searches_windows(
+    connection: asyncpg.Connection,
+) -> None:
+    definition = await connection.fetchval(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'dead_letter_queue' AND indexname = 'idx_dlq_created_brin'"
+    )
+    assert "USING brin (created_at)" in definition
+    assert "pages_per_range='16'" in definition
+    assert "autosummarize='on'" in definition
+
+
 async def test_a_dead_letter_body_with_nul_bytes_and_invalid_utf8_is_stored_as_is(
     connection: asyncpg.Connection,
 ) -> None:
