@@ -10,9 +10,10 @@ two words took 40-45 ms of PostgreSQL, and 16 ms with this index. Built CONCURRE
 
 Without `autosummarize`: at capture's rate it asks for a summary of about 80 new ranges a second, more than
 autovacuum's queue of work items holds between two of its rounds, and PostgreSQL logs every request it drops
-(3,141 lines while about 380,000 letters were captured). The ranges filled since the last VACUUM (which autovacuum runs after
-enough inserts) are read as a whole: their entries having the words are fetched and tested for the window's times,
-which after a burst without the words is nothing (a page of two words: 45-49 ms with those ranges summarized or not).
+(3,141 lines while about 380,000 letters were captured). The ranges filled since the last VACUUM (which autovacuum
+runs after enough inserts) are read as a whole: their entries having the words are fetched and tested for the
+window's times, which after a burst without the words is nothing (a page of two words: 45-49 ms with those ranges
+summarized or not).
 
 Revision ID: 0013
 Revises: 0012
