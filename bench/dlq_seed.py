@@ -95,8 +95,10 @@ def _status(draw: float) -> DeadLetterStatus:
 
 def rows(count: int, start: int, now: datetime) -> Iterator[tuple[tuple[object, ...], tuple[object, ...]]]:
     """(entry, event) records numbered `start`..: entry n arrived at `now - SPAN + n * SPAN / count`. A group's
-    share follows a long tail (a few groups hold most entries), as failures do."""
-    picks = random.Random(start)
+    share follows a long tail (a few groups hold most entries), as failures do. Ids and dedupe keys come from a
+    stream of this top-up's own (`start` and `now`): after entries were deleted (the retention job, a resolve and
+    clean-up), numbering from the count left would otherwise make again the ids and keys of entries still stored."""
+    picks = random.Random(f"{start} {now.isoformat()}")
     every = groups()
     step = SPAN / count
     for number in range(start, start + count):
@@ -125,7 +127,7 @@ def rows(count: int, start: int, now: datetime) -> Iterator[tuple[tuple[object, 
             1 if last > created else 0, status.value, Resolution.manual.value if resolved else None,
             "lead.approved", "application/json",
         )  # fmt: skip
-        event = (entry_id, hashlib.sha256(f"seed {number}".encode()).hexdigest(), reason.value, group.error_type,
+        event = (entry_id, hashlib.sha256(f"seed {entry_id}".encode()).hexdigest(), reason.value, group.error_type,
                  message, 4, last)  # fmt: skip
         yield entry, event
 
@@ -147,11 +149,14 @@ async def seed(engine: AsyncEngine, count: int) -> float:
     # come back exactly as migrated (the primary key stays: events refer to it). The groups' two indexes stay:
     # each COPY's statement trigger refreshes the groups it touched with a probe of each (migration 0012), which
     # without them is a scan of every entry stored so far, per group and chunk (a fresh million-entry seed ran
-    # for over half an hour and was not a tenth of the way further).
+    # for over half an hour and was not a tenth of the way further). Only for a load at least as large as what is
+    # stored: a few entries more (after some were deleted) go into the indexes as they are, where building them all
+    # again over a million entries takes minutes.
+    bulk = count - have >= have
     indexes = [
         index
         for index in DeadLetter.__table__.indexes  # type: ignore[attr-defined]
-        if index.name not in KEPT_DURING_COPY
+        if bulk and index.name not in KEPT_DURING_COPY
     ]
     async with engine.begin() as connection:
         await connection.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
