@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,13 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlq_service.redrive_lease import lock_keys
 from dlq_service.retries import CLAIM_EVERY_S
-from libs.auth import Principal, Tokens
 from libs.messaging import headers as h
 from libs.messaging.broker import create_broker, declare_topology
 from libs.messaging.topology import SCHEDULED_JOBS, TOPOLOGY
 from libs.telemetry import setup_telemetry
-from tests.conftest import TEST_JWT_SECRET, ServiceProcess, ServiceProcesses
+from tests.conftest import ServiceProcess, ServiceProcesses
 from tests.services.conftest import eventually
+from tests.services.dlq_service.processes import admin_headers, free_port
 
 ADMIN_API = "/api/v1/admin/queues"
 RATE = 20
@@ -39,13 +38,6 @@ UNCONSUMED = SCHEDULED_JOBS.name
 """A work queue nothing consumes here (no scheduler runs): every message a redrive sends there stays countable."""
 TAKEOVER_S = CLAIM_EVERY_S + 8
 """The stated bound for a freed lease to be taken: one claim interval, plus starting a send on a loaded machine."""
-
-
-def free_port() -> int:
-    """One the OS picks, so that two runs of this module on one machine do not meet."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def declare_everything(rabbitmq_url: str) -> None:
@@ -75,18 +67,6 @@ async def unconsumed(rabbitmq_url: str) -> AsyncIterator[aio_pika.abc.AbstractQu
     yield queue
     await queue.purge()
     await connection.close()
-
-
-async def admin_headers(engine: AsyncEngine) -> dict[str, str]:
-    async with engine.begin() as connection:
-        user_id = await connection.scalar(
-            text("INSERT INTO users (email, role, password_hash) VALUES (:e, 'admin', '-') RETURNING id"),
-            {"e": f"lease-admin-{uuid.uuid4().hex[:8]}@example.com"},
-        )
-    token = Tokens(TEST_JWT_SECRET, "fmhl-ops", "fmhl-api", 900).issue(
-        Principal(subject=str(user_id), role="admin", provider_id=None, amr=("pwd", "otp"))
-    )
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def failed_group(engine: AsyncEngine, count: int) -> str:
