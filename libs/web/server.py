@@ -11,7 +11,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -49,6 +49,15 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.readiness.shutting_down = True
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's, without raising the stop signal again once the drain is done: with the default handler put
+        back, that killed a single-process service before `serve` flushed its telemetry (the spans of its last
+        seconds never reached the collector). It exits 0 instead, as a forked worker does."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 class Listening(Protocol):

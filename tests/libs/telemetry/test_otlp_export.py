@@ -23,6 +23,24 @@ def test_spans_are_posted_as_protobuf_to_the_traces_path_of_the_endpoint() -> No
         assert receiver.content_types == ["application/x-protobuf"]
 
 
+def test_a_service_stopped_with_sigterm_sends_its_last_spans_before_it_exits(
+    service_processes: ServiceProcesses,
+) -> None:
+    """A deploy stops every process: the spans it finished in the seconds before (a batch is sent every 5 s by
+    default, here only at shutdown) still reach the collector, and the process exits 0 after its drain."""
+    with otlp_receiver() as receiver:
+        worker = service_processes.start(
+            "email-worker", 19603, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="600000"
+        )
+        worker.wait_ready()
+        traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+        assert httpx.get(worker.url("/health/live"), headers={"traceparent": traceparent}).status_code == 200
+        assert not any(span.trace_id == TRACE_ID for span in receiver.received())
+
+        assert worker.stop() == 0
+        assert [span.name for span in receiver.received() if span.trace_id == TRACE_ID] == ["GET /health/live"]
+
+
 def server_span_of_a_request(service_processes: ServiceProcesses, port: int) -> ReceivedSpan:
     """Starts email-worker exporting to a receiver, asks /health/live within a sampled trace, returns its span."""
     with otlp_receiver() as receiver:

@@ -6,7 +6,6 @@ p99 under 8 clients."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -79,4 +78,4 @@ async def test_the_connections_admin_requests_needed_at_once_stay_open_for_the_n
 
         await read_at_once(engine, observer, service.url(LIST), headers)
         assert kept <= await service_sessions(observer), "connections closed and opened again"
-    assert service.stop() in (0, -signal.SIGTERM)  # uvicorn raises the SIGTERM again after its shutdown
+    assert service.stop() == 0
