@@ -134,6 +134,6 @@ def test_sigterm_drains_and_stops_each_service(stack: list[ServiceProcess]) -> N
     for service in stack:
         service.process.send_signal(signal.SIGTERM)
     for service in stack:
-        # uvicorn re-raises the signal once shutdown is complete, as Kubernetes expects.
-        assert service.process.wait(timeout=25) in (0, -signal.SIGTERM)
+        # Drained, telemetry flushed, then an exit of its own (not the signal raised again): 0.
+        assert service.process.wait(timeout=25) == 0, service.name
         assert '"event":"Application shutdown complete."' in service.log.read_text(), service.name

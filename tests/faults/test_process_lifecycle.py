@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
 import subprocess
 import time
@@ -83,7 +82,7 @@ def stop_with_sigterm(process: ServiceProcess, grace_s: float) -> Stop:
     if code is None:
         return Stop(None, orderly=False)
     shutdown = process.log.read_text(errors="replace")[logged_before:]
-    orderly = code in (0, -signal.SIGTERM) and '"event":"Application shutdown complete."' in shutdown
+    orderly = code == 0 and '"event":"Application shutdown complete."' in shutdown
     return Stop(round(time.monotonic() - started, 1), orderly)
 
 
