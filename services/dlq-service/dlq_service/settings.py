@@ -12,8 +12,8 @@ class Settings(HttpWorkersSettingsMixin, LoginSettingsMixin, AuthSettingsMixin, 
     http_port: int = Field(8001, ge=1, le=65535, description="Admin API, health and metrics.")
     # Each admin request reads on a connection of its own: with 5 kept, 8 clients reading at once (a console's
     # several tabs, a script) were answered partly over overflow connections, each opened for its request and
-    # closed after it (a new server process, authentication, statements prepared again): 126-133 sessions opened
-    # during one admin benchmark, 21-22 with 10 kept, and a p99 tail twice as long.
+    # closed after it (a new server process, authentication, statements prepared again): 43-87 sessions opened
+    # during one admin benchmark, 18-20 with 10 kept, and the pages' median p99 30 ms against 25.
     db_pool_size: int = Field(
         10,
         ge=1,
