@@ -37,13 +37,13 @@ async def service_sessions(connection: AsyncConnection, *, waiting_on_a_lock: bo
 
 
 @asynccontextmanager
-async def dead_letters_locked(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def dead_letters_locked(engine: AsyncEngine) -> AsyncIterator[None]:
     """The dead-letter table locked by a transaction of the test's own: every list statement waits for it, holding
     its connection, so that the requests sent meanwhile all hold one at once (well within the service's 5 s
     lock_timeout)."""
     async with engine.connect() as locker:
         await locker.execute(text("LOCK TABLE dead_letter_queue IN ACCESS EXCLUSIVE MODE"))
-        yield locker
+        yield
         await locker.rollback()
 
 
